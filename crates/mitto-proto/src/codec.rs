@@ -1,0 +1,253 @@
+//! The streaming decoder, with the tokio-util contract: `Ok(None)` means "need more bytes",
+//! `Ok(Some(frame))` one frame, `Err` a [`DecodeError`].
+
+use crate::error::{DecodeError, DecodeErrorKind};
+use crate::frame::Frame;
+use crate::header::{Header, HEADER_LEN, MAGIC};
+use crate::negotiate::Limits;
+use bytes::{Buf, BytesMut};
+
+#[derive(Clone, Debug)]
+enum State {
+    /// Waiting for a header.
+    Head,
+    /// Throwing away the rest of an oversize frame, without buffering it.
+    Discard(u64),
+    /// A fatal error happened; the stream cannot be trusted any more.
+    Failed(DecodeError),
+}
+
+/// Splits a byte stream into frames.
+///
+/// Every length in a header is checked against the [`Limits`] *before* any buffer grows for it,
+/// so a peer can never make this side allocate more than the limits allow. A frame over a limit
+/// is reported at once (so the peer hears about it promptly) and its bytes are then skipped as
+/// they arrive, without being buffered. A frame that is complete but invalid is consumed and
+/// reported; decoding goes on with the next frame. Only framing errors
+/// ([`DecodeError::is_fatal`]) stop the decoder for good.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use mitto_proto::{Decoder, Frame, Subject};
+///
+/// let mut buf = BytesMut::new();
+/// Frame::publish(Subject::literal("demo.hello")?, "hi").encode(&mut buf)?;
+/// let mut dec = Decoder::default();
+/// let frame = dec.decode(&mut buf)?.expect("one whole frame");
+/// assert_eq!(frame.subject.as_str(), "demo.hello");
+/// assert_eq!(&frame.payload[..], b"hi");
+/// assert!(dec.decode(&mut buf)?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    limits: Limits,
+    state: State,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Limits::default())
+    }
+}
+
+impl Decoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Decoder {
+        Decoder {
+            limits,
+            state: State::Head,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Changes the limits (after HELLO negotiated smaller ones).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Whether a fatal error stopped the decoder.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.state, State::Failed(_))
+    }
+
+    /// Decodes the next frame from `src`, consuming its bytes.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        match &mut self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Discard(left) => {
+                let n = (*left).min(src.len() as u64);
+                src.advance(n as usize);
+                *left -= n;
+                if *left > 0 {
+                    return Ok(None);
+                }
+                self.state = State::Head;
+            }
+            State::Head => {}
+        }
+        if src.len() < HEADER_LEN {
+            // Fail fast on garbage instead of waiting for 32 bytes that may never come.
+            let n = src.len().min(MAGIC.len());
+            if src[..n] != MAGIC[..n] {
+                return Err(self.fail(DecodeError::new(DecodeErrorKind::BadMagic, 0)));
+            }
+            return Ok(None);
+        }
+        let mut raw = [0u8; HEADER_LEN];
+        raw.copy_from_slice(&src[..HEADER_LEN]);
+        let h = match Header::from_bytes(&raw) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fail(e)),
+        };
+        if let Some(kind) = self.over_limit(&h) {
+            let total = h.frame_len();
+            let now = total.min(src.len() as u64);
+            src.advance(now as usize);
+            if total > now {
+                self.state = State::Discard(total - now);
+            }
+            return Err(DecodeError::new(kind, h.id));
+        }
+        // Within the limits, so this fits in usize and is bounded by them.
+        let total = h.frame_len() as usize;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let buf = src.split_to(total).freeze();
+        Frame::from_parts(h, buf, &self.limits).map(Some)
+    }
+
+    /// Call at end of stream: an error if a partial frame is left over.
+    pub fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        match self.decode(src)? {
+            Some(f) => Ok(Some(f)),
+            None if src.is_empty() && !matches!(self.state, State::Discard(_)) => Ok(None),
+            None => {
+                let left = src.len();
+                src.clear();
+                Err(self.fail(DecodeError::new(DecodeErrorKind::Truncated(left), 0)))
+            }
+        }
+    }
+
+    fn over_limit(&self, h: &Header) -> Option<DecodeErrorKind> {
+        let l = &self.limits;
+        if h.payload_len > l.max_payload {
+            return Some(DecodeErrorKind::PayloadTooLarge {
+                len: h.payload_len.into(),
+                max: l.max_payload.into(),
+            });
+        }
+        if h.headers_len > l.max_headers {
+            return Some(DecodeErrorKind::HeadersTooLarge {
+                len: h.headers_len.into(),
+                max: l.max_headers.into(),
+            });
+        }
+        if h.subject_len > l.max_subject {
+            return Some(DecodeErrorKind::SubjectTooLong {
+                len: h.subject_len.into(),
+                max: l.max_subject.into(),
+            });
+        }
+        None
+    }
+
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.state = State::Failed(e.clone());
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Frame, Status, Subject};
+
+    fn publish(payload_len: usize) -> BytesMut {
+        let mut b = BytesMut::new();
+        Frame::publish(Subject::literal("a").unwrap(), vec![7u8; payload_len])
+            .encode(&mut b)
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn need_more_then_frame() {
+        let whole = publish(10);
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let r = dec.decode(&mut buf).unwrap();
+            assert_eq!(r.is_some(), i == whole.len() - 1);
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversize_is_reported_then_skipped_without_buffering() {
+        let mut dec = Decoder::new(Limits {
+            max_payload: 100,
+            ..Limits::default()
+        });
+        let big = publish(1000);
+        let mut buf = BytesMut::from(&big[..40]);
+        let e = dec.decode(&mut buf).unwrap_err();
+        assert_eq!(e.status(), Status::PAYLOAD_TOO_LARGE);
+        assert!(!e.is_fatal());
+        assert!(buf.is_empty());
+        assert!(
+            buf.capacity() <= 40,
+            "nothing reserved for the oversize frame"
+        );
+        // the rest of the big frame arrives, then a good one
+        buf.extend_from_slice(&big[40..]);
+        buf.extend_from_slice(&publish(5));
+        let f = dec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(f.payload.len(), 5);
+    }
+
+    #[test]
+    fn garbage_fails_fast_and_stays_failed() {
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::from(&b"GET /"[..]);
+        let e = dec.decode(&mut buf).unwrap_err();
+        assert!(e.is_fatal());
+        assert_eq!(e.status(), Status::PROTOCOL_ERROR);
+        let mut more = publish(1);
+        assert!(dec.decode(&mut more).is_err());
+        assert!(dec.is_failed());
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncation() {
+        let whole = publish(10);
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(dec.decode(&mut buf).unwrap().is_none());
+        let e = dec.decode_eof(&mut buf).unwrap_err();
+        assert_eq!(e.code(), "truncated");
+        let mut dec = Decoder::default();
+        assert!(dec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn payload_is_a_slice_of_the_read_buffer() {
+        let mut buf = publish(1 << 16);
+        let start = buf.as_ptr() as usize;
+        let f = Decoder::default().decode(&mut buf).unwrap().unwrap();
+        let p = f.payload.as_ptr() as usize;
+        assert_eq!(
+            p,
+            start + 32 + 1,
+            "payload must point into the original buffer"
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Subjects and subject filters, as NATS users know them.
+//!
+//! A subject is one or more non-empty tokens separated by `.` (`orders.eu.created`). Tokens are
+//! UTF-8 without whitespace or control characters. A *filter* may also use two wildcard tokens:
+//! `*` matches exactly one token, `>` matches one or more tokens and must be the last token.
+//! `*` and `>` are not allowed anywhere else: not inside a token, never in a literal subject.
+
+use crate::error::{DecodeErrorKind, EncodeError};
+use bytes::Bytes;
+use std::fmt;
+
+/// A validated subject or subject filter, held as shared bytes (no copy when decoded).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Subject(Bytes);
+
+/// Why a subject is invalid.
+fn check(s: &str) -> Result<bool, &'static str> {
+    if s.is_empty() {
+        return Err("empty subject");
+    }
+    let mut wildcard = false;
+    let mut tokens = s.split('.').peekable();
+    while let Some(tok) = tokens.next() {
+        match tok {
+            "" => return Err("empty token"),
+            "*" => wildcard = true,
+            ">" => {
+                if tokens.peek().is_some() {
+                    return Err("'>' must be the last token");
+                }
+                wildcard = true;
+            }
+            _ => {
+                for c in tok.chars() {
+                    if c == '*' || c == '>' {
+                        return Err("wildcard inside a token");
+                    }
+                    if c.is_whitespace() || c.is_control() {
+                        return Err("whitespace or control character");
+                    }
+                }
+            }
+        }
+    }
+    Ok(wildcard)
+}
+
+impl Subject {
+    /// Validates a subject or a filter (wildcards allowed).
+    pub fn new(s: &str) -> Result<Subject, EncodeError> {
+        Self::check_len(s)?;
+        check(s).map_err(|reason| EncodeError::InvalidSubject {
+            subject: s.to_owned(),
+            reason,
+        })?;
+        Ok(Subject(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    /// Validates a literal subject (no wildcards), as PUBLISH, EVENT and REQUEST need.
+    pub fn literal(s: &str) -> Result<Subject, EncodeError> {
+        Self::check_len(s)?;
+        match check(s) {
+            Ok(false) => Ok(Subject(Bytes::copy_from_slice(s.as_bytes()))),
+            Ok(true) => Err(EncodeError::InvalidSubject {
+                subject: s.to_owned(),
+                reason: "wildcards are only allowed in subscriptions",
+            }),
+            Err(reason) => Err(EncodeError::InvalidSubject {
+                subject: s.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    /// Validates a `'static` subject or filter without copying it.
+    pub fn from_static(s: &'static str) -> Result<Subject, EncodeError> {
+        Self::check_len(s)?;
+        check(s).map_err(|reason| EncodeError::InvalidSubject {
+            subject: s.to_owned(),
+            reason,
+        })?;
+        Ok(Subject(Bytes::from_static(s.as_bytes())))
+    }
+
+    fn check_len(s: &str) -> Result<(), EncodeError> {
+        if s.len() > usize::from(u16::MAX) {
+            return Err(EncodeError::TooLarge {
+                what: "subject",
+                len: s.len() as u64,
+                max: u64::from(u16::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    /// The empty subject, for frames that carry none.
+    pub const fn empty() -> Subject {
+        Subject(Bytes::new())
+    }
+
+    /// Validates received bytes. Returns whether the subject has wildcards.
+    pub(crate) fn from_wire(b: Bytes) -> Result<(Subject, bool), DecodeErrorKind> {
+        let s = std::str::from_utf8(&b).map_err(|_| DecodeErrorKind::SubjectNotUtf8)?;
+        let wildcard = check(s).map_err(DecodeErrorKind::InvalidSubject)?;
+        Ok((Subject(b), wildcard))
+    }
+
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        // Every constructor validated UTF-8; an empty subject is "".
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The subject's bytes, shared.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether this is the empty subject.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether this is a filter with `*` or `>` tokens.
+    pub fn has_wildcards(&self) -> bool {
+        self.as_str().split('.').any(|t| t == "*" || t == ">")
+    }
+
+    /// Whether this filter matches the literal subject `subject`.
+    pub fn matches(&self, subject: &str) -> bool {
+        matches(self.as_str(), subject)
+    }
+
+    /// The tokens.
+    pub fn tokens(&self) -> std::str::Split<'_, char> {
+        self.as_str().split('.')
+    }
+}
+
+/// Whether the filter `filter` matches the literal subject `subject` (both assumed valid).
+///
+/// ```
+/// use mitto_proto::subject::matches;
+/// assert!(matches("orders.*.created", "orders.eu.created"));
+/// assert!(matches("orders.>", "orders.eu.created"));
+/// assert!(!matches("orders.>", "orders"));
+/// assert!(!matches("orders.*", "orders.eu.created"));
+/// ```
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Subject({:?})", self.as_str())
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<&str> for Subject {
+    type Error = EncodeError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Subject::new(s)
+    }
+}
+
+impl TryFrom<String> for Subject {
+    type Error = EncodeError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::check_len(&s)?;
+        check(&s).map_err(|reason| EncodeError::InvalidSubject {
+            subject: s.clone(),
+            reason,
+        })?;
+        Ok(Subject(Bytes::from(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn valid_and_invalid() {
+        for ok in [
+            "a",
+            "a.b",
+            "orders.eu.created",
+            "*",
+            ">",
+            "a.*.c",
+            "a.>",
+            "*.*",
+            "_INBOX.x1",
+        ] {
+            Subject::new(ok).unwrap();
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a b", "a.>.b", "a*", "a.b>", "tab\t", "x\u{7}",
+        ] {
+            assert!(Subject::new(bad).is_err(), "{bad:?} should be invalid");
+        }
+        assert!(Subject::literal("a.*").is_err());
+        assert!(Subject::literal("a.>").is_err());
+        assert!(Subject::literal("a.b").is_ok());
+        assert!(Subject::new("a.*").unwrap().has_wildcards());
+        assert!(!Subject::new("a.b").unwrap().has_wildcards());
+        assert!(Subject::new(&"a".repeat(70_000)).is_err());
+    }
+
+    #[test]
+    fn wire_validation() {
+        assert_eq!(
+            Subject::from_wire(Bytes::from_static(b"\xff")).unwrap_err(),
+            DecodeErrorKind::SubjectNotUtf8
+        );
+        assert!(Subject::from_wire(Bytes::from_static(b"a..b")).is_err());
+        assert!(Subject::from_wire(Bytes::from_static(b"a.>")).unwrap().1);
+    }
+
+    #[test]
+    fn matching_table() {
+        let cases = [
+            ("a.b.c", "a.b.c", true),
+            ("a.b.c", "a.b", false),
+            ("a.b", "a.b.c", false),
+            ("a.*.c", "a.x.c", true),
+            ("a.*.c", "a.x.y.c", false),
+            ("a.*", "a", false),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c.d", true),
+            ("a.>", "a", false),
+            (">", "a", true),
+            (">", "a.b", true),
+            ("*", "a", true),
+            ("*", "a.b", false),
+            ("*.>", "a.b", true),
+            ("*.>", "a", false),
+            ("a.*.>", "a.b.c", true),
+            ("a.*.>", "a.b", false),
+        ];
+        for (f, s, want) in cases {
+            assert_eq!(matches(f, s), want, "{f} vs {s}");
+        }
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        "[a-z0-9_]{1,4}"
+    }
+
+    proptest! {
+        #[test]
+        fn literal_matches_itself(toks in prop::collection::vec(token(), 1..6)) {
+            let s = toks.join(".");
+            prop_assert!(matches(&s, &s));
+            prop_assert!(matches(">", &s));
+        }
+
+        #[test]
+        fn star_replaces_any_token(toks in prop::collection::vec(token(), 1..6), i in 0usize..6) {
+            let i = i % toks.len();
+            let mut f = toks.clone();
+            f[i] = "*".into();
+            prop_assert!(matches(&f.join("."), &toks.join(".")));
+            let mut g = toks.clone();
+            g.truncate(i);
+            g.push(">".into());
+            prop_assert!(matches(&g.join("."), &toks.join(".")));
+            // a filter with one more token never matches
+            let longer = format!("{}.*", toks.join("."));
+            prop_assert!(!matches(&longer, &toks.join(".")));
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(s in "\\PC{0,20}") {
+            let _ = Subject::new(&s);
+            let _ = Subject::from_wire(Bytes::from(s.into_bytes()));
+        }
+    }
+}
