@@ -1,0 +1,1233 @@
+//! The RPC client: one connection multiplexing many calls by id, with deadlines, cancel on drop,
+//! streams with credit-based flow control, automatic reconnect, and retries of idempotent calls.
+
+use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
+use crate::conn::{Ctx, Driver, DriverConfig, Reactor};
+use crate::error::{Error, Result};
+use crate::handshake;
+use crate::transport::{self, Endpoint, TlsClientConfig};
+use crate::INITIAL_STREAM_CREDIT;
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::future::BoxFuture;
+use mitto_proto::negotiate::{Features, Negotiated};
+use mitto_proto::{
+    Flags, Frame, FrameType, Headers, HealthReport, Hello, Limits, MsgKind, StatsReport, Status,
+    Subject, Version, WellKnown,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+
+/// Options of a [`Client`], a by-value builder.
+///
+/// ```
+/// use mitto::ClientOptions;
+/// use std::time::Duration;
+/// let opts = ClientOptions::new()
+///     .name("orders-svc")
+///     .timeout(Duration::from_secs(2))
+///     .keepalive(Some(Duration::from_secs(10)));
+/// ```
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub(crate) name: String,
+    pub(crate) client_id: String,
+    pub(crate) user: String,
+    pub(crate) auth: Bytes,
+    pub(crate) tls: Option<TlsClientConfig>,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) reconnect: bool,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) max_retries: u32,
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_payload: u32,
+    pub(crate) codec: Codec,
+    pub(crate) middleware: Vec<Arc<dyn ClientMiddleware>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: String::new(),
+            client_id: String::new(),
+            user: String::new(),
+            auth: Bytes::new(),
+            tls: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            keepalive: Some(Duration::from_secs(30)),
+            reconnect: true,
+            backoff: (Duration::from_millis(50), Duration::from_secs(5)),
+            max_retries: 3,
+            queue_capacity: 1024,
+            max_payload: Limits::DEFAULT_MAX_PAYLOAD,
+            codec: Codec::Json,
+            middleware: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("keepalive", &self.keepalive)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientOptions {
+    /// Defaults: 30 s call deadline, 10 s connect timeout, 30 s keepalive, reconnect on with
+    /// 50 ms to 5 s backoff, 3 retries of idempotent calls, JSON for typed calls.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The name sent in HELLO (shows up in the server's logs and stats).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// A stable client id (for session resume).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+    /// Authenticates with a token.
+    pub fn token(mut self, token: impl Into<Bytes>) -> Self {
+        self.auth = token.into();
+        self
+    }
+    /// Authenticates with a user name and a password.
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<Bytes>) -> Self {
+        self.user = user.into();
+        self.auth = password.into();
+        self
+    }
+    /// TLS settings for `tls://` URLs.
+    pub fn tls(mut self, tls: TlsClientConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// The deadline of calls that set none.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// How long connecting (TCP, TLS, HELLO) may take.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+    /// Keepalive PING interval (`None` turns it off); a peer silent for two intervals is dead.
+    pub fn keepalive(mut self, k: Option<Duration>) -> Self {
+        self.keepalive = k;
+        self
+    }
+    /// Whether to reconnect after the connection is lost.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+    /// Reconnect backoff: from `min`, doubling with jitter, up to `max`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max.max(min));
+        self
+    }
+    /// How many times an idempotent call is retried after its connection was lost.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Bound of the queue of frames waiting for the connection (backpressure beyond it).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+    /// Largest payload this client accepts (negotiated down with the server's).
+    pub fn max_payload(mut self, n: u32) -> Self {
+        self.max_payload = n;
+        self
+    }
+    /// Codec of typed calls.
+    pub fn codec(mut self, c: Codec) -> Self {
+        self.codec = c;
+        self
+    }
+    /// Adds a middleware around every unary call (first added runs first).
+    pub fn middleware(mut self, m: impl ClientMiddleware) -> Self {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+}
+
+/// Per-call options.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Deadline of this call (else the client's default).
+    pub timeout: Option<Duration>,
+    /// Extra headers.
+    pub headers: Option<Headers>,
+    /// Whether the call may run twice: then it is retried after a lost connection.
+    pub idempotent: bool,
+    /// Sends the call URGENT (overtakes queued normal frames).
+    pub urgent: bool,
+    /// Message kind.
+    pub kind: MsgKind,
+}
+
+impl CallOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the deadline.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Sets the headers.
+    pub fn headers(mut self, h: Headers) -> Self {
+        self.headers = Some(h);
+        self
+    }
+    /// Marks the call idempotent.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+    /// Marks the call URGENT.
+    pub fn urgent(mut self) -> Self {
+        self.urgent = true;
+        self
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Response headers.
+    pub headers: Headers,
+    /// Response payload.
+    pub payload: Bytes,
+}
+
+/// A unary call on its way through client middleware.
+#[derive(Clone, Debug)]
+pub struct OutgoingCall {
+    /// The method (subject).
+    pub method: String,
+    /// Per-call options (headers included).
+    pub options: CallOptions,
+    /// The request payload.
+    pub payload: Bytes,
+}
+
+/// Client middleware: wraps every unary call (auth headers, metrics, logging, ...).
+pub trait ClientMiddleware: Send + Sync + 'static {
+    /// Handles the call, usually by passing it on with `next.run(call)`.
+    fn call<'a>(&'a self, call: OutgoingCall, next: ClientNext<'a>)
+        -> BoxFuture<'a, Result<Reply>>;
+}
+
+/// The rest of the client middleware chain.
+pub struct ClientNext<'a> {
+    client: &'a Client,
+    rest: &'a [Arc<dyn ClientMiddleware>],
+}
+
+impl<'a> ClientNext<'a> {
+    /// Passes the call on.
+    pub fn run(self, call: OutgoingCall) -> BoxFuture<'a, Result<Reply>> {
+        match self.rest.split_first() {
+            Some((m, rest)) => m.call(
+                call,
+                ClientNext {
+                    client: self.client,
+                    rest,
+                },
+            ),
+            None => Box::pin(self.client.unary(call)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// connection state
+
+pub(crate) enum Cmd {
+    Call { id: u64, frame: Frame, slot: Slot },
+    Send(Frame),
+    Cancel(u64),
+    Close,
+}
+
+pub(crate) enum Slot {
+    Unary(oneshot::Sender<Result<Reply>>),
+    Stream {
+        items: Option<mpsc::Sender<Result<Bytes>>>,
+        done: Option<oneshot::Sender<Result<Reply>>>,
+        credit: Option<Arc<Semaphore>>,
+    },
+}
+
+impl Slot {
+    fn fail(self, e: Error) {
+        match self {
+            Slot::Unary(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Slot::Stream {
+                items,
+                done,
+                credit,
+            } => {
+                if let Some(c) = credit {
+                    c.close();
+                }
+                if let Some(tx) = items {
+                    let _ = tx.try_send(Err(e.clone()));
+                }
+                if let Some(tx) = done {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Conn {
+    cmds: mpsc::Sender<Cmd>,
+    ctl: mpsc::UnboundedSender<Cmd>,
+    agreed: Arc<Negotiated>,
+}
+
+#[derive(Clone)]
+enum State {
+    Connecting,
+    Up(Conn),
+    Closed(Error),
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    opts: ClientOptions,
+    state: watch::Sender<State>,
+    closing: AtomicBool,
+}
+
+struct ClientReactor {
+    pending: HashMap<u64, Slot>,
+}
+
+fn remote_error(f: &Frame) -> Error {
+    let e = Error::from_remote(f.status, &f.payload);
+    match f.headers.get_custom(crate::server::ERROR_DETAILS_HEADER) {
+        Some(d) => e.with_details(Bytes::copy_from_slice(d)),
+        None => e,
+    }
+}
+
+impl Reactor for ClientReactor {
+    type Cmd = Cmd;
+
+    fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        match f.frame_type {
+            FrameType::Response | FrameType::Health | FrameType::Stats => {
+                let Some(slot) = self.pending.remove(&f.id) else {
+                    return;
+                };
+                let ok = f.status.is_ok();
+                let reply = || Reply {
+                    headers: f.headers.clone(),
+                    payload: f.payload.clone(),
+                };
+                match slot {
+                    Slot::Unary(tx) => {
+                        let _ = tx.send(if ok {
+                            Ok(reply())
+                        } else {
+                            Err(remote_error(&f))
+                        });
+                    }
+                    Slot::Stream {
+                        items,
+                        done,
+                        credit,
+                    } => {
+                        if let Some(c) = credit {
+                            c.close();
+                        }
+                        if let Some(tx) = done {
+                            let _ = tx.send(if ok {
+                                Ok(reply())
+                            } else {
+                                Err(remote_error(&f))
+                            });
+                        } else if let (Some(tx), false) = (items, ok) {
+                            let _ = tx.try_send(Err(remote_error(&f)));
+                        }
+                    }
+                }
+            }
+            FrameType::Stream => {
+                let mut violation = None;
+                // An empty STREAM with END carries no item; the RESPONSE ends the call.
+                let end_only = f.flags.contains(Flags::END) && f.payload.is_empty();
+                if let (
+                    Some(Slot::Stream {
+                        items: Some(tx), ..
+                    }),
+                    false,
+                ) = (self.pending.get(&f.id), end_only)
+                {
+                    match tx.try_send(Ok(f.payload.clone())) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            violation = Some(Error::new(
+                                Status::PROTOCOL_ERROR,
+                                "server sent stream items beyond its credit",
+                            ));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            violation = Some(Error::new(Status::CANCELLED, "stream dropped"));
+                        }
+                    }
+                }
+                if let Some(e) = violation {
+                    if let Some(slot) = self.pending.remove(&f.id) {
+                        cx.send(&Frame::cancel(f.id));
+                        slot.fail(e);
+                    }
+                }
+            }
+            FrameType::Credit if f.aux == 0 => {
+                if let Some(Slot::Stream {
+                    credit: Some(c), ..
+                }) = self.pending.get(&f.id)
+                {
+                    let n = mitto_proto::body::decode_credit(&f.payload).unwrap_or(0) as usize;
+                    c.add_permits(n.min(Semaphore::MAX_PERMITS - c.available_permits()));
+                }
+            }
+            FrameType::Error => {
+                if let Some(slot) = self.pending.remove(&f.id) {
+                    slot.fail(remote_error(&f));
+                } else {
+                    tracing::warn!(status = %f.status, reason = %String::from_utf8_lossy(&f.payload), "error from server");
+                }
+            }
+            FrameType::Close => {
+                let reason = String::from_utf8_lossy(&f.payload);
+                let e = Error::connection_lost(format!(
+                    "the server closed the connection ({}: {reason})",
+                    f.status
+                ));
+                for (_, slot) in self.pending.drain() {
+                    slot.fail(e.clone());
+                }
+                cx.close(Status::OK, "closing after the server's CLOSE");
+            }
+            other => {
+                cx.send(&Frame::error(
+                    f.id,
+                    Status::UNEXPECTED_FRAME,
+                    &format!("a client does not accept {}", other.name()),
+                ));
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Option<Cmd>, cx: &mut Ctx<'_>) {
+        match c {
+            Some(Cmd::Call { id, frame, slot }) => {
+                if frame.payload.len() > cx.limits.max_payload as usize {
+                    slot.fail(Error::new(
+                        Status::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "payload of {} bytes exceeds the negotiated limit of {}",
+                            frame.payload.len(),
+                            cx.limits.max_payload
+                        ),
+                    ));
+                    return;
+                }
+                cx.send(&frame);
+                self.pending.insert(id, slot);
+            }
+            Some(Cmd::Send(f)) => {
+                if f.frame_type != FrameType::Stream || self.pending.contains_key(&f.id) {
+                    cx.send(&f);
+                }
+            }
+            Some(Cmd::Cancel(id)) => {
+                if let Some(slot) = self.pending.remove(&id) {
+                    cx.send(&Frame::cancel(id));
+                    slot.fail(Error::new(Status::CANCELLED, "cancelled by the caller"));
+                }
+            }
+            Some(Cmd::Close) | None => cx.close(Status::OK, "client closed"),
+        }
+    }
+
+    fn on_closed(&mut self, why: &Error) {
+        let e = Error::connection_lost(why.message());
+        for (_, slot) in self.pending.drain() {
+            slot.fail(e.clone());
+        }
+    }
+}
+
+fn hello(opts: &ClientOptions) -> Hello {
+    Hello {
+        version: Version::CURRENT,
+        flags: 0,
+        features: Features::supported(),
+        max_payload: opts.max_payload,
+        max_headers: 0,
+        keepalive_ms: opts
+            .keepalive
+            .map(|k| k.as_millis().min(u32::MAX.into()) as u32)
+            .unwrap_or(0),
+        name: opts.name.clone(),
+        client_id: opts.client_id.clone(),
+        session: String::new(),
+        user: opts.user.clone(),
+        auth: opts.auth.clone(),
+    }
+}
+
+/// Connects, shakes hands, and returns the driver to run and the handle to it.
+async fn open(endpoint: &Endpoint, opts: &ClientOptions) -> Result<(Driver<ClientReactor>, Conn)> {
+    let setup = async {
+        let mut io = transport::connect(endpoint, opts.tls.as_ref()).await?;
+        let (agreed, _server, leftover) =
+            handshake::client(&mut io, &hello(opts), opts.connect_timeout).await?;
+        Ok::<_, Error>((io, agreed, leftover))
+    };
+    let (io, agreed, leftover) = tokio::time::timeout(opts.connect_timeout, setup)
+        .await
+        .map_err(|_| {
+            Error::new(
+                Status::TIMEOUT,
+                format!("connecting to {endpoint} timed out"),
+            )
+            .retryable()
+        })??;
+    let (cmds_tx, cmds_rx) = mpsc::channel(opts.queue_capacity);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let keepalive =
+        (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
+    let cfg = DriverConfig {
+        limits: agreed.limits,
+        keepalive,
+    };
+    let driver = Driver::new(
+        io,
+        leftover,
+        cfg,
+        ClientReactor {
+            pending: HashMap::new(),
+        },
+        cmds_rx,
+        ctl_rx,
+    );
+    Ok((
+        driver,
+        Conn {
+            cmds: cmds_tx,
+            ctl: ctl_tx,
+            agreed: Arc::new(agreed),
+        },
+    ))
+}
+
+async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
+    loop {
+        let outcome = driver.run().await;
+        let lost = match outcome {
+            Ok(()) => Error::connection_lost("connection closed"),
+            Err(e) => e,
+        };
+        if shared.closing.load(Ordering::Acquire) || !shared.opts.reconnect {
+            shared.state.send_replace(State::Closed(lost));
+            return;
+        }
+        tracing::info!(endpoint = %shared.endpoint, error = %lost, "connection lost, reconnecting");
+        shared.state.send_replace(State::Connecting);
+        let (min, max) = shared.opts.backoff;
+        let mut wait = min;
+        driver = loop {
+            if shared.closing.load(Ordering::Acquire) {
+                shared.state.send_replace(State::Closed(Error::new(
+                    Status::CANCELLED,
+                    "client closed",
+                )));
+                return;
+            }
+            match open(&shared.endpoint, &shared.opts).await {
+                Ok((d, conn)) => {
+                    shared.state.send_replace(State::Up(conn));
+                    break d;
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %shared.endpoint, error = %e, ?wait, "reconnect failed");
+                    let jitter = wait.mul_f64(fastrand::f64() * 0.5);
+                    tokio::time::sleep(wait + jitter).await;
+                    wait = (wait * 2).min(max);
+                }
+            }
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the client handle
+
+struct Inner {
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        if let State::Up(c) = &*self.shared.state.borrow() {
+            let _ = c.ctl.send(Cmd::Close);
+        }
+    }
+}
+
+/// An RPC client. Cheap to clone: clones share one connection.
+///
+/// ```no_run
+/// # async fn f() -> mitto::Result<()> {
+/// let client = mitto::Client::connect("tcp://127.0.0.1:4747", mitto::ClientOptions::new()).await?;
+/// let sum: i64 = client.call_typed("calc.add", &(2, 3)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.shared.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fails a call's pending state (sends CANCEL) if the call's future is dropped before its end.
+struct CancelGuard {
+    id: u64,
+    ctl: mpsc::UnboundedSender<Cmd>,
+    armed: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.ctl.send(Cmd::Cancel(self.id));
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `url` (`mem://`, `tcp://`, `unix://`, `tls://`) and shakes hands. The first
+    /// connection is made here, so a wrong address fails at once; later losses reconnect in the
+    /// background.
+    pub async fn connect(url: &str, opts: ClientOptions) -> Result<Client> {
+        let endpoint: Endpoint = url.parse()?;
+        let (driver, conn) = open(&endpoint, &opts).await?;
+        let (state, _) = watch::channel(State::Up(conn));
+        let shared = Arc::new(Shared {
+            endpoint,
+            opts,
+            state,
+            closing: AtomicBool::new(false),
+        });
+        tokio::spawn(supervise(shared.clone(), driver));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                shared,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn opts(&self) -> &ClientOptions {
+        &self.inner.shared.opts
+    }
+
+    /// What HELLO agreed on for the current connection, if connected.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        match &*self.inner.shared.state.borrow() {
+            State::Up(c) => Some((*c.agreed).clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a connection is up now.
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.inner.shared.state.borrow(), State::Up(_))
+    }
+
+    /// Waits for a connection until `deadline`.
+    async fn conn(&self, deadline: Instant) -> Result<Conn> {
+        let mut rx = self.inner.shared.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                State::Up(c) if !c.cmds.is_closed() => return Ok(c.clone()),
+                State::Closed(e) => {
+                    return Err(Error::new(
+                        Status::UNAVAILABLE,
+                        format!("client is closed: {}", e.message()),
+                    ))
+                }
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::new(Status::UNAVAILABLE, "client is closed")),
+                Err(_) => {
+                    return Err(
+                        Error::new(Status::TIMEOUT, "deadline passed while reconnecting")
+                            .retryable(),
+                    )
+                }
+            }
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn request_frame(
+        id: u64,
+        method: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+        left: Duration,
+    ) -> Result<Frame> {
+        let subject = Subject::literal(method)?;
+        let headers = opts
+            .headers
+            .clone()
+            .unwrap_or_default()
+            .to_builder()
+            .deadline(left)
+            .build();
+        let mut f = Frame::request(id, subject, payload)
+            .with_headers(headers)
+            .with_kind(opts.kind);
+        if opts.urgent {
+            f.flags.insert(Flags::URGENT);
+        }
+        Ok(f)
+    }
+
+    /// Calls `method` with raw bytes and returns the response payload.
+    pub async fn call(&self, method: &str, payload: impl Into<Bytes>) -> Result<Bytes> {
+        self.call_with(method, payload, CallOptions::default())
+            .await
+            .map(|r| r.payload)
+    }
+
+    /// Calls `method` with per-call options; returns headers and payload.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        payload: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Reply> {
+        let call = OutgoingCall {
+            method: method.to_owned(),
+            options,
+            payload: payload.into(),
+        };
+        ClientNext {
+            client: self,
+            rest: &self.opts().middleware,
+        }
+        .run(call)
+        .await
+    }
+
+    async fn unary(&self, call: OutgoingCall) -> Result<Reply> {
+        let timeout = call.options.timeout.unwrap_or(self.opts().timeout);
+        let deadline = Instant::now() + timeout;
+        let mut attempt = 0;
+        loop {
+            let conn = self.conn(deadline).await?;
+            let id = self.next_id();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame =
+                Self::request_frame(id, &call.method, call.payload.clone(), &call.options, left)?;
+            let (tx, rx) = oneshot::channel();
+            let mut guard = CancelGuard {
+                id,
+                ctl: conn.ctl.clone(),
+                armed: true,
+            };
+            let sent = tokio::time::timeout_at(
+                deadline,
+                conn.cmds.send(Cmd::Call {
+                    id,
+                    frame,
+                    slot: Slot::Unary(tx),
+                }),
+            )
+            .await;
+            let outcome = match sent {
+                Err(_) => {
+                    guard.armed = false;
+                    return Err(Error::new(
+                        Status::TIMEOUT,
+                        format!("{} timed out waiting to be sent", call.method),
+                    )
+                    .retryable());
+                }
+                Ok(Err(_)) => Err(Error::connection_lost(
+                    "connection closed before the call was sent",
+                )),
+                Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(Error::connection_lost("connection closed during the call")),
+                    Err(_) => {
+                        // The guard sends CANCEL so the server stops working on it.
+                        return Err(Error::new(
+                            Status::TIMEOUT,
+                            format!("{} exceeded its deadline of {timeout:?}", call.method),
+                        ));
+                    }
+                },
+            };
+            guard.armed = false;
+            match outcome {
+                Err(e)
+                    if e.status() == Status::UNAVAILABLE
+                        && !e.is_remote()
+                        && call.options.idempotent
+                        && attempt < self.opts().max_retries =>
+                {
+                    attempt += 1;
+                    tracing::debug!(method = %call.method, attempt, "retrying idempotent call after a lost connection");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Calls `method` with a serde value encoded with the client's codec, and decodes the answer.
+    pub async fn call_typed<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp> {
+        let codec = self.opts().codec;
+        let headers = Headers::builder()
+            .insert(WellKnown::ContentType, codec.content_type())?
+            .build();
+        let reply = self
+            .call_with(
+                method,
+                codec.encode(req)?,
+                CallOptions::new().headers(headers),
+            )
+            .await?;
+        let codec = Codec::from_content_type(reply.headers.content_type()).unwrap_or(codec);
+        codec.decode(&reply.payload)
+    }
+
+    /// Calls `method` with a Protobuf message and decodes the Protobuf answer.
+    pub async fn call_proto<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp> {
+        let headers = Headers::builder()
+            .insert(WellKnown::ContentType, PROTOBUF)?
+            .build();
+        let reply = self
+            .call_with(
+                method,
+                encode_proto(req),
+                CallOptions::new().headers(headers),
+            )
+            .await?;
+        decode_proto(&reply.payload)
+    }
+
+    async fn open_stream(
+        &self,
+        method: &str,
+        payload: Bytes,
+        client_streams: bool,
+        server_streams: bool,
+    ) -> Result<(
+        RequestSink,
+        ResponseStream,
+        Option<oneshot::Receiver<Result<Reply>>>,
+    )> {
+        let deadline = Instant::now() + self.opts().timeout;
+        let conn = self.conn(deadline).await?;
+        let id = self.next_id();
+        let mut frame = Self::request_frame(
+            id,
+            method,
+            payload,
+            &CallOptions::default(),
+            self.opts().timeout,
+        )?;
+        if client_streams {
+            frame.flags.insert(Flags::START);
+        }
+        let (items_tx, items_rx) = if server_streams {
+            let (tx, rx) = mpsc::channel(INITIAL_STREAM_CREDIT as usize);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (done_tx, done_rx) = if server_streams {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let credit =
+            client_streams.then(|| Arc::new(Semaphore::new(INITIAL_STREAM_CREDIT as usize)));
+        let slot = Slot::Stream {
+            items: items_tx,
+            done: done_tx,
+            credit: credit.clone(),
+        };
+        conn.cmds
+            .send(Cmd::Call { id, frame, slot })
+            .await
+            .map_err(|_| Error::connection_lost("connection closed"))?;
+        let sink = RequestSink {
+            id,
+            cmds: conn.cmds.clone(),
+            credit,
+            finished: !client_streams,
+        };
+        let stream = ResponseStream {
+            id,
+            rx: items_rx,
+            ctl: conn.ctl.clone(),
+            consumed: 0,
+            done: !server_streams,
+        };
+        Ok((sink, stream, done_rx))
+    }
+
+    /// Opens a server-streaming call: one request, a stream of responses.
+    pub async fn server_stream(
+        &self,
+        method: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<ResponseStream> {
+        let (_sink, stream, _) = self
+            .open_stream(method, payload.into(), false, true)
+            .await?;
+        Ok(stream)
+    }
+
+    /// Opens a client-streaming call: send items with the sink, then await the one response.
+    pub async fn client_stream(&self, method: &str) -> Result<(RequestSink, PendingReply)> {
+        let (sink, stream, done) = self.open_stream(method, Bytes::new(), true, false).await?;
+        let done = done.ok_or_else(|| Error::new(Status::INTERNAL, "missing reply channel"))?;
+        Ok((
+            sink,
+            PendingReply {
+                rx: done,
+                _cancel: stream,
+            },
+        ))
+    }
+
+    /// Opens a bidirectional stream.
+    pub async fn bidi(&self, method: &str) -> Result<(RequestSink, ResponseStream)> {
+        let (sink, stream, _) = self.open_stream(method, Bytes::new(), true, true).await?;
+        Ok((sink, stream))
+    }
+
+    async fn query(&self, frame_of: fn(u64) -> Frame) -> Result<Bytes> {
+        let deadline = Instant::now() + self.opts().timeout;
+        let conn = self.conn(deadline).await?;
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        conn.cmds
+            .send(Cmd::Call {
+                id,
+                frame: frame_of(id),
+                slot: Slot::Unary(tx),
+            })
+            .await
+            .map_err(|_| Error::connection_lost("connection closed"))?;
+        let mut guard = CancelGuard {
+            id,
+            ctl: conn.ctl.clone(),
+            armed: true,
+        };
+        let r = tokio::time::timeout_at(deadline, rx).await;
+        guard.armed = false;
+        match r {
+            Ok(Ok(r)) => r.map(|r| r.payload),
+            Ok(Err(_)) => Err(Error::connection_lost("connection closed")),
+            Err(_) => Err(Error::new(Status::TIMEOUT, "no answer in time")),
+        }
+    }
+
+    /// Asks the server for its health (memlink's HealthCheck).
+    pub async fn health(&self) -> Result<HealthReport> {
+        let b = self.query(Frame::health_query).await?;
+        HealthReport::decode(&b).map_err(|k| Error::new(Status::PROTOCOL_ERROR, k.to_string()))
+    }
+
+    /// Asks the server for its counters (memlink's Stats).
+    pub async fn stats(&self) -> Result<StatsReport> {
+        let b = self.query(Frame::stats_query).await?;
+        StatsReport::decode(&b).map_err(|k| Error::new(Status::PROTOCOL_ERROR, k.to_string()))
+    }
+
+    /// Closes the connection gracefully (CLOSE, then the socket) and stops reconnecting. Calls
+    /// still in flight fail with UNAVAILABLE.
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        shared.closing.store(true, Ordering::Release);
+        let mut rx = shared.state.subscribe();
+        if let State::Up(c) = &*rx.borrow_and_update() {
+            let _ = c.ctl.send(Cmd::Close);
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| matches!(s, State::Closed(_))),
+        )
+        .await;
+    }
+}
+
+/// The items of a response stream. Grants the server more credit as it is consumed; dropping it
+/// before the end cancels the call.
+pub struct ResponseStream {
+    id: u64,
+    rx: Option<mpsc::Receiver<Result<Bytes>>>,
+    ctl: mpsc::UnboundedSender<Cmd>,
+    consumed: u32,
+    done: bool,
+}
+
+impl fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseStream {
+    /// The next item; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for ResponseStream {
+    type Item = Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.consumed += 1;
+                if self.consumed >= INITIAL_STREAM_CREDIT / 2 {
+                    let n = std::mem::take(&mut self.consumed);
+                    let _ = self.ctl.send(Cmd::Send(Frame::credit_stream(self.id, n)));
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                self.rx = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.ctl.send(Cmd::Cancel(self.id));
+        }
+    }
+}
+
+/// Sends the items of a request stream, waiting for the server's credit.
+pub struct RequestSink {
+    id: u64,
+    cmds: mpsc::Sender<Cmd>,
+    credit: Option<Arc<Semaphore>>,
+    finished: bool,
+}
+
+impl fmt::Debug for RequestSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSink")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestSink {
+    /// Sends one item, waiting while the server has granted no credit.
+    pub async fn send(&mut self, item: impl Into<Bytes>) -> Result<()> {
+        if self.finished {
+            return Err(Error::new(
+                Status::BAD_REQUEST,
+                "the request stream is finished",
+            ));
+        }
+        if let Some(c) = &self.credit {
+            c.acquire()
+                .await
+                .map_err(|_| Error::new(Status::CANCELLED, "the call has ended"))?
+                .forget();
+        }
+        self.cmds
+            .send(Cmd::Send(Frame::stream(self.id, item, false)))
+            .await
+            .map_err(|_| Error::connection_lost("connection closed"))
+    }
+
+    /// Ends the request stream (STREAM with END).
+    pub async fn finish(mut self) -> Result<()> {
+        self.finished = true;
+        self.cmds
+            .send(Cmd::Send(Frame::stream(self.id, Bytes::new(), true)))
+            .await
+            .map_err(|_| Error::connection_lost("connection closed"))
+    }
+}
+
+impl Drop for RequestSink {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self
+                .cmds
+                .try_send(Cmd::Send(Frame::stream(self.id, Bytes::new(), true)));
+        }
+    }
+}
+
+/// The one response of a client-streaming call.
+pub struct PendingReply {
+    rx: oneshot::Receiver<Result<Reply>>,
+    _cancel: ResponseStream,
+}
+
+impl fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingReply")
+    }
+}
+
+impl std::future::Future for PendingReply {
+    type Output = Result<Reply>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply>> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(r) => {
+                self._cancel.done = true;
+                Poll::Ready(r.unwrap_or_else(|_| Err(Error::connection_lost("connection closed"))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A pool of clients: round robin, or the same client for the same key.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    clients: Arc<[Client]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Opens `size` connections to each URL.
+    pub async fn connect(urls: &[&str], size: usize, opts: ClientOptions) -> Result<Pool> {
+        let mut clients = Vec::new();
+        for url in urls {
+            for _ in 0..size.max(1) {
+                clients.push(Client::connect(url, opts.clone()).await?);
+            }
+        }
+        Pool::from_clients(clients)
+    }
+
+    /// A pool over existing clients.
+    pub fn from_clients(clients: Vec<Client>) -> Result<Pool> {
+        if clients.is_empty() {
+            return Err(Error::new(
+                Status::BAD_REQUEST,
+                "a pool needs at least one client",
+            ));
+        }
+        Ok(Pool {
+            clients: clients.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The next client in round-robin order, skipping disconnected ones when it can.
+    pub fn pick(&self) -> &Client {
+        let n = self.clients.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.clients[(start + i) % n])
+            .find(|c| c.is_connected())
+            .unwrap_or(&self.clients[start % n])
+    }
+
+    /// The client for `key`: the same key always maps to the same client (key affinity).
+    pub fn pick_for(&self, key: &[u8]) -> &Client {
+        // FNV-1a, as memlink hashes method names.
+        let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        &self.clients[(h % self.clients.len() as u64) as usize]
+    }
+
+    /// How many clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether the pool is empty (never, by construction).
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}

@@ -1,0 +1,154 @@
+//! The error every fallible operation returns: a status code a caller can match on, a message,
+//! optional details, and whether trying again may help.
+
+use bytes::Bytes;
+use mitto_proto::{DecodeError, EncodeError, Status};
+use std::fmt;
+
+/// A failed operation.
+///
+/// ```
+/// use mitto::{Error, Status};
+/// let e = Error::new(Status::TIMEOUT, "calc.add took longer than 250ms");
+/// assert_eq!(e.status(), Status::TIMEOUT);
+/// assert!(e.is_timeout());
+/// assert!(e.is_retryable());
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    status: Status,
+    message: String,
+    details: Option<Bytes>,
+    retryable: bool,
+    remote: bool,
+}
+
+/// `Result<T, mitto::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error with a status and a message; retryable as the status says.
+    pub fn new(status: Status, message: impl Into<String>) -> Error {
+        Error {
+            status,
+            message: message.into(),
+            details: None,
+            retryable: status.is_retryable(),
+            remote: false,
+        }
+    }
+
+    /// A handler failure (EXECUTION_ERROR), the usual error a handler returns.
+    pub fn execution(message: impl Into<String>) -> Error {
+        Error::new(Status::EXECUTION_ERROR, message)
+    }
+
+    /// The error a peer reported in a RESPONSE or ERROR frame.
+    pub(crate) fn from_remote(status: Status, reason: &[u8]) -> Error {
+        let mut e = Error::new(status, String::from_utf8_lossy(reason).into_owned());
+        e.remote = true;
+        e
+    }
+
+    /// The connection was lost or closed before the operation finished.
+    pub(crate) fn connection_lost(why: impl fmt::Display) -> Error {
+        Error::new(Status::UNAVAILABLE, format!("connection lost: {why}")).retryable()
+    }
+
+    /// Marks the error as worth retrying.
+    pub fn retryable(mut self) -> Error {
+        self.retryable = true;
+        self
+    }
+
+    /// Attaches machine-readable details (sent as the ERROR/RESPONSE payload's companion).
+    pub fn with_details(mut self, details: impl Into<Bytes>) -> Error {
+        self.details = Some(details.into());
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The details, if any.
+    pub fn details(&self) -> Option<&Bytes> {
+        self.details.as_ref()
+    }
+
+    /// Whether the same operation may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// Whether the status is TIMEOUT.
+    pub fn is_timeout(&self) -> bool {
+        self.status == Status::TIMEOUT
+    }
+
+    /// Whether the status is CANCELLED.
+    pub fn is_cancelled(&self) -> bool {
+        self.status == Status::CANCELLED
+    }
+
+    /// Whether the peer reported this error (rather than this side detecting it).
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("status", &self.status)
+            .field("message", &self.message);
+        if self.retryable {
+            d.field("retryable", &true);
+        }
+        if self.remote {
+            d.field("remote", &true);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.status)
+        } else {
+            write!(f, "{}: {}", self.status, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Error {
+        Error::new(e.status(), e.to_string())
+    }
+}
+
+impl From<EncodeError> for Error {
+    fn from(e: EncodeError) -> Error {
+        let status = match e {
+            EncodeError::InvalidSubject { .. } => Status::INVALID_SUBJECT,
+            EncodeError::TooLarge { .. } => Status::PAYLOAD_TOO_LARGE,
+            _ => Status::BAD_REQUEST,
+        };
+        Error::new(status, e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::connection_lost(e)
+    }
+}

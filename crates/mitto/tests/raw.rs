@@ -1,0 +1,345 @@
+//! Bad input and odd peers, spoken to the server as raw bytes on a TCP socket: every case gets the
+//! ERROR frame and the close the spec asks for, and the server keeps serving everyone else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mitto::proto::negotiate::Features;
+use mitto::proto::{Decoder, Frame, FrameType, Hello, Subject, Version};
+use mitto::{Client, ClientOptions, Request, RequestStream, Server, Status};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Raw {
+    s: TcpStream,
+    dec: Decoder,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Raw {
+        let addr = url.trim_start_matches("tcp://");
+        Raw {
+            s: TcpStream::connect(addr).await.unwrap(),
+            dec: Decoder::default(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn hello(url: &str) -> Raw {
+        let mut r = Raw::connect(url).await;
+        r.send(&Frame::hello(&offer(), false).unwrap()).await;
+        let f = r.recv().await.expect("HELLO reply");
+        assert_eq!(f.frame_type, FrameType::Hello);
+        r
+    }
+
+    async fn send(&mut self, f: &Frame) {
+        self.s.write_all(&f.to_bytes().unwrap()).await.unwrap();
+    }
+
+    async fn send_bytes(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.unwrap();
+    }
+
+    /// The next frame, or `None` at end of stream. Fails the test after 5 s of silence.
+    async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = self.dec.decode(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read_buf(&mut self.buf))
+                .await
+                .expect("a frame within 5 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Skips PINGs from the server's keepalive.
+    async fn recv_not_ping(&mut self) -> Option<Frame> {
+        loop {
+            match self.recv().await {
+                Some(f) if f.frame_type == FrameType::Ping => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn still_alive(&mut self) {
+        self.send(&Frame::ping(4242)).await;
+        let f = self.recv_not_ping().await.expect("PONG");
+        assert_eq!((f.frame_type, f.id), (FrameType::Pong, 4242));
+    }
+}
+
+fn offer() -> Hello {
+    Hello {
+        version: Version::CURRENT,
+        flags: 0,
+        features: Features::supported(),
+        max_payload: 0,
+        max_headers: 0,
+        keepalive_ms: 0,
+        name: "raw-test".into(),
+        client_id: String::new(),
+        session: String::new(),
+        user: String::new(),
+        auth: Bytes::new(),
+    }
+}
+
+async fn server() -> mitto::RunningServer {
+    Server::with_options(mitto::ServerOptions::new().max_payload(1024))
+        .route("echo", |r: Request| async move { Ok(r.payload().clone()) })
+        .route("block", |_r: Request| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Bytes::new())
+        })
+        .route_client_stream("hold", |_r: Request, items: RequestStream| async move {
+            let _unread = items;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Bytes::new())
+        })
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap()
+}
+
+/// A well-behaved client on the same server still gets answers.
+async fn others_unaffected(url: &str) {
+    let c = Client::connect(url, ClientOptions::new()).await.unwrap();
+    assert_eq!(c.call("echo", "ok").await.unwrap(), Bytes::from("ok"));
+    c.close().await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_hello_gets_error_and_close() {
+    let srv = server().await;
+    let mut r = Raw::connect(srv.local_url()).await;
+    r.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n...........")
+        .await;
+    let f = r.recv().await.expect("ERROR");
+    assert_eq!(f.frame_type, FrameType::Error);
+    assert_eq!(f.status, Status::PROTOCOL_ERROR);
+    assert!(r
+        .recv()
+        .await
+        .is_none_or(|f| f.frame_type == FrameType::Close));
+    others_unaffected(srv.local_url()).await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_frame_must_be_hello() {
+    let srv = server().await;
+    let mut r = Raw::connect(srv.local_url()).await;
+    r.send(&Frame::request(1, Subject::literal("echo").unwrap(), "x"))
+        .await;
+    let f = r.recv().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Error, Status::UNEXPECTED_FRAME, 1)
+    );
+    assert_eq!(r.recv().await.map(|f| f.frame_type), Some(FrameType::Close));
+    assert!(r.recv().await.is_none());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_major_version_is_refused() {
+    let srv = server().await;
+    let mut r = Raw::connect(srv.local_url()).await;
+    let mut h = offer();
+    h.version = Version { major: 9, minor: 0 };
+    r.send(&Frame::hello(&h, false).unwrap()).await;
+    let f = r.recv().await.expect("ERROR");
+    assert_eq!(f.status, Status::UNSUPPORTED_VERSION);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_frame_is_refused_and_connection_survives() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let big = Frame::request(7, Subject::literal("echo").unwrap(), vec![0u8; 5000]);
+    r.send(&big).await;
+    let f = r.recv_not_ping().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Error, Status::PAYLOAD_TOO_LARGE, 7)
+    );
+    r.still_alive().await;
+    r.send(&Frame::request(
+        8,
+        Subject::literal("echo").unwrap(),
+        "fine",
+    ))
+    .await;
+    let f = r.recv_not_ping().await.expect("RESPONSE");
+    assert_eq!(
+        (f.frame_type, f.id, &f.payload[..]),
+        (FrameType::Response, 8, &b"fine"[..])
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_frame_type_is_refused_and_connection_survives() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let mut b = BytesMut::new();
+    Frame::ping(3).encode(&mut b).unwrap();
+    b[6] = 0x7f; // frame type
+    r.send_bytes(&b).await;
+    let f = r.recv_not_ping().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Error, Status::UNSUPPORTED_FEATURE, 3)
+    );
+    r.still_alive().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_magic_mid_stream_closes_the_connection() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let mut b = BytesMut::new();
+    b.put_slice(b"NOPE");
+    b.put_bytes(0, 28);
+    r.send_bytes(&b).await;
+    let f = r.recv_not_ping().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status),
+        (FrameType::Error, Status::PROTOCOL_ERROR)
+    );
+    assert_eq!(
+        r.recv_not_ping().await.map(|f| f.frame_type),
+        Some(FrameType::Close)
+    );
+    assert!(r.recv().await.is_none());
+    others_unaffected(srv.local_url()).await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn truncated_frame_then_eof_does_not_hurt_the_server() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let b = Frame::request(1, Subject::literal("echo").unwrap(), "abcdef")
+        .to_bytes()
+        .unwrap();
+    r.send_bytes(&b[..b.len() - 3]).await;
+    drop(r);
+    others_unaffected(srv.local_url()).await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_enforces_the_deadline_header() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let h = mitto::Headers::builder()
+        .deadline(Duration::from_millis(50))
+        .build();
+    r.send(&Frame::request(5, Subject::literal("block").unwrap(), "").with_headers(h))
+        .await;
+    let f = r.recv_not_ping().await.expect("RESPONSE");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Response, Status::TIMEOUT, 5)
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicate_call_id_is_a_protocol_error() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    r.send(&Frame::request(9, Subject::literal("block").unwrap(), ""))
+        .await;
+    r.send(&Frame::request(9, Subject::literal("block").unwrap(), ""))
+        .await;
+    let f = r.recv_not_ping().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Error, Status::PROTOCOL_ERROR, 9)
+    );
+    // CANCEL ends the first one.
+    r.send(&Frame::cancel(9)).await;
+    let f = r.recv_not_ping().await.expect("RESPONSE");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Response, Status::CANCELLED, 9)
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_items_beyond_credit_are_refused() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    let open = Frame::request(11, Subject::literal("hold").unwrap(), "");
+    r.send(&open.with_flags(mitto::proto::Flags::START)).await;
+    for _ in 0..=mitto::INITIAL_STREAM_CREDIT {
+        r.send(&Frame::stream(11, "item", false)).await;
+    }
+    let f = r.recv_not_ping().await.expect("RESPONSE");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Response, Status::PROTOCOL_ERROR, 11)
+    );
+    r.still_alive().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn pubsub_frames_on_an_rpc_server_are_refused() {
+    let srv = server().await;
+    let mut r = Raw::hello(srv.local_url()).await;
+    r.send(&Frame::publish(Subject::literal("a.b").unwrap(), "x").with_id(77))
+        .await;
+    let f = r.recv_not_ping().await.expect("ERROR");
+    assert_eq!(
+        (f.frame_type, f.status, f.id),
+        (FrameType::Error, Status::UNSUPPORTED_FEATURE, 77)
+    );
+    r.still_alive().await;
+    srv.shutdown().await;
+}
+
+/// A server that answers HELLO, takes one REQUEST, and vanishes.
+#[tokio::test]
+async fn peer_vanishing_mid_call_fails_the_call_as_retryable() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let fake = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut r = Raw {
+            s,
+            dec: Decoder::default(),
+            buf: BytesMut::new(),
+        };
+        let hello = r.recv().await.unwrap();
+        let reply =
+            mitto::proto::negotiate::negotiate(&offer(), &Hello::decode(&hello.payload).unwrap())
+                .unwrap()
+                .reply("fake", "c1", "", false);
+        r.send(&Frame::hello(&reply, true).unwrap()).await;
+        let req = r.recv().await.unwrap();
+        assert_eq!(req.frame_type, FrameType::Request);
+        // vanish: the socket drops with the call unanswered
+    });
+    let c = Client::connect(&url, ClientOptions::new().reconnect(false))
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let e = c.call("anything", "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::UNAVAILABLE);
+    assert!(e.is_retryable() && !e.is_remote(), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    fake.await.unwrap();
+}
