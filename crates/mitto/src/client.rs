@@ -5,6 +5,7 @@ use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
 use crate::conn::{Ctx, Driver, DriverConfig, Reactor};
 use crate::error::{Error, Result};
 use crate::handshake;
+use crate::pubsub::{Message, SubRecord};
 use crate::transport::{self, Endpoint, TlsClientConfig};
 use crate::INITIAL_STREAM_CREDIT;
 use bytes::Bytes;
@@ -268,7 +269,18 @@ impl<'a> ClientNext<'a> {
 // connection state
 
 pub(crate) enum Cmd {
-    Call { id: u64, frame: Frame, slot: Slot },
+    Call {
+        id: u64,
+        frame: Frame,
+        slot: Slot,
+    },
+    /// Registers the local end of subscription `sid` (its SUBSCRIBE goes as a `Call`).
+    Subscribe {
+        sid: u32,
+        tx: mpsc::Sender<Message>,
+    },
+    /// Forgets subscription `sid` locally.
+    DropSub(u32),
     Send(Frame),
     Cancel(u64),
     Close,
@@ -309,28 +321,32 @@ impl Slot {
 }
 
 #[derive(Clone)]
-struct Conn {
-    cmds: mpsc::Sender<Cmd>,
-    ctl: mpsc::UnboundedSender<Cmd>,
-    agreed: Arc<Negotiated>,
+pub(crate) struct Conn {
+    pub(crate) cmds: mpsc::Sender<Cmd>,
+    pub(crate) ctl: mpsc::UnboundedSender<Cmd>,
+    pub(crate) agreed: Arc<Negotiated>,
 }
 
 #[derive(Clone)]
-enum State {
+pub(crate) enum State {
     Connecting,
     Up(Conn),
     Closed(Error),
 }
 
-struct Shared {
+pub(crate) struct Shared {
     endpoint: Endpoint,
-    opts: ClientOptions,
-    state: watch::Sender<State>,
+    pub(crate) opts: ClientOptions,
+    pub(crate) state: watch::Sender<State>,
     closing: AtomicBool,
+    /// Live subscriptions, re-made on every new connection.
+    pub(crate) subs: std::sync::Mutex<HashMap<u32, SubRecord>>,
+    pub(crate) next_sid: std::sync::atomic::AtomicU32,
 }
 
 struct ClientReactor {
     pending: HashMap<u64, Slot>,
+    subs: HashMap<u32, mpsc::Sender<Message>>,
 }
 
 fn remote_error(f: &Frame) -> Error {
@@ -414,6 +430,27 @@ impl Reactor for ClientReactor {
                     }
                 }
             }
+            FrameType::Ack => {
+                if let Some(Slot::Unary(tx)) = self.pending.remove(&f.id) {
+                    let _ = tx.send(Ok(Reply {
+                        headers: Headers::new(),
+                        payload: Bytes::new(),
+                    }));
+                }
+            }
+            FrameType::Event => {
+                match self.subs.get(&f.aux) {
+                    Some(tx) => {
+                        let sid = f.aux;
+                        if let Err(mpsc::error::TrySendError::Full(_)) =
+                            tx.try_send(Message::from_event(f))
+                        {
+                            tracing::warn!(sid, "the server sent an EVENT beyond the subscription's credit; dropped");
+                        }
+                    }
+                    None => tracing::trace!(sid = f.aux, "EVENT for a subscription that is gone"),
+                }
+            }
             FrameType::Credit if f.aux == 0 => {
                 if let Some(Slot::Stream {
                     credit: Some(c), ..
@@ -454,13 +491,13 @@ impl Reactor for ClientReactor {
     fn on_command(&mut self, c: Option<Cmd>, cx: &mut Ctx<'_>) {
         match c {
             Some(Cmd::Call { id, frame, slot }) => {
-                if frame.payload.len() > cx.limits.max_payload as usize {
+                if frame.payload.len() > cx.limits().max_payload as usize {
                     slot.fail(Error::new(
                         Status::PAYLOAD_TOO_LARGE,
                         format!(
                             "payload of {} bytes exceeds the negotiated limit of {}",
                             frame.payload.len(),
-                            cx.limits.max_payload
+                            cx.limits().max_payload
                         ),
                     ));
                     return;
@@ -478,6 +515,12 @@ impl Reactor for ClientReactor {
                     cx.send(&Frame::cancel(id));
                     slot.fail(Error::new(Status::CANCELLED, "cancelled by the caller"));
                 }
+            }
+            Some(Cmd::Subscribe { sid, tx }) => {
+                self.subs.insert(sid, tx);
+            }
+            Some(Cmd::DropSub(sid)) => {
+                self.subs.remove(&sid);
             }
             Some(Cmd::Close) | None => cx.close(Status::OK, "client closed"),
         }
@@ -541,6 +584,7 @@ async fn open(endpoint: &Endpoint, opts: &ClientOptions) -> Result<(Driver<Clien
         cfg,
         ClientReactor {
             pending: HashMap::new(),
+            subs: HashMap::new(),
         },
         cmds_rx,
         ctl_rx,
@@ -580,6 +624,7 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
             }
             match open(&shared.endpoint, &shared.opts).await {
                 Ok((d, conn)) => {
+                    crate::pubsub::resubscribe(&shared, &conn.ctl);
                     shared.state.send_replace(State::Up(conn));
                     break d;
                 }
@@ -597,8 +642,8 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
 // ---------------------------------------------------------------------------------------------
 // the client handle
 
-struct Inner {
-    shared: Arc<Shared>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
     next_id: AtomicU64,
 }
 
@@ -621,7 +666,7 @@ impl Drop for Inner {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Client {
@@ -660,6 +705,8 @@ impl Client {
             opts,
             state,
             closing: AtomicBool::new(false),
+            subs: std::sync::Mutex::new(HashMap::new()),
+            next_sid: std::sync::atomic::AtomicU32::new(1),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {
@@ -670,7 +717,7 @@ impl Client {
         })
     }
 
-    fn opts(&self) -> &ClientOptions {
+    pub(crate) fn opts(&self) -> &ClientOptions {
         &self.inner.shared.opts
     }
 
@@ -688,7 +735,7 @@ impl Client {
     }
 
     /// Waits for a connection until `deadline`.
-    async fn conn(&self, deadline: Instant) -> Result<Conn> {
+    pub(crate) async fn conn(&self, deadline: Instant) -> Result<Conn> {
         let mut rx = self.inner.shared.state.subscribe();
         loop {
             match &*rx.borrow_and_update() {
@@ -714,7 +761,7 @@ impl Client {
         }
     }
 
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 

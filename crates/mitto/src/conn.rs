@@ -3,7 +3,7 @@
 //! Inbound bytes go through the [`Decoder`] to a [`Reactor`] that receives `&mut self` with each
 //! frame (protosocket's reactor). Outbound frames come from a bounded command channel (and a
 //! small control channel for cancels, credits and URGENT frames, which is drained first), are
-//! encoded into an [`Outbox`] and leave in vectored writes of many frames at once. While the
+//! encoded into an outbox and leave in vectored writes of many frames at once. While the
 //! outbox holds more than its high-water mark, the driver stops taking commands, so a slow peer
 //! pushes back on the senders instead of growing memory.
 
@@ -147,15 +147,26 @@ impl Outbox {
 }
 
 /// What the driver offers a reactor while it handles a frame or command.
-pub(crate) struct Ctx<'a> {
+pub struct Ctx<'a> {
     out: &'a mut Outbox,
     close: &'a mut Option<(Status, String)>,
-    pub(crate) limits: &'a Limits,
+    limits: &'a Limits,
 }
 
 impl Ctx<'_> {
+    /// The limits negotiated for this connection.
+    pub fn limits(&self) -> &Limits {
+        self.limits
+    }
+
+    /// Whether the outbox holds more than its high-water mark: a reactor that produces frames
+    /// on its own (from [`Reactor::poll_outbound`]) should stop until it is called again.
+    pub fn backlogged(&self) -> bool {
+        self.out.over_high_water()
+    }
+
     /// Queues a frame for sending.
-    pub(crate) fn send(&mut self, f: &Frame) {
+    pub fn send(&mut self, f: &Frame) {
         if let Err(e) = self.out.push(f) {
             // Frames built here always fit the header; a caller's oversize frame was refused
             // before it reached the driver. Report instead of panicking all the same.
@@ -164,7 +175,7 @@ impl Ctx<'_> {
     }
 
     /// Starts a graceful close: CLOSE is sent after what is queued, then the socket shuts down.
-    pub(crate) fn close(&mut self, status: Status, reason: impl Into<String>) {
+    pub fn close(&mut self, status: Status, reason: impl Into<String>) {
         if self.close.is_none() {
             *self.close = Some((status, reason.into()));
         }
@@ -172,7 +183,7 @@ impl Ctx<'_> {
 }
 
 /// Receives inbound frames and commands, with `&mut self`.
-pub(crate) trait Reactor: Send + 'static {
+pub trait Reactor: Send + 'static {
     /// What other tasks send this connection.
     type Cmd: Send + 'static;
     /// A frame arrived.
@@ -181,17 +192,26 @@ pub(crate) trait Reactor: Send + 'static {
     fn on_command(&mut self, c: Option<Self::Cmd>, cx: &mut Ctx<'_>);
     /// The connection ended (cleanly or not); fail whatever is pending.
     fn on_closed(&mut self, why: &Error);
+    /// Called on every turn of the driver while the outbox is below its high-water mark: a
+    /// reactor with its own queue of outgoing frames (a broker's per-subscription queues) moves
+    /// them to the outbox here. Returns whether it queued anything. Wake the driver (send it a
+    /// command) when such frames appear while it is idle.
+    fn poll_outbound(&mut self, _cx: &mut Ctx<'_>) -> bool {
+        false
+    }
 }
 
 /// Settings of one driver.
 #[derive(Clone, Debug)]
-pub(crate) struct DriverConfig {
-    pub(crate) limits: Limits,
-    pub(crate) keepalive: Option<Duration>,
+pub struct DriverConfig {
+    /// The negotiated limits.
+    pub limits: Limits,
+    /// Keepalive PING interval; a peer silent for two intervals is dropped.
+    pub keepalive: Option<Duration>,
 }
 
 /// One connection's task.
-pub(crate) struct Driver<R: Reactor> {
+pub struct Driver<R: Reactor> {
     io: Io,
     rbuf: BytesMut,
     dec: Decoder,
@@ -210,10 +230,13 @@ pub(crate) struct Driver<R: Reactor> {
 }
 
 /// How a driver ended.
-pub(crate) type Outcome = Result<(), Error>;
+pub type Outcome = Result<(), Error>;
 
 impl<R: Reactor> Driver<R> {
-    pub(crate) fn new(
+    /// A driver over `io` (with `leftover` bytes read past the handshake), feeding `reactor`
+    /// with frames and with commands from `cmds` (bounded: paused while the outbox is full) and
+    /// `ctl` (always taken first).
+    pub fn new(
         io: Io,
         leftover: BytesMut,
         cfg: DriverConfig,
@@ -246,7 +269,7 @@ impl<R: Reactor> Driver<R> {
     }
 
     /// Runs the connection to its end.
-    pub(crate) async fn run(mut self) -> Outcome {
+    pub async fn run(mut self) -> Outcome {
         let outcome = poll_fn(|cx| self.poll(cx)).await;
         let why = match &outcome {
             Ok(()) => Error::new(Status::UNAVAILABLE, "connection closed").retryable(),
@@ -275,6 +298,10 @@ impl<R: Reactor> Driver<R> {
         for _ in 0..8 {
             let mut progress = false;
             progress |= self.poll_commands(cx);
+            if !self.out.over_high_water() && self.close.is_none() {
+                let (r, mut ctx) = self.ctx();
+                progress |= r.poll_outbound(&mut ctx);
+            }
             match self.poll_read(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(true)) => progress = true,

@@ -29,7 +29,7 @@ async fn read_frame(io: &mut Io, dec: &mut Decoder, buf: &mut BytesMut) -> Resul
 
 /// Client side: sends HELLO, waits for the server's HELLO reply. Returns what was agreed, the
 /// server's reply, and any bytes read past it.
-pub(crate) async fn client(
+pub async fn client(
     io: &mut Io,
     offer: &Hello,
     timeout: Duration,
@@ -65,7 +65,7 @@ pub(crate) async fn client(
 
 /// Server side: waits for the client's HELLO, checks it with `admit`, negotiates and replies.
 /// Every refusal is sent to the client as an ERROR frame before the error is returned.
-pub(crate) async fn server(
+pub async fn server(
     io: &mut Io,
     local: &Hello,
     timeout: Duration,

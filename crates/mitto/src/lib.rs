@@ -26,9 +26,10 @@
 
 mod client;
 mod codec;
-mod conn;
+pub mod conn;
 mod error;
-mod handshake;
+pub mod handshake;
+mod pubsub;
 mod server;
 pub mod transport;
 
@@ -39,8 +40,12 @@ pub use client::{
 pub use codec::{decode_proto, encode_proto, Codec, OCTET_STREAM, PROTOBUF};
 pub use error::{Error, Result};
 pub use mitto_proto as proto;
+pub use mitto_proto::SubscribeOptions;
 pub use mitto_proto::{
     Headers, HealthReport, HealthState, MsgKind, StatsReport, Status, WellKnown,
+};
+pub use pubsub::{
+    Delivery, Message, Policy, PublishOptions, Subscription, DEFAULT_SUBSCRIPTION_CREDIT,
 };
 pub use server::{
     Middleware, Next, PeerInfo, Request, RequestStream, Response, RunningServer, Server,

@@ -1,0 +1,558 @@
+//! One client connection at the broker: the HELLO (limits, auth), then a reactor on the
+//! runtime's connection driver that turns frames into calls on the shared core and moves the
+//! connection's mailbox to its socket.
+
+use crate::config::User;
+use crate::core::{bump, Core, SubRef};
+use crate::mailbox::{Drained, Mailbox, SubQueue};
+use bytes::Bytes;
+use mitto::conn::{Ctx, Driver, DriverConfig, Reactor};
+use mitto::proto::body::{decode_credit, decode_opt_u32};
+use mitto::proto::negotiate::Features;
+use mitto::proto::subject::matches;
+use mitto::proto::{
+    Delivery, Flags, Frame, FrameType, HealthReport, HealthState, Hello, SlowConsumerPolicy,
+    StatsReport, Status, SubscribeOptions, Version,
+};
+use mitto::transport::Incoming;
+use mitto::Error;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Commands a connection's driver takes besides frames.
+#[derive(Debug)]
+pub(crate) enum BrokerCmd {
+    /// The mailbox has something to send.
+    Wake,
+    /// Shutdown: close after what is queued.
+    Drain,
+}
+
+/// What the core knows of a connection (for shutdown and monitoring).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) ctl: mpsc::UnboundedSender<BrokerCmd>,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) peer: String,
+    pub(crate) name: String,
+    pub(crate) user: String,
+}
+
+/// Whether `allowed` (a filter) covers every subject `requested` (a filter) can match.
+fn covers(allowed: &str, requested: &str) -> bool {
+    let mut a = allowed.split('.');
+    let mut r = requested.split('.');
+    loop {
+        match (a.next(), r.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Permissions {
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+}
+
+impl Permissions {
+    fn of(user: Option<&User>) -> Permissions {
+        user.map(|u| Permissions {
+            publish: u.publish.clone(),
+            subscribe: u.subscribe.clone(),
+        })
+        .unwrap_or_default()
+    }
+    fn may_publish(&self, subject: &str) -> bool {
+        self.publish.is_empty() || self.publish.iter().any(|f| matches(f, subject))
+    }
+    fn may_subscribe(&self, filter: &str) -> bool {
+        self.subscribe.is_empty() || self.subscribe.iter().any(|f| covers(f, filter))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks HELLO's credentials; returns the user, if users are configured.
+fn authenticate<'a>(core: &'a Core, h: &Hello) -> Result<Option<&'a User>, Error> {
+    let denied = |why: &str| Error::new(Status::UNAUTHORIZED, why.to_owned());
+    if let Some(t) = &core.cfg.token {
+        return if constant_time_eq(&h.auth, t.as_bytes()) {
+            Ok(None)
+        } else {
+            Err(denied("invalid or missing token"))
+        };
+    }
+    if core.cfg.users.is_empty() {
+        return Ok(None);
+    }
+    core.cfg
+        .users
+        .iter()
+        .find(|u| u.name == h.user && constant_time_eq(&h.auth, u.password.as_bytes()))
+        .map(Some)
+        .ok_or_else(|| denied("unknown user or wrong password"))
+}
+
+pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
+    let peer = inc.peer.clone();
+    let mut io = match inc.establish().await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection setup failed");
+            return;
+        }
+    };
+    let cfg = &core.cfg;
+    let local = Hello {
+        version: Version::CURRENT,
+        flags: 0,
+        features: Features::supported(),
+        max_payload: cfg.max_payload,
+        max_headers: 0,
+        keepalive_ms: cfg.keepalive_ms,
+        name: cfg.name.clone(),
+        client_id: String::new(),
+        session: String::new(),
+        user: String::new(),
+        auth: Bytes::new(),
+    };
+    let mut perms = Permissions::default();
+    let admit = |h: &Hello| {
+        if core.draining() {
+            return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
+        }
+        let open = core.stats.connections_open.load(Ordering::Relaxed);
+        if open >= cfg.max_connections as u64 {
+            bump(&core.stats.connections_refused);
+            return Err(Error::new(
+                Status::QUOTA_EXCEEDED,
+                format!(
+                    "the broker has its maximum of {} connections",
+                    cfg.max_connections
+                ),
+            )
+            .retryable());
+        }
+        let user = authenticate(&core, h).inspect_err(|_| bump(&core.stats.auth_failures))?;
+        perms = Permissions::of(user);
+        let id = if h.client_id.is_empty() {
+            format!("c{conn}")
+        } else {
+            h.client_id.clone()
+        };
+        Ok((id, String::new(), false))
+    };
+    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+    let (agreed, hello, leftover) =
+        match mitto::handshake::server(&mut io, &local, timeout, admit).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "handshake refused");
+                return;
+            }
+        };
+    let (cmd_tx, cmd_rx) = mpsc::channel(1);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let mailbox = Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes));
+    if let Ok(mut c) = core.conns.lock() {
+        c.insert(
+            conn,
+            ConnInfo {
+                ctl: ctl_tx.clone(),
+                mailbox: mailbox.clone(),
+                peer,
+                name: hello.name.clone(),
+                user: hello.user.clone(),
+            },
+        );
+    }
+    bump(&core.stats.connections_total);
+    bump(&core.stats.connections_open);
+    if core.draining() {
+        let _ = ctl_tx.send(BrokerCmd::Drain);
+    }
+    let keepalive =
+        (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
+    let reactor = BrokerReactor {
+        core: core.clone(),
+        conn,
+        mailbox: mailbox.clone(),
+        perms,
+        acks: agreed.features.contains(Features::ACKS),
+        _cmd_tx: cmd_tx,
+        draining: false,
+    };
+    let driver = Driver::new(
+        io,
+        leftover,
+        DriverConfig {
+            limits: agreed.limits,
+            keepalive,
+        },
+        reactor,
+        cmd_rx,
+        ctl_rx,
+    );
+    if let Err(e) = driver.run().await {
+        tracing::debug!(error = %e, "connection ended");
+    }
+    core.connection_gone(conn, &mailbox);
+    core.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+    if let Ok(mut c) = core.conns.lock() {
+        c.remove(&conn);
+    }
+}
+
+struct BrokerReactor {
+    core: Arc<Core>,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    perms: Permissions,
+    acks: bool,
+    /// Keeps the command channel open; the broker drives everything through `ctl`.
+    _cmd_tx: mpsc::Sender<BrokerCmd>,
+    draining: bool,
+}
+
+impl BrokerReactor {
+    fn refuse(&self, cx: &mut Ctx<'_>, f: &Frame, status: Status, why: &str) {
+        if status == Status::FORBIDDEN {
+            bump(&self.core.stats.permission_denials);
+        }
+        let mut e = Frame::error(f.id, status, why);
+        if matches!(f.frame_type, FrameType::Subscribe | FrameType::Unsubscribe) {
+            e.aux = f.aux;
+        }
+        cx.send(&e);
+    }
+
+    fn on_publish(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        let subject = f.subject.as_str();
+        if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
+            return self.refuse(
+                cx,
+                &f,
+                Status::FORBIDDEN,
+                &format!("may not publish to {subject}"),
+            );
+        }
+        let routed = self.core.publish(&f);
+        if routed.rejected > 0 && routed.delivered == 0 {
+            return self.refuse(
+                cx,
+                &f,
+                Status::BACKPRESSURE_REJECTION,
+                &format!(
+                    "{} subscriber(s) of {subject} cannot keep up; try again",
+                    routed.rejected
+                ),
+            );
+        }
+        if f.flags.contains(Flags::ACK_REQUIRED) {
+            if routed.rejected > 0 {
+                return self.refuse(
+                    cx,
+                    &f,
+                    Status::BACKPRESSURE_REJECTION,
+                    &format!(
+                        "delivered to {} but {} subscriber(s) of {subject} cannot keep up",
+                        routed.delivered, routed.rejected
+                    ),
+                );
+            }
+            cx.send(&Frame::ack(f.id, 0));
+        }
+    }
+
+    fn on_subscribe(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        let filter = f.subject.as_str().to_owned();
+        if self.core.is_inbox(&filter) || filter.starts_with("_INBOX.>") {
+            return self.refuse(
+                cx,
+                &f,
+                Status::FORBIDDEN,
+                "broker inboxes are not subscribable",
+            );
+        }
+        if !self.perms.may_subscribe(&filter) {
+            return self.refuse(
+                cx,
+                &f,
+                Status::FORBIDDEN,
+                &format!("may not subscribe to {filter}"),
+            );
+        }
+        let opts = match SubscribeOptions::decode(&f.payload, "SUBSCRIBE") {
+            Ok(o) => o,
+            Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
+        };
+        if opts.delivery == Delivery::AtLeastOnce {
+            return self.refuse(
+                cx,
+                &f,
+                Status::UNSUPPORTED_FEATURE,
+                "at-least-once subscriptions are not available in this broker version",
+            );
+        }
+        let max = self.core.cfg.max_subscriptions;
+        if self.mailbox.sub_count() >= max {
+            return self.refuse(
+                cx,
+                &f,
+                Status::QUOTA_EXCEEDED,
+                &format!("this connection has its maximum of {max} subscriptions"),
+            );
+        }
+        let policy = match opts.policy {
+            SlowConsumerPolicy::ServerDefault => self.core.cfg.slow_consumer.policy(),
+            p => p,
+        };
+        let max_pending = match opts.max_pending {
+            0 => self.core.cfg.max_pending_msgs,
+            n => n.min(self.core.cfg.max_pending_msgs),
+        } as usize;
+        let sq = SubQueue::new(
+            filter.clone(),
+            opts.queue.clone(),
+            opts.credit,
+            max_pending,
+            policy,
+        );
+        if !self.mailbox.add_sub(f.aux, sq) {
+            return self.refuse(
+                cx,
+                &f,
+                Status::ALREADY_EXISTS,
+                &format!("subscription id {} is in use", f.aux),
+            );
+        }
+        let r = SubRef {
+            conn: self.conn,
+            sid: f.aux,
+            queue: opts.queue.map(Into::into),
+            mailbox: self.mailbox.clone(),
+        };
+        self.core.subscribe(&filter, r);
+        if f.flags.contains(Flags::ACK_REQUIRED) {
+            cx.send(&Frame::ack(f.id, 0));
+        }
+    }
+
+    fn on_unsubscribe(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        let after = match decode_opt_u32(&f.payload, "UNSUBSCRIBE") {
+            Ok(a) => a,
+            Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
+        };
+        let known = match after {
+            Some(n) if n > 0 => self.mailbox.unsubscribe_after(f.aux, n),
+            _ => match self.mailbox.remove_sub(f.aux) {
+                Some(filter) => {
+                    self.core.unsubscribe(&filter, self.conn, f.aux);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !known {
+            return self.refuse(
+                cx,
+                &f,
+                Status::NOT_FOUND,
+                &format!("no subscription {}", f.aux),
+            );
+        }
+        if f.flags.contains(Flags::ACK_REQUIRED) {
+            cx.send(&Frame::ack(f.id, 0));
+        }
+    }
+
+    fn on_request(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        let subject = f.subject.as_str();
+        if self.draining {
+            let r = Frame::response(f.id, Status::UNAVAILABLE, "broker is shutting down");
+            return cx.send(&r);
+        }
+        if f.flags.contains(Flags::START) {
+            let r = Frame::response(
+                f.id,
+                Status::UNSUPPORTED_FEATURE,
+                "streaming requests through the broker need a registered service",
+            );
+            return cx.send(&r);
+        }
+        if self.core.is_inbox(subject) || !self.perms.may_publish(subject) {
+            bump(&self.core.stats.permission_denials);
+            let r = Frame::response(
+                f.id,
+                Status::FORBIDDEN,
+                format!("may not request {subject}"),
+            );
+            return cx.send(&r);
+        }
+        if let Some(answer) = self.core.request(self.conn, &self.mailbox, &f) {
+            cx.send(&answer);
+        }
+    }
+}
+
+impl Reactor for BrokerReactor {
+    type Cmd = BrokerCmd;
+
+    fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        match f.frame_type {
+            FrameType::Publish => {
+                if f.flags.contains(Flags::ACK_REQUIRED) && !self.acks {
+                    return self.refuse(
+                        cx,
+                        &f,
+                        Status::UNSUPPORTED_FEATURE,
+                        "ACKS was not negotiated",
+                    );
+                }
+                self.on_publish(f, cx)
+            }
+            FrameType::Subscribe => self.on_subscribe(f, cx),
+            FrameType::Unsubscribe => self.on_unsubscribe(f, cx),
+            FrameType::Request => self.on_request(f, cx),
+            FrameType::Cancel => {
+                if self.core.cancel(self.conn, f.id) {
+                    cx.send(&Frame::response(
+                        f.id,
+                        Status::CANCELLED,
+                        "cancelled by the caller",
+                    ));
+                }
+            }
+            FrameType::Credit if f.aux != 0 => match decode_credit(&f.payload) {
+                Ok(n) => self.mailbox.grant(f.aux, n),
+                Err(e) => self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
+            },
+            FrameType::Credit => {}
+            FrameType::Health => {
+                let report = HealthReport {
+                    state: if self.draining {
+                        HealthState::Draining
+                    } else {
+                        HealthState::Serving
+                    },
+                    uptime_ms: self.core.started.elapsed().as_millis().min(u64::MAX.into()) as u64,
+                    server: self.core.cfg.name.clone(),
+                    detail: None,
+                };
+                match Frame::health_reply(f.id, &report) {
+                    Ok(r) => cx.send(&r),
+                    Err(e) => cx.send(&Frame::error(f.id, Status::INTERNAL, &e.to_string())),
+                }
+            }
+            FrameType::Stats => {
+                let mut values = self.core.stats.snapshot();
+                values.insert(
+                    "uptime_ms".into(),
+                    self.core.started.elapsed().as_millis().min(u64::MAX.into()) as u64,
+                );
+                match Frame::stats_reply(f.id, &StatsReport { values }) {
+                    Ok(r) => cx.send(&r),
+                    Err(e) => cx.send(&Frame::error(f.id, Status::INTERNAL, &e.to_string())),
+                }
+            }
+            FrameType::Ack | FrameType::Nack => {
+                // Only at-least-once subscriptions send these, and they are refused above.
+                self.refuse(
+                    cx,
+                    &f,
+                    Status::UNEXPECTED_FRAME,
+                    "no acknowledged delivery pending",
+                );
+            }
+            FrameType::Register | FrameType::Unregister | FrameType::Stream => {
+                bump(&self.core.stats.protocol_errors);
+                self.refuse(
+                    cx,
+                    &f,
+                    Status::UNSUPPORTED_FEATURE,
+                    &format!(
+                        "{} is not available in this broker version",
+                        f.frame_type.name()
+                    ),
+                );
+            }
+            FrameType::Error => tracing::debug!(
+                status = %f.status,
+                reason = %String::from_utf8_lossy(&f.payload),
+                "error from client"
+            ),
+            FrameType::Close => cx.close(Status::OK, "closing after the client's CLOSE"),
+            other => {
+                bump(&self.core.stats.protocol_errors);
+                self.refuse(
+                    cx,
+                    &f,
+                    Status::UNEXPECTED_FRAME,
+                    &format!("a broker does not accept {}", other.name()),
+                );
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Option<BrokerCmd>, cx: &mut Ctx<'_>) {
+        match c {
+            Some(BrokerCmd::Wake) | None => {}
+            Some(BrokerCmd::Drain) => {
+                self.draining = true;
+                // What is queued goes first: the driver sends CLOSE after the outbox.
+                let mut d = Drained::default();
+                while self.mailbox.drain_into(cx, usize::MAX, &mut d) && !cx.backlogged() {}
+                self.account(&d);
+                cx.close(Status::OK, "broker shutting down");
+            }
+        }
+    }
+
+    fn on_closed(&mut self, _why: &Error) {}
+
+    fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let mut d = Drained::default();
+        let progress = self.mailbox.drain_into(cx, 256, &mut d);
+        self.account(&d);
+        progress
+    }
+}
+
+impl BrokerReactor {
+    fn account(&self, d: &Drained) {
+        let s = &self.core.stats;
+        s.msgs_out.fetch_add(d.events, Ordering::Relaxed);
+        s.bytes_out.fetch_add(d.bytes, Ordering::Relaxed);
+        for (sid, filter) in &d.finished {
+            self.core.unsubscribe(filter, self.conn, *sid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn permission_filters_cover_requested_filters() {
+        assert!(covers("orders.>", "orders.eu.created"));
+        assert!(covers("orders.>", "orders.*"));
+        assert!(covers("orders.>", "orders.>"));
+        assert!(covers("orders.*", "orders.eu"));
+        assert!(covers("orders.*", "orders.*"));
+        assert!(!covers("orders.*", "orders.>"));
+        assert!(!covers("orders.*", "orders.eu.x"));
+        assert!(!covers("orders.eu", "orders.*"));
+        assert!(!covers("orders.>", "orders"));
+        assert!(covers(">", "anything.at.all"));
+    }
+}

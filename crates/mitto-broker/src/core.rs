@@ -1,0 +1,436 @@
+//! The broker's shared state: the subject index, connections' mailboxes, requests in flight and
+//! the counters. Connection tasks call into it; nothing here awaits.
+
+use crate::config::BrokerConfig;
+use crate::index::Index;
+use crate::mailbox::{Mailbox, Pushed};
+use bytes::Bytes;
+use mitto::proto::{Flags, Frame, HeaderKey, Headers, Status, Subject, WellKnown};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// One subscription in the index.
+#[derive(Clone, Debug)]
+pub(crate) struct SubRef {
+    pub(crate) conn: u64,
+    pub(crate) sid: u32,
+    pub(crate) queue: Option<Arc<str>>,
+    pub(crate) mailbox: Arc<Mailbox>,
+}
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Broker-wide counters, as STATS and monitoring report them.
+        #[derive(Debug, Default)]
+        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+        impl Stats {
+            pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
+                let mut m = BTreeMap::new();
+                $(m.insert(stringify!($name).to_owned(), self.$name.load(Ordering::Relaxed));)*
+                m
+            }
+        }
+    };
+}
+
+counters!(
+    connections_total,
+    connections_open,
+    connections_refused,
+    auth_failures,
+    msgs_in,
+    bytes_in,
+    msgs_out,
+    bytes_out,
+    subscriptions,
+    slow_consumer_drops,
+    slow_consumer_disconnects,
+    publish_rejections,
+    requests,
+    no_responders,
+    request_timeouts,
+    requests_cancelled,
+    late_replies,
+    permission_denials,
+    protocol_errors,
+);
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A request routed to subscribers, waiting for its first reply.
+struct Pending {
+    caller: Arc<Mailbox>,
+    caller_conn: u64,
+    caller_id: u64,
+}
+
+#[derive(Default)]
+struct Requests {
+    by_token: HashMap<u64, Pending>,
+    by_caller: HashMap<(u64, u64), u64>,
+}
+
+/// Per-subject counts for monitoring, bounded in size.
+const MAX_TRACKED_SUBJECTS: usize = 10_000;
+
+pub(crate) struct Core {
+    pub(crate) cfg: BrokerConfig,
+    index: RwLock<Index<SubRef>>,
+    cache: Mutex<HashMap<Bytes, Arc<[SubRef]>>>,
+    pub(crate) stats: Stats,
+    pub(crate) started: Instant,
+    pub(crate) conns: Mutex<HashMap<u64, crate::conn::ConnInfo>>,
+    pub(crate) next_conn: AtomicU64,
+    requests: Mutex<Requests>,
+    next_token: AtomicU64,
+    inbox_prefix: String,
+    rr: AtomicUsize,
+    pub(crate) shutdown: watch::Sender<bool>,
+    subjects: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+/// Result of a publish.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    pub(crate) delivered: usize,
+    pub(crate) rejected: usize,
+}
+
+impl Core {
+    pub(crate) fn new(cfg: BrokerConfig) -> Core {
+        let (shutdown, _) = watch::channel(false);
+        Core {
+            cfg,
+            index: RwLock::new(Index::default()),
+            cache: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            started: Instant::now(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            requests: Mutex::new(Requests::default()),
+            next_token: AtomicU64::new(1),
+            inbox_prefix: format!("_INBOX.{:016x}.", fastrand::u64(..)),
+            rr: AtomicUsize::new(0),
+            shutdown,
+            subjects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn invalidate(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    pub(crate) fn subscribe(&self, filter: &str, r: SubRef) {
+        if let Ok(mut idx) = self.index.write() {
+            idx.insert(filter, r);
+        }
+        bump(&self.stats.subscriptions);
+        self.invalidate();
+    }
+
+    pub(crate) fn unsubscribe(&self, filter: &str, conn: u64, sid: u32) {
+        let n = match self.index.write() {
+            Ok(mut idx) => idx.remove(filter, |r| r.conn == conn && r.sid == sid),
+            Err(_) => 0,
+        };
+        self.stats
+            .subscriptions
+            .fetch_sub(n as u64, Ordering::Relaxed);
+        self.invalidate();
+    }
+
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    /// The subscriptions matching `subject`, one per queue group.
+    fn targets(&self, subject: &Subject) -> Vec<SubRef> {
+        let key = subject.as_bytes().clone();
+        let all = match self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            Some(hit) => hit,
+            None => {
+                let mut v = Vec::new();
+                if let Ok(idx) = self.index.read() {
+                    idx.matches(subject.as_str(), &mut v);
+                }
+                let v: Arc<[SubRef]> = v.into();
+                if let Ok(mut c) = self.cache.lock() {
+                    if c.len() >= 8192 {
+                        c.clear();
+                    }
+                    c.insert(key, v.clone());
+                }
+                v
+            }
+        };
+        if all.iter().all(|r| r.queue.is_none()) {
+            return all.to_vec();
+        }
+        let mut out: Vec<SubRef> = Vec::with_capacity(all.len());
+        let mut groups: BTreeMap<&str, Vec<&SubRef>> = BTreeMap::new();
+        for r in all.iter() {
+            match &r.queue {
+                None => out.push(r.clone()),
+                Some(q) => groups.entry(q).or_default().push(r),
+            }
+        }
+        let turn = self.rr.fetch_add(1, Ordering::Relaxed);
+        for members in groups.values() {
+            out.push(members[turn % members.len()].clone());
+        }
+        out
+    }
+
+    fn track(&self, subject: &str, bytes: usize) {
+        if let Ok(mut m) = self.subjects.lock() {
+            if let Some(e) = m.get_mut(subject) {
+                e.0 += 1;
+                e.1 += bytes as u64;
+            } else if m.len() < MAX_TRACKED_SUBJECTS {
+                m.insert(subject.to_owned(), (1, bytes as u64));
+            }
+        }
+    }
+
+    /// Per-subject message and byte counts (for monitoring).
+    pub(crate) fn subject_counts(&self) -> Vec<(String, u64, u64)> {
+        let m = self.subjects.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut v: Vec<_> = m.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v
+    }
+
+    fn deliver(&self, targets: &[SubRef], event: &Frame) -> Routed {
+        let mut r = Routed::default();
+        for t in targets {
+            let mut f = event.clone();
+            f.aux = t.sid;
+            match t.mailbox.push_event(t.sid, f) {
+                Pushed::Queued => r.delivered += 1,
+                Pushed::DroppedOldest => {
+                    r.delivered += 1;
+                    bump(&self.stats.slow_consumer_drops);
+                }
+                Pushed::DroppedNewest => bump(&self.stats.slow_consumer_drops),
+                Pushed::Rejected => {
+                    r.rejected += 1;
+                    bump(&self.stats.publish_rejections);
+                }
+                Pushed::Disconnected(filter) => {
+                    bump(&self.stats.slow_consumer_disconnects);
+                    self.unsubscribe(&filter, t.conn, t.sid);
+                    let mut err = Frame::error(
+                        0,
+                        Status::SLOW_CONSUMER,
+                        &format!("subscription {} to {filter} fell too far behind", t.sid),
+                    );
+                    err.aux = t.sid;
+                    t.mailbox.push_control(err);
+                }
+                Pushed::Gone => {}
+            }
+        }
+        r
+    }
+
+    fn event_of(&self, f: &Frame, headers: Headers) -> Frame {
+        let id = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut e = Frame::event(1, id, f.subject.clone(), f.payload.clone())
+            .with_headers(headers)
+            .with_kind(f.kind);
+        for flag in [Flags::URGENT, Flags::COMPRESSED] {
+            if f.flags.contains(flag) {
+                e.flags.insert(flag);
+            }
+        }
+        e
+    }
+
+    /// Routes a PUBLISH (or a reply to an inbox).
+    pub(crate) fn publish(&self, f: &Frame) -> Routed {
+        bump(&self.stats.msgs_in);
+        self.stats
+            .bytes_in
+            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+        if let Some(token) = f.subject.as_str().strip_prefix(&self.inbox_prefix) {
+            self.reply(token, f);
+            return Routed {
+                delivered: 1,
+                rejected: 0,
+            };
+        }
+        self.track(f.subject.as_str(), f.payload.len());
+        let targets = self.targets(&f.subject);
+        if targets.is_empty() {
+            return Routed::default();
+        }
+        self.deliver(&targets, &self.event_of(f, f.headers.clone()))
+    }
+
+    pub(crate) fn is_inbox(&self, subject: &str) -> bool {
+        subject.starts_with(&self.inbox_prefix)
+    }
+
+    fn reply(&self, token: &str, f: &Frame) {
+        let pending = token.parse::<u64>().ok().and_then(|t| {
+            let mut r = self.requests.lock().ok()?;
+            let p = r.by_token.remove(&t)?;
+            r.by_caller.remove(&(p.caller_conn, p.caller_id));
+            Some(p)
+        });
+        match pending {
+            Some(p) => {
+                let resp = Frame::response(p.caller_id, Status::OK, f.payload.clone())
+                    .with_headers(f.headers.clone());
+                p.caller.push_control(resp);
+            }
+            None => bump(&self.stats.late_replies),
+        }
+    }
+
+    /// Routes a REQUEST from connection `conn` to the subscribers of its subject; the first
+    /// reply to the inbox becomes the RESPONSE. Returns the immediate answer, if any.
+    pub(crate) fn request(
+        self: &Arc<Self>,
+        conn: u64,
+        caller: &Arc<Mailbox>,
+        f: &Frame,
+    ) -> Option<Frame> {
+        bump(&self.stats.requests);
+        bump(&self.stats.msgs_in);
+        self.stats
+            .bytes_in
+            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+        self.track(f.subject.as_str(), f.payload.len());
+        let targets = self.targets(&f.subject);
+        if targets.is_empty() {
+            bump(&self.stats.no_responders);
+            return Some(Frame::response(
+                f.id,
+                Status::NO_RESPONDERS,
+                format!("no responders for {}", f.subject.as_str()),
+            ));
+        }
+        let left = f
+            .headers
+            .deadline()
+            .unwrap_or(Duration::from_millis(self.cfg.request_timeout_ms));
+        let deadline = Instant::now() + left;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let reply_to = format!("{}{token}", self.inbox_prefix);
+        let mut b = Headers::builder();
+        for (k, v) in f.headers.iter() {
+            let ok = match k {
+                HeaderKey::Known(WellKnown::ReplyTo) | HeaderKey::Known(WellKnown::Deadline) => {
+                    continue
+                }
+                HeaderKey::Known(w) => b.clone().insert(w, v),
+                HeaderKey::Custom(c) => b.clone().insert_custom(c, v),
+                HeaderKey::Reserved(id) => b.clone().insert_reserved(id, v),
+            };
+            if let Ok(next) = ok {
+                b = next;
+            }
+        }
+        let headers = match b.insert(WellKnown::ReplyTo, &reply_to) {
+            Ok(b) => b.deadline(left).build(),
+            Err(e) => {
+                return Some(Frame::response(f.id, Status::BAD_REQUEST, e.to_string()));
+            }
+        };
+        if let Ok(mut r) = self.requests.lock() {
+            r.by_token.insert(
+                token,
+                Pending {
+                    caller: caller.clone(),
+                    caller_conn: conn,
+                    caller_id: f.id,
+                },
+            );
+            r.by_caller.insert((conn, f.id), token);
+        }
+        let routed = self.deliver(&targets, &self.event_of(f, headers));
+        if routed.delivered == 0 {
+            self.forget(token);
+            let (status, why) = if routed.rejected > 0 {
+                (
+                    Status::BACKPRESSURE_REJECTION,
+                    "every responder's queue is full",
+                )
+            } else {
+                (Status::NO_RESPONDERS, "no responder could take the request")
+            };
+            bump(&self.stats.no_responders);
+            return Some(Frame::response(f.id, status, why));
+        }
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            if let Some(p) = core.forget(token) {
+                bump(&core.stats.request_timeouts);
+                p.caller.push_control(Frame::response(
+                    p.caller_id,
+                    Status::TIMEOUT,
+                    format!("no reply within {left:?}"),
+                ));
+            }
+        });
+        None
+    }
+
+    fn forget(&self, token: u64) -> Option<Pending> {
+        let mut r = self.requests.lock().ok()?;
+        let p = r.by_token.remove(&token)?;
+        r.by_caller.remove(&(p.caller_conn, p.caller_id));
+        Some(p)
+    }
+
+    /// The caller gave up on request `id`. True if it was pending.
+    pub(crate) fn cancel(&self, conn: u64, id: u64) -> bool {
+        let token = self
+            .requests
+            .lock()
+            .ok()
+            .and_then(|mut r| r.by_caller.remove(&(conn, id)));
+        match token {
+            Some(t) => {
+                self.forget(t);
+                bump(&self.stats.requests_cancelled);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets everything of a connection that went away.
+    pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox) {
+        for (sid, filter, ..) in mailbox.subs() {
+            self.unsubscribe(&filter, conn, sid);
+        }
+        if let Ok(mut r) = self.requests.lock() {
+            let mine: Vec<(u64, u64)> = r
+                .by_caller
+                .keys()
+                .filter(|(c, _)| *c == conn)
+                .copied()
+                .collect();
+            for k in mine {
+                if let Some(t) = r.by_caller.remove(&k) {
+                    r.by_token.remove(&t);
+                }
+            }
+        }
+    }
+}

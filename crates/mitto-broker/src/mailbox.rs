@@ -1,0 +1,336 @@
+//! A connection's outgoing queues at the broker: one bounded queue per subscription (with its
+//! credit and slow-consumer policy, URGENT messages first) and a control queue (responses,
+//! errors). Publishers push into them from their own connection tasks; the owning connection's
+//! driver moves them to its socket when it has room, round robin over the subscriptions.
+
+use mitto::conn::Ctx;
+use mitto::proto::{Frame, SlowConsumerPolicy};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Wakes the owning connection's driver.
+pub(crate) type Waker = mpsc::UnboundedSender<crate::conn::BrokerCmd>;
+
+/// What happened to a pushed message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued for delivery.
+    Queued,
+    /// Queued; an older message of the subscription was dropped to make room.
+    DroppedOldest,
+    /// Not queued: the subscription is full and drops new messages.
+    DroppedNewest,
+    /// Not queued: the subscription is full and pushes back on publishers.
+    Rejected,
+    /// Not queued: the subscription was full and has been ended (its filter is returned).
+    Disconnected(String),
+    /// The subscription no longer exists.
+    Gone,
+}
+
+/// A subscription's queue and settings.
+#[derive(Debug)]
+pub(crate) struct SubQueue {
+    pub(crate) filter: String,
+    pub(crate) queue: Option<String>,
+    urgent: VecDeque<Frame>,
+    normal: VecDeque<Frame>,
+    /// Messages the client has room for; `None`: no credit flow control.
+    credit: Option<u32>,
+    max_pending: usize,
+    policy: SlowConsumerPolicy,
+    /// Auto-unsubscribe after this many more deliveries.
+    remaining: Option<u32>,
+    ready: bool,
+    pub(crate) delivered: u64,
+    pub(crate) dropped: u64,
+}
+
+impl SubQueue {
+    pub(crate) fn new(
+        filter: String,
+        queue: Option<String>,
+        credit: u32,
+        max_pending: usize,
+        policy: SlowConsumerPolicy,
+    ) -> SubQueue {
+        SubQueue {
+            filter,
+            queue,
+            urgent: VecDeque::new(),
+            normal: VecDeque::new(),
+            credit: (credit > 0).then_some(credit),
+            max_pending: max_pending.max(1),
+            policy,
+            remaining: None,
+            ready: false,
+            delivered: 0,
+            dropped: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.urgent.len() + self.normal.len()
+    }
+
+    fn sendable(&self) -> bool {
+        self.len() > 0 && self.credit != Some(0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queues {
+    control: VecDeque<Frame>,
+    subs: HashMap<u32, SubQueue>,
+    /// Subscriptions with something to send and credit to send it, in turn.
+    ready: VecDeque<u32>,
+    bytes: usize,
+    /// The driver has nothing queued and waits for a wake-up.
+    idle: bool,
+}
+
+/// Counters a drain reports.
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    pub(crate) events: u64,
+    pub(crate) bytes: u64,
+    /// Subscriptions that reached their auto-unsubscribe count: (sid, filter).
+    pub(crate) finished: Vec<(u32, String)>,
+}
+
+/// One connection's mailbox.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    q: Mutex<Queues>,
+    wake: Waker,
+    max_bytes: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(wake: Waker, max_bytes: usize) -> Mailbox {
+        Mailbox {
+            q: Mutex::new(Queues {
+                idle: true,
+                ..Queues::default()
+            }),
+            wake,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        // A panic while holding the lock cannot leave the queues inconsistent in a way that
+        // matters more than losing the connection; keep serving.
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_if_idle(&self, q: &mut Queues) {
+        if q.idle {
+            q.idle = false;
+            let _ = self.wake.send(crate::conn::BrokerCmd::Wake);
+        }
+    }
+
+    /// Adds a subscription's queue.
+    pub(crate) fn add_sub(&self, sid: u32, sq: SubQueue) -> bool {
+        let mut q = self.lock();
+        if q.subs.contains_key(&sid) {
+            return false;
+        }
+        q.subs.insert(sid, sq);
+        true
+    }
+
+    /// Removes a subscription's queue and what it still held; returns its filter.
+    pub(crate) fn remove_sub(&self, sid: u32) -> Option<String> {
+        let mut q = self.lock();
+        let sq = q.subs.remove(&sid)?;
+        let freed: usize = sq
+            .normal
+            .iter()
+            .chain(&sq.urgent)
+            .map(Frame::encoded_len)
+            .sum();
+        q.bytes -= freed.min(q.bytes);
+        Some(sq.filter)
+    }
+
+    /// The filters and queue groups of every subscription (for clean-up and monitoring).
+    pub(crate) fn subs(&self) -> Vec<(u32, String, Option<String>, u64, u64)> {
+        let q = self.lock();
+        q.subs
+            .iter()
+            .map(|(sid, s)| {
+                (
+                    *sid,
+                    s.filter.clone(),
+                    s.queue.clone(),
+                    s.delivered,
+                    s.dropped,
+                )
+            })
+            .collect()
+    }
+
+    /// How many subscriptions.
+    pub(crate) fn sub_count(&self) -> usize {
+        self.lock().subs.len()
+    }
+
+    /// Sets a subscription to end after `n` more deliveries. False if unknown.
+    pub(crate) fn unsubscribe_after(&self, sid: u32, n: u32) -> bool {
+        let mut q = self.lock();
+        match q.subs.get_mut(&sid) {
+            Some(s) => {
+                s.remaining = Some(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Grants a subscription more credit.
+    pub(crate) fn grant(&self, sid: u32, n: u32) {
+        let mut q = self.lock();
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return;
+        };
+        if let Some(c) = s.credit.as_mut() {
+            *c = c.saturating_add(n);
+        }
+        if s.sendable() && !s.ready {
+            s.ready = true;
+            q.ready.push_back(sid);
+            self.wake_if_idle(&mut q);
+        }
+    }
+
+    /// Queues a control frame (RESPONSE, ERROR, ACK): never dropped.
+    pub(crate) fn push_control(&self, f: Frame) {
+        let mut q = self.lock();
+        q.bytes += f.encoded_len();
+        q.control.push_back(f);
+        self.wake_if_idle(&mut q);
+    }
+
+    /// Queues an EVENT for subscription `sid`, applying its policy when it is full.
+    pub(crate) fn push_event(&self, sid: u32, f: Frame) -> Pushed {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return Pushed::Gone;
+        };
+        let len = f.encoded_len();
+        let full = s.len() >= s.max_pending || q.bytes + len > self.max_bytes;
+        let mut outcome = Pushed::Queued;
+        if full {
+            match s.policy {
+                SlowConsumerPolicy::DropNewest => {
+                    s.dropped += 1;
+                    return Pushed::DroppedNewest;
+                }
+                SlowConsumerPolicy::Block => return Pushed::Rejected,
+                SlowConsumerPolicy::Disconnect => {
+                    let filter = s.filter.clone();
+                    drop(guard);
+                    self.remove_sub(sid);
+                    return Pushed::Disconnected(filter);
+                }
+                // DropOldest, and ServerDefault (resolved to DropOldest at subscribe time).
+                _ => {
+                    let old = s.normal.pop_front().or_else(|| s.urgent.pop_front());
+                    match old {
+                        Some(o) => {
+                            q.bytes -= o.encoded_len().min(q.bytes);
+                            s.dropped += 1;
+                            outcome = Pushed::DroppedOldest;
+                        }
+                        None => {
+                            s.dropped += 1;
+                            return Pushed::DroppedNewest;
+                        }
+                    }
+                }
+            }
+        }
+        if f.is_urgent() {
+            s.urgent.push_back(f);
+        } else {
+            s.normal.push_back(f);
+        }
+        q.bytes += len;
+        if !s.ready && s.sendable() {
+            s.ready = true;
+            q.ready.push_back(sid);
+        }
+        if !q.ready.is_empty() {
+            self.wake_if_idle(q);
+        }
+        outcome
+    }
+
+    /// Moves queued frames to the connection's outbox until it is backlogged or `budget` frames
+    /// went. Marks the mailbox idle when it is empty.
+    pub(crate) fn drain_into(&self, cx: &mut Ctx<'_>, budget: usize, out: &mut Drained) -> bool {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let mut n = 0;
+        while n < budget && !cx.backlogged() {
+            if let Some(f) = q.control.pop_front() {
+                q.bytes -= f.encoded_len().min(q.bytes);
+                cx.send(&f);
+                n += 1;
+                continue;
+            }
+            let Some(sid) = q.ready.pop_front() else {
+                break;
+            };
+            let Some(s) = q.subs.get_mut(&sid) else {
+                continue;
+            };
+            s.ready = false;
+            let Some(f) = s.urgent.pop_front().or_else(|| s.normal.pop_front()) else {
+                continue;
+            };
+            let len = f.encoded_len();
+            q.bytes -= len.min(q.bytes);
+            if let Some(c) = s.credit.as_mut() {
+                *c -= 1;
+            }
+            s.delivered += 1;
+            cx.send(&f);
+            out.events += 1;
+            out.bytes += f.payload.len() as u64;
+            n += 1;
+            let mut done = false;
+            if let Some(r) = s.remaining.as_mut() {
+                *r = r.saturating_sub(1);
+                done = *r == 0;
+            }
+            if done {
+                let filter = s.filter.clone();
+                let rest: usize = s
+                    .normal
+                    .iter()
+                    .chain(&s.urgent)
+                    .map(Frame::encoded_len)
+                    .sum();
+                q.subs.remove(&sid);
+                q.bytes -= rest.min(q.bytes);
+                out.finished.push((sid, filter));
+            } else if s.sendable() {
+                s.ready = true;
+                q.ready.push_back(sid);
+            }
+        }
+        let progress = n > 0;
+        if q.control.is_empty() && q.ready.is_empty() {
+            q.idle = true;
+        } else if !progress {
+            // Backlogged: the driver calls again once the outbox drains.
+            q.idle = false;
+        }
+        progress
+    }
+}

@@ -1,0 +1,495 @@
+//! `mitto`: run the broker, and talk to it from a terminal or a script.
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use mitto::{CallOptions, Client, ClientOptions, Headers, PublishOptions, Status};
+use mitto_broker::{Broker, BrokerConfig, PolicyName, DEFAULT_LISTEN};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mitto",
+    version,
+    about = "mitto: fast binary messaging. Runs the broker and talks to it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the broker (defaults: tcp://127.0.0.1:4747, monitoring on 127.0.0.1:8747).
+    #[command(
+        after_help = "Examples:\n  mitto server\n  mitto server --listen tcp://0.0.0.0:4747 --listen unix:///tmp/mitto.sock\n  mitto server --config mitto.toml --max-payload 1048576 --token s3cret"
+    )]
+    Server(ServerArgs),
+    /// Publishes a message.
+    #[command(
+        after_help = "Examples:\n  mitto pub orders.created '{\"id\":1}'\n  mitto pub metrics.cpu 42 --count 1000 --header content-type=text/plain\n  mitto pub alerts.disk full --urgent --ack"
+    )]
+    Pub(PubArgs),
+    /// Subscribes and prints what arrives.
+    #[command(
+        after_help = "Examples:\n  mitto sub 'orders.>'\n  mitto sub 'jobs.*' --queue workers --count 10 --json"
+    )]
+    Sub(SubArgs),
+    /// Sends a request and prints the reply.
+    #[command(
+        after_help = "Examples:\n  mitto req svc.echo hello\n  mitto req calc.add '[1,2]' --timeout 500ms --json"
+    )]
+    Req(ReqArgs),
+    /// Answers requests on a subject.
+    #[command(
+        after_help = "Examples:\n  mitto reply svc.echo --echo\n  mitto reply svc.date --command date\n  mitto reply svc.upper --queue upper --command 'tr a-z A-Z'"
+    )]
+    Reply(ReplyArgs),
+    /// Prints the broker's counters.
+    #[command(after_help = "Examples:\n  mitto stats\n  mitto stats --json | jq .msgs_in")]
+    Stats(ClientArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// TOML configuration file (values here override the embedded defaults).
+    #[arg(long, short, env = "MITTO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listener URL (tcp://, unix://, tls://); repeat for several.
+    #[arg(long, env = "MITTO_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Monitoring HTTP address on loopback ("" turns it off).
+    #[arg(long, env = "MITTO_MONITOR")]
+    monitor: Option<String>,
+    /// Largest payload accepted, bytes.
+    #[arg(long, env = "MITTO_MAX_PAYLOAD")]
+    max_payload: Option<u32>,
+    /// Most client connections at once.
+    #[arg(long, env = "MITTO_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most subscriptions per connection.
+    #[arg(long, env = "MITTO_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+    /// Most bytes queued for one connection.
+    #[arg(long, env = "MITTO_MAX_PENDING_BYTES")]
+    max_pending_bytes: Option<usize>,
+    /// Default slow-consumer policy: block, drop-oldest, drop-newest, disconnect.
+    #[arg(long, env = "MITTO_SLOW_CONSUMER", value_parser = parse_policy)]
+    slow_consumer: Option<PolicyName>,
+    /// Token every client must present.
+    #[arg(long, env = "MITTO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log filter (tracing's env-filter syntax), e.g. info or mitto_broker=debug.
+    #[arg(long, env = "MITTO_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// Broker URL.
+    #[arg(long, short, env = "MITTO_URL", default_value = DEFAULT_LISTEN)]
+    url: String,
+    /// Token to authenticate with.
+    #[arg(long, env = "MITTO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// User name (with --password).
+    #[arg(long, env = "MITTO_USER")]
+    user: Option<String>,
+    /// Password (with --user).
+    #[arg(long, env = "MITTO_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Output JSON, one object per line.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the broker (connect, replies, acks).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct PubArgs {
+    /// Subject to publish to (no wildcards).
+    subject: String,
+    /// Payload (UTF-8 text).
+    data: String,
+    /// Publish this many times.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// A header as KEY=VALUE (well-known names like content-type use compact ids); repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Mark URGENT (overtakes queued messages).
+    #[arg(long)]
+    urgent: bool,
+    /// Wait for the broker's ACK of every message.
+    #[arg(long)]
+    ack: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+struct SubArgs {
+    /// Subject filter (`*` one token, `>` the rest).
+    subject: String,
+    /// Join this queue group (each message goes to one member).
+    #[arg(long, short)]
+    queue: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReqArgs {
+    /// Subject of the service.
+    subject: String,
+    /// Request payload (UTF-8 text).
+    data: String,
+    /// A header as KEY=VALUE; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReplyArgs {
+    /// Subject (filter) to answer.
+    subject: String,
+    /// Join this queue group (requests are spread over the members).
+    #[arg(long, short)]
+    queue: Option<String>,
+    /// Answer with the request's payload.
+    #[arg(long, conflicts_with = "command")]
+    echo: bool,
+    /// Answer with the output of this shell command, fed the request on stdin.
+    #[arg(long)]
+    command: Option<String>,
+    /// Exit after this many requests.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_policy(s: &str) -> Result<PolicyName, String> {
+    match s.replace('_', "-").as_str() {
+        "block" => Ok(PolicyName::Block),
+        "drop-oldest" => Ok(PolicyName::DropOldest),
+        "drop-newest" => Ok(PolicyName::DropNewest),
+        "disconnect" => Ok(PolicyName::Disconnect),
+        _ => Err(format!(
+            "{s:?}: expected block, drop-oldest, drop-newest or disconnect"
+        )),
+    }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty header name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn headers(list: &[(String, String)]) -> mitto::Result<Option<Headers>> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let mut b = Headers::builder();
+    for (k, v) in list {
+        b = b.insert_custom(k, v)?;
+    }
+    Ok(Some(b.build()))
+}
+
+async fn connect(a: &ClientArgs, name: &str) -> mitto::Result<Client> {
+    let mut o = ClientOptions::new()
+        .name(name)
+        .timeout(a.timeout)
+        .connect_timeout(a.timeout)
+        .reconnect(false);
+    if let Some(t) = &a.token {
+        o = o.token(t.clone());
+    }
+    if let (Some(u), Some(p)) = (&a.user, &a.password) {
+        o = o.user_password(u.clone(), p.clone());
+    }
+    Client::connect(&a.url, o).await
+}
+
+fn text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("0x{}", hex::encode(b)),
+    }
+}
+
+fn headers_json(h: &Headers) -> serde_json::Value {
+    let m: serde_json::Map<String, serde_json::Value> = h
+        .iter()
+        .map(|(k, v)| (k.name().into_owned(), text(v).into()))
+        .collect();
+    serde_json::Value::Object(m)
+}
+
+async fn server(a: ServerArgs) -> Result<(), String> {
+    let mut cfg = match &a.config {
+        Some(p) => BrokerConfig::from_file(p).map_err(|e| e.to_string())?,
+        None => BrokerConfig::default(),
+    };
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen;
+    }
+    if let Some(m) = a.monitor {
+        cfg.monitor = m;
+    }
+    if let Some(n) = a.max_payload {
+        cfg.max_payload = n;
+    }
+    if let Some(n) = a.max_connections {
+        cfg.max_connections = n;
+    }
+    if let Some(n) = a.max_subscriptions {
+        cfg.max_subscriptions = n;
+    }
+    if let Some(n) = a.max_pending_bytes {
+        cfg.max_pending_bytes = n;
+    }
+    if let Some(p) = a.slow_consumer {
+        cfg.slow_consumer = p;
+    }
+    if a.token.is_some() {
+        cfg.token = a.token;
+    }
+    let broker = Broker::start(cfg)
+        .await
+        .map_err(|e| e.message().to_owned())?;
+    for url in broker.urls() {
+        println!("mitto broker listening on {url}");
+    }
+    if let Some(m) = broker.monitor_addr() {
+        println!("monitoring on http://{m}/varz (Prometheus: /metrics)");
+    }
+    wait_for_signal().await;
+    println!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn publish(a: PubArgs) -> mitto::Result<()> {
+    let c = connect(&a.client, "mitto-pub").await?;
+    let payload = Bytes::from(a.data);
+    let mut opts = PublishOptions::new();
+    opts.headers = headers(&a.headers)?;
+    opts.urgent = a.urgent;
+    opts.ack = a.ack;
+    for _ in 0..a.count {
+        c.publish_with(&a.subject, payload.clone(), opts.clone())
+            .await?;
+    }
+    c.flush().await?;
+    if a.client.json {
+        println!(
+            "{}",
+            serde_json::json!({"subject": a.subject, "published": a.count})
+        );
+    } else {
+        println!("published {} message(s) to {}", a.count, a.subject);
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn subscribe(a: SubArgs) -> mitto::Result<()> {
+    let c = connect(&a.client, "mitto-sub").await?;
+    let mut sub = match &a.queue {
+        Some(q) => c.queue_subscribe(&a.subject, q).await?,
+        None => c.subscribe(&a.subject).await?,
+    };
+    if !a.client.json {
+        eprintln!("listening on {}", a.subject);
+    }
+    let mut n = 0u64;
+    while a.count.is_none_or(|max| n < max) {
+        let Some(m) = sub.next().await else { break };
+        n += 1;
+        if a.client.json {
+            println!(
+                "{}",
+                serde_json::json!({"subject": m.subject(), "payload": text(m.payload()),
+                    "headers": headers_json(m.headers()), "urgent": m.is_urgent()})
+            );
+        } else {
+            println!("[#{n}] {}: {}", m.subject(), text(m.payload()));
+        }
+    }
+    drop(sub);
+    c.close().await;
+    Ok(())
+}
+
+async fn request(a: ReqArgs) -> mitto::Result<()> {
+    let c = connect(&a.client, "mitto-req").await?;
+    let mut o = CallOptions::new().timeout(a.client.timeout);
+    o.headers = headers(&a.headers)?;
+    let r = c.request_with(&a.subject, Bytes::from(a.data), o).await?;
+    if a.client.json {
+        println!(
+            "{}",
+            serde_json::json!({"payload": text(&r.payload), "headers": headers_json(&r.headers)})
+        );
+    } else {
+        println!("{}", text(&r.payload));
+    }
+    c.close().await;
+    Ok(())
+}
+
+async fn run_command(cmd: &str, input: &[u8]) -> mitto::Result<Bytes> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| mitto::Error::execution(format!("cannot run {cmd:?}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| mitto::Error::execution(format!("{cmd:?}: {e}")))?;
+    Ok(Bytes::from(out.stdout))
+}
+
+async fn reply(a: ReplyArgs) -> mitto::Result<()> {
+    if !a.echo && a.command.is_none() {
+        return Err(mitto::Error::new(
+            Status::BAD_REQUEST,
+            "choose --echo or --command CMD",
+        ));
+    }
+    let c = connect(&a.client, "mitto-reply").await?;
+    let mut sub = match &a.queue {
+        Some(q) => c.queue_subscribe(&a.subject, q).await?,
+        None => c.subscribe(&a.subject).await?,
+    };
+    if !a.client.json {
+        eprintln!("answering {}", a.subject);
+    }
+    let mut n = 0u64;
+    while a.count.is_none_or(|max| n < max) {
+        let Some(m) = sub.next().await else { break };
+        if m.reply_to().is_none() {
+            continue;
+        }
+        n += 1;
+        let answer = match &a.command {
+            Some(cmd) => run_command(cmd, m.payload()).await?,
+            None => m.payload().clone(),
+        };
+        c.respond(&m, answer.clone()).await?;
+        if a.client.json {
+            println!(
+                "{}",
+                serde_json::json!({"subject": m.subject(), "request": text(m.payload()), "reply": text(&answer)})
+            );
+        } else {
+            println!(
+                "[#{n}] {}: {} -> {}",
+                m.subject(),
+                text(m.payload()),
+                text(&answer)
+            );
+        }
+    }
+    c.flush().await?;
+    drop(sub);
+    c.close().await;
+    Ok(())
+}
+
+async fn stats(a: ClientArgs) -> mitto::Result<()> {
+    let c = connect(&a, "mitto-stats").await?;
+    let s = c.stats().await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s.values).unwrap_or_default());
+    } else {
+        let w = s.values.keys().map(String::len).max().unwrap_or(0);
+        for (k, v) in &s.values {
+            println!("{k:<w$}  {v}");
+        }
+    }
+    c.close().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match &cli.cmd {
+        Cmd::Server(a) => a.log.clone(),
+        _ => std::env::var("MITTO_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mitto: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(a) => server(a).await,
+            Cmd::Pub(a) => publish(a).await.map_err(|e| e.to_string()),
+            Cmd::Sub(a) => subscribe(a).await.map_err(|e| e.to_string()),
+            Cmd::Req(a) => request(a).await.map_err(|e| e.to_string()),
+            Cmd::Reply(a) => reply(a).await.map_err(|e| e.to_string()),
+            Cmd::Stats(a) => stats(a).await.map_err(|e| e.to_string()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mitto: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Messaging through a broker, on the same [`Client`]: publish, subscribe, queue groups,
+//! request/reply, flush and drain. Subscriptions are flow-controlled with credit, so a slow
+//! subscriber makes the broker queue (under the subscription's slow-consumer policy) instead of
+//! this process buffering without bound; they are made again after a reconnect.
+
+use crate::client::{Client, Cmd, Shared, Slot, State};
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use futures_core::Stream;
+use mitto_proto::{Flags, Frame, Headers, MsgKind, Subject, SubscribeOptions, WellKnown};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use mitto_proto::{Delivery, SlowConsumerPolicy as Policy};
+
+/// Messages a subscription may have in flight to this client before it grants more credit.
+pub const DEFAULT_SUBSCRIPTION_CREDIT: u32 = 1024;
+
+/// One message delivered to a subscription.
+#[derive(Clone)]
+pub struct Message {
+    subject: Subject,
+    headers: Headers,
+    payload: Bytes,
+    kind: MsgKind,
+    flags: Flags,
+    sid: u32,
+    delivery: u64,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("subject", &self.subject.as_str())
+            .field("payload_len", &self.payload.len())
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message {
+    pub(crate) fn from_event(f: Frame) -> Message {
+        Message {
+            subject: f.subject,
+            headers: f.headers,
+            payload: f.payload,
+            kind: f.kind,
+            flags: f.flags,
+            sid: f.aux,
+            delivery: f.id,
+        }
+    }
+    /// The subject it was published to.
+    pub fn subject(&self) -> &str {
+        self.subject.as_str()
+    }
+    /// Its headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    /// Its payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+    /// Its message kind.
+    pub fn kind(&self) -> MsgKind {
+        self.kind
+    }
+    /// Whether it was published URGENT.
+    pub fn is_urgent(&self) -> bool {
+        self.flags.contains(Flags::URGENT)
+    }
+    /// Whether the broker waits for an ACK of it (at-least-once subscriptions).
+    pub fn needs_ack(&self) -> bool {
+        self.flags.contains(Flags::ACK_REQUIRED)
+    }
+    /// Where a reply goes, for requests.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.headers.reply_to()
+    }
+}
+
+/// Options of one publish.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// Headers to send.
+    pub headers: Option<Headers>,
+    /// Message kind.
+    pub kind: MsgKind,
+    /// Overtakes normal messages in every queue.
+    pub urgent: bool,
+    /// Waits for the broker's ACK: the publish returns once the broker accepted the message, or
+    /// fails with the broker's reason (BACKPRESSURE_REJECTION, FORBIDDEN, ...).
+    pub ack: bool,
+    /// How long to wait for the ACK (else the client's default timeout).
+    pub timeout: Option<Duration>,
+}
+
+impl PublishOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the headers.
+    pub fn headers(mut self, h: Headers) -> Self {
+        self.headers = Some(h);
+        self
+    }
+    /// Sets the kind.
+    pub fn kind(mut self, k: MsgKind) -> Self {
+        self.kind = k;
+        self
+    }
+    /// Marks the message URGENT.
+    pub fn urgent(mut self) -> Self {
+        self.urgent = true;
+        self
+    }
+    /// Asks for the broker's ACK.
+    pub fn ack(mut self) -> Self {
+        self.ack = true;
+        self
+    }
+}
+
+/// What a subscription needs to be made again on a new connection.
+pub(crate) struct SubRecord {
+    filter: Subject,
+    opts: SubscribeOptions,
+    tx: mpsc::Sender<Message>,
+}
+
+fn current_ctl(shared: &Shared) -> Option<mpsc::UnboundedSender<Cmd>> {
+    match &*shared.state.borrow() {
+        State::Up(c) => Some(c.ctl.clone()),
+        _ => None,
+    }
+}
+
+/// Re-subscribes every live subscription on a fresh connection.
+pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>) {
+    let Ok(subs) = shared.subs.lock() else { return };
+    for (&sid, rec) in subs.iter() {
+        let mut opts = rec.opts.clone();
+        // Credit for what the local queue can still take.
+        opts.credit = u32::try_from(rec.tx.capacity()).unwrap_or(u32::MAX).max(1);
+        match Frame::subscribe(sid, rec.filter.clone(), &opts) {
+            Ok(f) => {
+                let _ = ctl.send(Cmd::Subscribe {
+                    sid,
+                    tx: rec.tx.clone(),
+                });
+                let _ = ctl.send(Cmd::Send(f));
+            }
+            Err(e) => tracing::warn!(sid, error = %e, "cannot re-subscribe"),
+        }
+    }
+}
+
+/// A live subscription: a [`Stream`] of [`Message`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    sid: u32,
+    rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    credit: u32,
+    consumed: u32,
+    closed: bool,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("sid", &self.sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next message; `None` once unsubscribed (or the client closed).
+    pub async fn next(&mut self) -> Option<Message> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The subscription id on the wire.
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+
+    fn send(&self, f: Frame) {
+        if let Some(ctl) = current_ctl(&self.shared) {
+            let _ = ctl.send(Cmd::Send(f));
+        }
+    }
+
+    /// Acknowledges a message of an at-least-once subscription.
+    pub fn ack(&self, m: &Message) {
+        if m.needs_ack() {
+            self.send(Frame::ack(m.delivery, m.sid));
+        }
+    }
+
+    /// Asks the broker to deliver a message again, after `delay` if given.
+    pub fn nack(&self, m: &Message, delay: Option<Duration>) {
+        if m.needs_ack() {
+            let ms = delay.map(|d| d.as_millis().min(u32::MAX.into()) as u32);
+            self.send(Frame::nack(m.delivery, m.sid, ms));
+        }
+    }
+
+    /// Asks the broker to end the subscription after `n` more messages.
+    pub fn unsubscribe_after(&self, n: u32) {
+        self.send(Frame::unsubscribe(self.sid, Some(n)));
+    }
+
+    /// Ends the subscription now. Messages already received stay readable.
+    pub fn unsubscribe(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if let Ok(mut subs) = self.shared.subs.lock() {
+            subs.remove(&self.sid);
+        }
+        if let Some(ctl) = current_ctl(&self.shared) {
+            let _ = ctl.send(Cmd::DropSub(self.sid));
+            let _ = ctl.send(Cmd::Send(Frame::unsubscribe(self.sid, None)));
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => {
+                self.consumed += 1;
+                if self.consumed >= (self.credit / 2).max(1) {
+                    let n = std::mem::take(&mut self.consumed);
+                    self.send(Frame::credit_subscription(self.sid, n));
+                }
+                Poll::Ready(Some(m))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.unsubscribe();
+    }
+}
+
+impl Client {
+    /// Publishes `payload` to the literal `subject` (fire and forget: returns once queued for
+    /// the connection; waits while the connection's queue is full).
+    pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
+        self.publish_with(subject, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Publishes with options (headers, kind, URGENT, broker ACK).
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<()> {
+        let timeout = opts.timeout.unwrap_or(self.opts().timeout);
+        let deadline = Instant::now() + timeout;
+        let conn = self.conn(deadline).await?;
+        let mut f = Frame::publish(Subject::literal(subject)?, payload).with_kind(opts.kind);
+        if let Some(h) = opts.headers {
+            f = f.with_headers(h);
+        }
+        if opts.urgent {
+            f.flags.insert(Flags::URGENT);
+        }
+        let max = conn.agreed.limits.max_payload;
+        if f.payload.len() > max as usize {
+            return Err(Error::new(
+                mitto_proto::Status::PAYLOAD_TOO_LARGE,
+                format!(
+                    "payload of {} bytes exceeds the negotiated limit of {max}",
+                    f.payload.len()
+                ),
+            ));
+        }
+        let closed = |_| Error::connection_lost("connection closed before the publish was sent");
+        if !opts.ack {
+            return conn.cmds.send(Cmd::Send(f)).await.map_err(closed);
+        }
+        let id = self.next_id();
+        f.id = id;
+        f.flags.insert(Flags::ACK_REQUIRED);
+        let (tx, rx) = oneshot::channel();
+        conn.cmds
+            .send(Cmd::Call {
+                id,
+                frame: f,
+                slot: Slot::Unary(tx),
+            })
+            .await
+            .map_err(closed)?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r.map(|_| ()),
+            Ok(Err(_)) => Err(Error::connection_lost("connection closed before the ACK")),
+            Err(_) => {
+                let _ = conn.ctl.send(Cmd::Cancel(id));
+                Err(Error::new(
+                    mitto_proto::Status::TIMEOUT,
+                    "no ACK from the broker in time",
+                )
+                .retryable())
+            }
+        }
+    }
+
+    /// Subscribes to `filter` (`*` matches one token, `>` the rest).
+    pub async fn subscribe(&self, filter: &str) -> Result<Subscription> {
+        self.subscribe_with(filter, SubscribeOptions::default())
+            .await
+    }
+
+    /// Subscribes as a member of queue group `group`: each message goes to one member.
+    pub async fn queue_subscribe(&self, filter: &str, group: &str) -> Result<Subscription> {
+        let opts = SubscribeOptions {
+            queue: Some(group.to_owned()),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, opts).await
+    }
+
+    /// Subscribes with options: delivery (at-least-once), slow-consumer policy, max pending,
+    /// credit (default [`DEFAULT_SUBSCRIPTION_CREDIT`]), queue group. Returns once the broker
+    /// confirmed the subscription, or its refusal (INVALID_SUBJECT, FORBIDDEN, QUOTA_EXCEEDED).
+    pub async fn subscribe_with(
+        &self,
+        filter: &str,
+        mut opts: SubscribeOptions,
+    ) -> Result<Subscription> {
+        let deadline = Instant::now() + self.opts().timeout;
+        let conn = self.conn(deadline).await?;
+        let shared = &self.inner.shared;
+        let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
+        if opts.credit == 0 {
+            opts.credit = DEFAULT_SUBSCRIPTION_CREDIT;
+        }
+        let filter = Subject::new(filter)?;
+        let (tx, rx) = mpsc::channel(opts.credit as usize);
+        let id = self.next_id();
+        let mut frame = Frame::subscribe(sid, filter.clone(), &opts)?.with_id(id);
+        frame.flags.insert(Flags::ACK_REQUIRED);
+        let closed = |_| Error::connection_lost("connection closed");
+        conn.cmds
+            .send(Cmd::Subscribe {
+                sid,
+                tx: tx.clone(),
+            })
+            .await
+            .map_err(closed)?;
+        if let Ok(mut subs) = shared.subs.lock() {
+            subs.insert(
+                sid,
+                SubRecord {
+                    filter,
+                    opts: opts.clone(),
+                    tx,
+                },
+            );
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let sub = Subscription {
+            sid,
+            rx,
+            shared: shared.clone(),
+            credit: opts.credit,
+            consumed: 0,
+            closed: false,
+        };
+        conn.cmds
+            .send(Cmd::Call {
+                id,
+                frame,
+                slot: Slot::Unary(done_tx),
+            })
+            .await
+            .map_err(closed)?;
+        match tokio::time::timeout_at(deadline, done_rx).await {
+            Ok(Ok(Ok(_))) => Ok(sub),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::connection_lost(
+                "connection closed while subscribing",
+            )),
+            Err(_) => Err(Error::new(
+                mitto_proto::Status::TIMEOUT,
+                "no answer to SUBSCRIBE",
+            )),
+        }
+    }
+
+    /// Sends a request to `subject` through the broker and waits for the first reply; fails at
+    /// once with NO_RESPONDERS when nobody listens. Dropping the future cancels it.
+    pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> Result<Bytes> {
+        self.call(subject, payload).await
+    }
+
+    /// [`Client::request`] with per-call options (deadline, headers).
+    pub async fn request_with(
+        &self,
+        subject: &str,
+        payload: impl Into<Bytes>,
+        opts: crate::CallOptions,
+    ) -> Result<crate::Reply> {
+        self.call_with(subject, payload, opts).await
+    }
+
+    /// Answers a request received on a subscription (publishes to its `reply-to`, with its
+    /// `correlation-id`).
+    pub async fn respond(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
+        let to = request.reply_to().ok_or_else(|| {
+            Error::new(
+                mitto_proto::Status::BAD_REQUEST,
+                "the message has no reply-to header",
+            )
+        })?;
+        let mut opts = PublishOptions::default();
+        if let Some(c) = request.headers().get(WellKnown::CorrelationId) {
+            opts.headers = Some(
+                Headers::builder()
+                    .insert(WellKnown::CorrelationId, c)?
+                    .build(),
+            );
+        }
+        self.publish_with(to, payload, opts).await
+    }
+
+    /// Waits until the server has processed everything sent before.
+    pub async fn flush(&self) -> Result<()> {
+        self.health().await.map(|_| ())
+    }
+
+    /// Unsubscribes everything, flushes, and closes.
+    pub async fn drain(&self) -> Result<()> {
+        let sids: Vec<u32> = match self.inner.shared.subs.lock() {
+            Ok(mut s) => s.drain().map(|(k, _)| k).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Some(ctl) = current_ctl(&self.inner.shared) {
+            for sid in sids {
+                let _ = ctl.send(Cmd::DropSub(sid));
+                let _ = ctl.send(Cmd::Send(Frame::unsubscribe(sid, None)));
+            }
+        }
+        let flushed = self.flush().await;
+        self.close().await;
+        flushed
+    }
+}
