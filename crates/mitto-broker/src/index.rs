@@ -163,7 +163,11 @@ mod tests {
         idx.insert("orders.*.eu", 6);
         assert_eq!(matched(&idx, "orders.created"), [1, 2, 3, 4, 5]);
         assert_eq!(matched(&idx, "orders.paid.eu"), [3, 4, 6]);
-        assert_eq!(matched(&idx, "orders"), Vec::<u32>::new());
+        assert_eq!(
+            matched(&idx, "orders"),
+            [4],
+            "`>` needs one token, and `orders` is one"
+        );
         assert_eq!(matched(&idx, "users.created"), [4, 5]);
         assert_eq!(idx.len(), 6);
         assert_eq!(idx.remove("orders.>", |v| *v == 3), 1);

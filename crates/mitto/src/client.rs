@@ -334,19 +334,23 @@ pub(crate) enum State {
     Closed(Error),
 }
 
+/// The client's live subscriptions, shared with the connection's reactor.
+pub(crate) type SubTable = Arc<std::sync::Mutex<HashMap<u32, SubRecord>>>;
+
 pub(crate) struct Shared {
     endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
     pub(crate) state: watch::Sender<State>,
     closing: AtomicBool,
     /// Live subscriptions, re-made on every new connection.
-    pub(crate) subs: std::sync::Mutex<HashMap<u32, SubRecord>>,
+    pub(crate) subs: SubTable,
     pub(crate) next_sid: std::sync::atomic::AtomicU32,
 }
 
 struct ClientReactor {
     pending: HashMap<u64, Slot>,
     subs: HashMap<u32, mpsc::Sender<Message>>,
+    table: SubTable,
 }
 
 fn remote_error(f: &Frame) -> Error {
@@ -460,6 +464,20 @@ impl Reactor for ClientReactor {
                     c.add_permits(n.min(Semaphore::MAX_PERMITS - c.available_permits()));
                 }
             }
+            FrameType::Error if f.id == 0 && f.aux != 0 => {
+                // The broker ended a subscription (slow consumer, permissions changed): its
+                // stream ends after what was already received.
+                tracing::warn!(
+                    sid = f.aux,
+                    status = %f.status,
+                    reason = %String::from_utf8_lossy(&f.payload),
+                    "subscription ended by the server"
+                );
+                self.subs.remove(&f.aux);
+                if let Ok(mut t) = self.table.lock() {
+                    t.remove(&f.aux);
+                }
+            }
             FrameType::Error => {
                 if let Some(slot) = self.pending.remove(&f.id) {
                     slot.fail(remote_error(&f));
@@ -554,7 +572,11 @@ fn hello(opts: &ClientOptions) -> Hello {
 }
 
 /// Connects, shakes hands, and returns the driver to run and the handle to it.
-async fn open(endpoint: &Endpoint, opts: &ClientOptions) -> Result<(Driver<ClientReactor>, Conn)> {
+async fn open(
+    endpoint: &Endpoint,
+    opts: &ClientOptions,
+    table: &SubTable,
+) -> Result<(Driver<ClientReactor>, Conn)> {
     let setup = async {
         let mut io = transport::connect(endpoint, opts.tls.as_ref()).await?;
         let (agreed, _server, leftover) =
@@ -585,6 +607,7 @@ async fn open(endpoint: &Endpoint, opts: &ClientOptions) -> Result<(Driver<Clien
         ClientReactor {
             pending: HashMap::new(),
             subs: HashMap::new(),
+            table: table.clone(),
         },
         cmds_rx,
         ctl_rx,
@@ -622,7 +645,7 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
                 )));
                 return;
             }
-            match open(&shared.endpoint, &shared.opts).await {
+            match open(&shared.endpoint, &shared.opts, &shared.subs).await {
                 Ok((d, conn)) => {
                     crate::pubsub::resubscribe(&shared, &conn.ctl);
                     shared.state.send_replace(State::Up(conn));
@@ -698,14 +721,15 @@ impl Client {
     /// background.
     pub async fn connect(url: &str, opts: ClientOptions) -> Result<Client> {
         let endpoint: Endpoint = url.parse()?;
-        let (driver, conn) = open(&endpoint, &opts).await?;
+        let table = SubTable::default();
+        let (driver, conn) = open(&endpoint, &opts, &table).await?;
         let (state, _) = watch::channel(State::Up(conn));
         let shared = Arc::new(Shared {
             endpoint,
             opts,
             state,
             closing: AtomicBool::new(false),
-            subs: std::sync::Mutex::new(HashMap::new()),
+            subs: table,
             next_sid: std::sync::atomic::AtomicU32::new(1),
         });
         tokio::spawn(supervise(shared.clone(), driver));

@@ -1,0 +1,496 @@
+//! End to end: a real broker on 127.0.0.1:0 and real clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use mitto::{
+    CallOptions, Client, ClientOptions, Message, Policy, PublishOptions, Status, SubscribeOptions,
+    Subscription,
+};
+use mitto_broker::{Broker, BrokerConfig, User};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config() -> BrokerConfig {
+    BrokerConfig {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        monitor: "127.0.0.1:0".into(),
+        ..BrokerConfig::default()
+    }
+}
+
+async fn start(cfg: BrokerConfig) -> (Broker, String) {
+    let b = Broker::start(cfg).await.unwrap();
+    let url = b.urls()[0].clone();
+    (b, url)
+}
+
+fn opts() -> ClientOptions {
+    ClientOptions::new()
+        .timeout(Duration::from_secs(5))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+async fn client(url: &str) -> Client {
+    Client::connect(url, opts()).await.unwrap()
+}
+
+async fn next(sub: &mut Subscription) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("subscription open")
+}
+
+/// Nothing more arrives within a short while.
+async fn quiet(sub: &mut Subscription) {
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(150), sub.next()).await {
+        panic!("unexpected message: {m:?}");
+    }
+}
+
+/// Waits until the broker has written `n` EVENTs to sockets.
+async fn sent_out(b: &Broker, n: u64) {
+    for _ in 0..500 {
+        if b.stats()["msgs_out"] >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the broker did not send {n} messages");
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8(m.payload().to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_route_to_every_matching_subscription() {
+    let (b, url) = start(config()).await;
+    let c = client(&url).await;
+    let mut star = c.subscribe("orders.*").await.unwrap();
+    let mut rest = c.subscribe("orders.>").await.unwrap();
+    let mut created = c.subscribe("*.created").await.unwrap();
+    let mut exact = c.subscribe("orders.created").await.unwrap();
+    let p = client(&url).await;
+    p.publish("orders.created", "a").await.unwrap();
+    p.publish("orders.eu.paid", "b").await.unwrap();
+    p.publish("users.created", "c").await.unwrap();
+    p.publish("orders", "d").await.unwrap();
+    p.flush().await.unwrap();
+    assert_eq!(text(&next(&mut star).await), "a");
+    assert_eq!(text(&next(&mut rest).await), "a");
+    assert_eq!(text(&next(&mut rest).await), "b");
+    assert_eq!(text(&next(&mut created).await), "a");
+    assert_eq!(text(&next(&mut created).await), "c");
+    let m = next(&mut exact).await;
+    assert_eq!((m.subject(), text(&m).as_str()), ("orders.created", "a"));
+    for s in [&mut star, &mut rest, &mut created, &mut exact] {
+        quiet(s).await;
+    }
+    // Publishing to a wildcard is refused clearly.
+    let e = p.publish("orders.*", "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::INVALID_SUBJECT);
+    // Headers and kind pass through.
+    let h = mitto::Headers::builder()
+        .insert_custom("tenant", "acme")
+        .unwrap()
+        .build();
+    p.publish_with(
+        "orders.created",
+        "h",
+        PublishOptions::new().headers(h).kind(mitto::MsgKind::EVENT),
+    )
+    .await
+    .unwrap();
+    let m = next(&mut exact).await;
+    assert_eq!(m.headers().get_custom("tenant"), Some(&b"acme"[..]));
+    assert_eq!(m.kind(), mitto::MsgKind::EVENT);
+    assert_eq!(b.stats()["msgs_in"], 5);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_groups_deliver_each_message_to_one_member() {
+    let (b, url) = start(config()).await;
+    let members: Vec<Client> = vec![client(&url).await, client(&url).await, client(&url).await];
+    let mut subs = Vec::new();
+    for m in &members {
+        subs.push(m.queue_subscribe("jobs.*", "workers").await.unwrap());
+    }
+    let watcher = client(&url).await;
+    let mut all = watcher.subscribe("jobs.>").await.unwrap();
+    let p = client(&url).await;
+    for i in 0..30 {
+        p.publish("jobs.resize", format!("{i}")).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut seen = Vec::new();
+    for s in subs.iter_mut() {
+        let mut mine = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+            seen.push(text(&m).parse::<u32>().unwrap());
+            mine += 1;
+        }
+        assert!(mine > 0, "every member gets a share");
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..30).collect::<Vec<_>>(),
+        "each message exactly once across the group"
+    );
+    for _ in 0..30 {
+        next(&mut all).await;
+    }
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_no_responders_deadline_and_cancel() {
+    let (b, url) = start(config()).await;
+    let responder = client(&url).await;
+    let mut svc = responder.subscribe("svc.echo").await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            let mut out = b"echo:".to_vec();
+            out.extend_from_slice(m.payload());
+            r2.respond(&m, out).await.unwrap();
+        }
+    });
+    let c = client(&url).await;
+    assert_eq!(
+        c.request("svc.echo", "hi").await.unwrap(),
+        Bytes::from("echo:hi")
+    );
+    // Nobody listens: NO_RESPONDERS at once, not a timeout.
+    let t0 = std::time::Instant::now();
+    let e = c.request("svc.nobody", "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::NO_RESPONDERS);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    // A responder that never answers: the deadline ends the request.
+    let silent = client(&url).await;
+    let _hold = silent.subscribe("svc.silent").await.unwrap();
+    let e = c
+        .request_with(
+            "svc.silent",
+            "x",
+            CallOptions::new().timeout(Duration::from_millis(150)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::TIMEOUT);
+    // Dropping a request cancels it at the broker.
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move { c2.request("svc.silent", "y").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pending.abort();
+    for _ in 0..200 {
+        let s = b.stats();
+        if s["requests_cancelled"] + s["request_timeouts"] >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = b.stats();
+    assert!(s["requests_cancelled"] >= 1, "{s:?}");
+    assert_eq!(s["no_responders"], 1);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_publish_and_block_policy_push_back() {
+    let (b, url) = start(config()).await;
+    let slow = client(&url).await;
+    let so = SubscribeOptions {
+        policy: Policy::Block,
+        max_pending: 2,
+        credit: 1,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = slow.subscribe_with("metrics.cpu", so).await.unwrap();
+    let p = client(&url).await;
+    let ack = PublishOptions::new().ack();
+    // One goes out on the credit, two wait in the queue, the fourth is pushed back.
+    p.publish_with("metrics.cpu", "0", ack.clone())
+        .await
+        .unwrap();
+    sent_out(&b, 1).await;
+    for i in 1..3 {
+        p.publish_with("metrics.cpu", format!("{i}"), ack.clone())
+            .await
+            .unwrap();
+    }
+    let e = p
+        .publish_with("metrics.cpu", "3", ack.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::BACKPRESSURE_REJECTION);
+    assert!(e.is_retryable());
+    // Nothing accepted was lost.
+    for i in 0..3 {
+        assert_eq!(text(&next(&mut sub).await), format!("{i}"));
+    }
+    // Room again: the publish goes through.
+    p.publish_with("metrics.cpu", "4", ack).await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "4");
+    assert_eq!(b.stats()["publish_rejections"], 1);
+    b.shutdown().await;
+}
+
+async fn slow_consumer(policy: Policy) -> (Vec<String>, std::collections::BTreeMap<String, u64>) {
+    let (b, url) = start(config()).await;
+    let slow = client(&url).await;
+    let so = SubscribeOptions {
+        policy,
+        max_pending: 3,
+        credit: 1,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = slow.subscribe_with("feed", so).await.unwrap();
+    let p = client(&url).await;
+    p.publish("feed", "0").await.unwrap();
+    sent_out(&b, 1).await;
+    for i in 1..10 {
+        p.publish("feed", format!("{i}")).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut ended = false;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+            Ok(Some(m)) => got.push(text(&m)),
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        ended,
+        policy == Policy::Disconnect,
+        "only a disconnected subscription ends"
+    );
+    let stats = b.stats();
+    b.shutdown().await;
+    (got, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_drop_oldest_keeps_the_newest_and_counts() {
+    let (got, stats) = slow_consumer(Policy::DropOldest).await;
+    assert_eq!(got, ["0", "7", "8", "9"]);
+    assert_eq!(stats["slow_consumer_drops"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_drop_newest_keeps_the_oldest_and_counts() {
+    let (got, stats) = slow_consumer(Policy::DropNewest).await;
+    assert_eq!(got, ["0", "1", "2", "3"]);
+    assert_eq!(stats["slow_consumer_drops"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_disconnect_ends_the_subscription() {
+    let (got, stats) = slow_consumer(Policy::Disconnect).await;
+    assert_eq!(got, ["0"], "what was queued went with the subscription");
+    assert_eq!(stats["slow_consumer_disconnects"], 1);
+    assert_eq!(stats["subscriptions"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_messages_overtake_queued_ones() {
+    let (b, url) = start(config()).await;
+    let s = client(&url).await;
+    let so = SubscribeOptions {
+        credit: 1,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = s.subscribe_with("ops", so).await.unwrap();
+    let p = client(&url).await;
+    p.publish("ops", "n1").await.unwrap();
+    sent_out(&b, 1).await;
+    for i in 2..=4 {
+        p.publish("ops", format!("n{i}")).await.unwrap();
+    }
+    p.publish_with("ops", "URGENT", PublishOptions::new().urgent())
+        .await
+        .unwrap();
+    p.flush().await.unwrap();
+    let order: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(text(&next(&mut sub).await));
+        }
+        v
+    };
+    assert_eq!(order, ["n1", "URGENT", "n2", "n3", "n4"]);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_with_clear_errors() {
+    let cfg = BrokerConfig {
+        max_payload: 1024,
+        max_connections: 2,
+        max_subscriptions: 2,
+        ..config()
+    };
+    let (b, url) = start(cfg).await;
+    let c = client(&url).await;
+    let e = c.publish("big", vec![0u8; 2000]).await.unwrap_err();
+    assert_eq!(e.status(), Status::PAYLOAD_TOO_LARGE);
+    let _s1 = c.subscribe("a").await.unwrap();
+    let _s2 = c.subscribe("b").await.unwrap();
+    let e = c.subscribe("c").await.unwrap_err();
+    assert_eq!(e.status(), Status::QUOTA_EXCEEDED);
+    let _c2 = client(&url).await;
+    let e = Client::connect(&url, opts().reconnect(false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::QUOTA_EXCEEDED);
+    // The first client still works.
+    c.publish("a", "still fine").await.unwrap();
+    c.flush().await.unwrap();
+    assert_eq!(b.stats()["connections_refused"], 1);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_passwords_and_permissions() {
+    let cfg = BrokerConfig {
+        users: vec![User {
+            name: "alice".into(),
+            password: "pw".into(),
+            publish: vec!["orders.>".into()],
+            subscribe: vec!["orders.*".into()],
+        }],
+        ..config()
+    };
+    let (b, url) = start(cfg).await;
+    let e = Client::connect(&url, opts().user_password("alice", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::UNAUTHORIZED);
+    let e = Client::connect(&url, opts()).await.unwrap_err();
+    assert_eq!(e.status(), Status::UNAUTHORIZED);
+    let a = Client::connect(&url, opts().user_password("alice", "pw"))
+        .await
+        .unwrap();
+    let mut ok = a.subscribe("orders.*").await.unwrap();
+    assert_eq!(
+        a.subscribe("orders.>").await.unwrap_err().status(),
+        Status::FORBIDDEN
+    );
+    assert_eq!(
+        a.subscribe("users.x").await.unwrap_err().status(),
+        Status::FORBIDDEN
+    );
+    let e = a
+        .publish_with("users.x", "no", PublishOptions::new().ack())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::FORBIDDEN);
+    a.publish_with("orders.new", "yes", PublishOptions::new().ack())
+        .await
+        .unwrap();
+    assert_eq!(text(&next(&mut ok).await), "yes");
+    assert_eq!(
+        a.request("users.get", "x").await.unwrap_err().status(),
+        Status::FORBIDDEN
+    );
+    assert!(b.stats()["permission_denials"] >= 4);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_come_back_after_a_broker_restart() {
+    let (b, url) = start(config()).await;
+    let s = client(&url).await;
+    let mut sub = s.subscribe("news.>").await.unwrap();
+    b.shutdown().await;
+    for _ in 0..200 {
+        if !s.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cfg = BrokerConfig {
+        listen: vec![url.clone()],
+        ..config()
+    };
+    let (b, _) = start(cfg).await;
+    for _ in 0..300 {
+        if s.is_connected() && b.subscription_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.subscription_count(), 1, "the client re-subscribed");
+    let p = client(&url).await;
+    p.publish("news.eu", "back").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "back");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_after_n_and_on_drop() {
+    let (b, url) = start(config()).await;
+    let c = client(&url).await;
+    let mut sub = c.subscribe("t").await.unwrap();
+    sub.unsubscribe_after(2);
+    c.flush().await.unwrap();
+    for i in 0..5 {
+        c.publish("t", format!("{i}")).await.unwrap();
+    }
+    c.flush().await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "0");
+    assert_eq!(text(&next(&mut sub).await), "1");
+    quiet(&mut sub).await;
+    assert_eq!(b.subscription_count(), 0);
+    let sub2 = c.subscribe("u").await.unwrap();
+    assert_eq!(b.subscription_count(), 1);
+    drop(sub2);
+    c.flush().await.unwrap();
+    assert_eq!(b.subscription_count(), 0);
+    b.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_endpoint_reports_json_and_prometheus() {
+    let (b, url) = start(config()).await;
+    let c = client(&url).await;
+    let _s = c.subscribe("m.*").await.unwrap();
+    c.publish("m.x", "1").await.unwrap();
+    c.flush().await.unwrap();
+    let addr = b.monitor_addr().unwrap();
+    let varz = http_get(addr, "/varz").await;
+    assert!(
+        varz.starts_with("HTTP/1.0 200") || varz.starts_with("HTTP/1.1 200"),
+        "{varz}"
+    );
+    let body = varz.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["stats"]["msgs_in"], 1);
+    assert_eq!(v["subscriptions_indexed"], 1);
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("mitto_msgs_in 1"), "{metrics}");
+    let subsz = http_get(addr, "/subsz").await;
+    assert!(subsz.contains("\"filter\": \"m.*\""), "{subsz}");
+    let subj = http_get(addr, "/subjectz").await;
+    assert!(subj.contains("\"subject\": \"m.x\""), "{subj}");
+    assert!(http_get(addr, "/nope").await.contains("404"));
+    b.shutdown().await;
+}
