@@ -16,6 +16,7 @@ use mitto::proto::{
 };
 use mitto::transport::Incoming;
 use mitto::Error;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,6 +191,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         acks: agreed.features.contains(Features::ACKS),
         _cmd_tx: cmd_tx,
         draining: false,
+        services: HashMap::new(),
     };
     let driver = Driver::new(
         io,
@@ -205,7 +207,6 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
     if let Err(e) = driver.run().await {
         tracing::debug!(error = %e, "connection ended");
     }
-    core.connection_gone(conn, &mailbox);
     core.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     if let Ok(mut c) = core.conns.lock() {
         c.remove(&conn);
@@ -221,6 +222,8 @@ struct BrokerReactor {
     /// Keeps the command channel open; the broker drives everything through `ctl`.
     _cmd_tx: mpsc::Sender<BrokerCmd>,
     draining: bool,
+    /// Registered service instances: id -> filter.
+    services: HashMap<u32, String>,
 }
 
 impl BrokerReactor {
@@ -347,6 +350,37 @@ impl BrokerReactor {
         }
     }
 
+    fn on_register(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        let filter = f.subject.as_str().to_owned();
+        if self.core.is_inbox(&filter) || !self.perms.may_subscribe(&filter) {
+            let why = format!("may not serve {filter}");
+            return self.refuse(cx, &f, Status::FORBIDDEN, &why);
+        }
+        let opts = match SubscribeOptions::decode(&f.payload, "REGISTER") {
+            Ok(o) => o,
+            Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
+        };
+        if self.services.contains_key(&f.aux) || self.mailbox.has_sub(f.aux) {
+            let why = format!("id {} is in use", f.aux);
+            return self.refuse(cx, &f, Status::ALREADY_EXISTS, &why);
+        }
+        if self.services.len() + self.mailbox.sub_count() >= self.core.cfg.max_subscriptions {
+            let why = "this connection has its maximum of subscriptions and services";
+            return self.refuse(cx, &f, Status::QUOTA_EXCEEDED, why);
+        }
+        self.services.insert(f.aux, filter.clone());
+        let r = SubRef {
+            conn: self.conn,
+            sid: f.aux,
+            queue: opts.queue.map(Into::into),
+            mailbox: self.mailbox.clone(),
+        };
+        self.core.register(&filter, r);
+        if f.flags.contains(Flags::ACK_REQUIRED) {
+            cx.send(&Frame::ack(f.id, 0));
+        }
+    }
+
     fn on_unsubscribe(&mut self, f: Frame, cx: &mut Ctx<'_>) {
         let after = match decode_opt_u32(&f.payload, "UNSUBSCRIBE") {
             Ok(a) => a,
@@ -379,14 +413,6 @@ impl BrokerReactor {
         let subject = f.subject.as_str();
         if self.draining {
             let r = Frame::response(f.id, Status::UNAVAILABLE, "broker is shutting down");
-            return cx.send(&r);
-        }
-        if f.flags.contains(Flags::START) {
-            let r = Frame::response(
-                f.id,
-                Status::UNSUPPORTED_FEATURE,
-                "streaming requests through the broker need a registered service",
-            );
             return cx.send(&r);
         }
         if self.core.is_inbox(subject) || !self.perms.may_publish(subject) {
@@ -423,6 +449,36 @@ impl Reactor for BrokerReactor {
             FrameType::Subscribe => self.on_subscribe(f, cx),
             FrameType::Unsubscribe => self.on_unsubscribe(f, cx),
             FrameType::Request => self.on_request(f, cx),
+            FrameType::Register => self.on_register(f, cx),
+            FrameType::Unregister => match self.services.remove(&f.aux) {
+                Some(filter) => {
+                    self.core.unregister(&filter, self.conn, f.aux);
+                    if f.flags.contains(Flags::ACK_REQUIRED) {
+                        cx.send(&Frame::ack(f.id, 0));
+                    }
+                }
+                None => {
+                    let why = format!("no service instance {}", f.aux);
+                    self.refuse(cx, &f, Status::NOT_FOUND, &why)
+                }
+            },
+            FrameType::Response => {
+                if !self.core.forward_to_caller(&f) {
+                    self.refuse(
+                        cx,
+                        &f,
+                        Status::UNEXPECTED_FRAME,
+                        "no call of the broker's has this id",
+                    );
+                }
+            }
+            FrameType::Stream | FrameType::Credit if f.aux == 0 => {
+                // Calls the broker opened carry bit 63; the others are this client's own calls.
+                if !self.core.forward_to_caller(&f) {
+                    self.core.forward_to_instance(self.conn, &f);
+                }
+            }
+            FrameType::Cancel if self.core.forward_to_instance(self.conn, &f) => {}
             FrameType::Cancel => {
                 if self.core.cancel(self.conn, f.id) {
                     cx.send(&Frame::response(
@@ -473,18 +529,6 @@ impl Reactor for BrokerReactor {
                     "no acknowledged delivery pending",
                 );
             }
-            FrameType::Register | FrameType::Unregister | FrameType::Stream => {
-                bump(&self.core.stats.protocol_errors);
-                self.refuse(
-                    cx,
-                    &f,
-                    Status::UNSUPPORTED_FEATURE,
-                    &format!(
-                        "{} is not available in this broker version",
-                        f.frame_type.name()
-                    ),
-                );
-            }
             FrameType::Error => tracing::debug!(
                 status = %f.status,
                 reason = %String::from_utf8_lossy(&f.payload),
@@ -517,7 +561,11 @@ impl Reactor for BrokerReactor {
         }
     }
 
-    fn on_closed(&mut self, _why: &Error) {}
+    fn on_closed(&mut self, _why: &Error) {
+        let services: Vec<(u32, String)> = self.services.drain().collect();
+        self.core
+            .connection_gone(self.conn, &self.mailbox, &services);
+    }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
         let mut d = Drained::default();

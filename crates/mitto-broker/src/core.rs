@@ -5,7 +5,7 @@ use crate::config::BrokerConfig;
 use crate::index::Index;
 use crate::mailbox::{Mailbox, Pushed};
 use bytes::Bytes;
-use mitto::proto::{Flags, Frame, HeaderKey, Headers, Status, Subject, WellKnown};
+use mitto::proto::{Flags, Frame, FrameType, HeaderKey, Headers, Status, Subject, WellKnown};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +51,8 @@ counters!(
     slow_consumer_disconnects,
     publish_rejections,
     requests,
+    services,
+    service_calls,
     no_responders,
     request_timeouts,
     requests_cancelled,
@@ -70,6 +72,39 @@ struct Pending {
     caller_id: u64,
 }
 
+/// A call routed to a registered service instance.
+struct Route {
+    caller: Arc<Mailbox>,
+    caller_conn: u64,
+    caller_id: u64,
+    inst: Arc<Mailbox>,
+    inst_conn: u64,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_broker: HashMap<u64, Route>,
+    by_caller: HashMap<(u64, u64), u64>,
+    per_instance: HashMap<u64, usize>,
+}
+
+impl Routes {
+    fn remove(&mut self, broker_id: u64) -> Option<Route> {
+        let r = self.by_broker.remove(&broker_id)?;
+        self.by_caller.remove(&(r.caller_conn, r.caller_id));
+        if let Some(n) = self.per_instance.get_mut(&r.inst_conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_instance.remove(&r.inst_conn);
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Bit 63 marks ids of calls the broker opens on an instance's connection (PROTOCOL.md 10.1).
+pub(crate) const BROKER_CALL_BIT: u64 = 1 << 63;
+
 #[derive(Default)]
 struct Requests {
     by_token: HashMap<u64, Pending>,
@@ -82,6 +117,9 @@ const MAX_TRACKED_SUBJECTS: usize = 10_000;
 pub(crate) struct Core {
     pub(crate) cfg: BrokerConfig,
     index: RwLock<Index<SubRef>>,
+    services: RwLock<Index<SubRef>>,
+    routes: Mutex<Routes>,
+    next_call: AtomicU64,
     cache: Mutex<HashMap<Bytes, Arc<[SubRef]>>>,
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
@@ -108,6 +146,9 @@ impl Core {
         Core {
             cfg,
             index: RwLock::new(Index::default()),
+            services: RwLock::new(Index::default()),
+            routes: Mutex::new(Routes::default()),
+            next_call: AtomicU64::new(1),
             cache: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             started: Instant::now(),
@@ -149,6 +190,168 @@ impl Core {
             .subscriptions
             .fetch_sub(n as u64, Ordering::Relaxed);
         self.invalidate();
+    }
+
+    pub(crate) fn register(&self, filter: &str, r: SubRef) {
+        if let Ok(mut idx) = self.services.write() {
+            idx.insert(filter, r);
+        }
+        bump(&self.stats.services);
+    }
+
+    pub(crate) fn unregister(&self, filter: &str, conn: u64, sid: u32) {
+        let n = match self.services.write() {
+            Ok(mut idx) => idx.remove(filter, |r| r.conn == conn && r.sid == sid),
+            Err(_) => 0,
+        };
+        self.stats.services.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+
+    /// Routes a REQUEST to one registered instance. `None`: no instance matches; otherwise the
+    /// immediate answer, if any.
+    fn route_to_service(
+        self: &Arc<Self>,
+        conn: u64,
+        caller: &Arc<Mailbox>,
+        f: &Frame,
+    ) -> Option<Option<Frame>> {
+        let mut found = Vec::new();
+        if let Ok(idx) = self.services.read() {
+            idx.matches(f.subject.as_str(), &mut found);
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let turn = self.rr.fetch_add(1, Ordering::Relaxed);
+        let limit = self.cfg.max_pending_msgs as usize;
+        let broker_id = BROKER_CALL_BIT | self.next_call.fetch_add(1, Ordering::Relaxed);
+        let inst = {
+            let Ok(mut routes) = self.routes.lock() else {
+                let e = Frame::response(f.id, Status::INTERNAL, "routing table unavailable");
+                return Some(Some(e));
+            };
+            if routes.by_caller.contains_key(&(conn, f.id)) {
+                let e = Frame::error(
+                    f.id,
+                    Status::PROTOCOL_ERROR,
+                    "a call with this id is in flight",
+                );
+                return Some(Some(e));
+            }
+            // The next instance in turn that has room.
+            let pick = (0..found.len())
+                .map(|i| &found[(turn + i) % found.len()])
+                .find(|r| routes.per_instance.get(&r.conn).copied().unwrap_or(0) < limit);
+            let Some(inst) = pick.cloned() else {
+                bump(&self.stats.publish_rejections);
+                return Some(Some(Frame::response(
+                    f.id,
+                    Status::BACKPRESSURE_REJECTION,
+                    format!(
+                        "every instance of {} has {limit} calls in flight",
+                        f.subject.as_str()
+                    ),
+                )));
+            };
+            routes.by_broker.insert(
+                broker_id,
+                Route {
+                    caller: caller.clone(),
+                    caller_conn: conn,
+                    caller_id: f.id,
+                    inst: inst.mailbox.clone(),
+                    inst_conn: inst.conn,
+                },
+            );
+            routes.by_caller.insert((conn, f.id), broker_id);
+            *routes.per_instance.entry(inst.conn).or_default() += 1;
+            inst
+        };
+        bump(&self.stats.service_calls);
+        let mut fwd = f.clone();
+        fwd.id = broker_id;
+        inst.mailbox.push_control(fwd);
+        // A safety net for instances that never answer: the caller's deadline (or the default),
+        // plus a grace period for the instance's own TIMEOUT to arrive first.
+        let left = f
+            .headers
+            .deadline()
+            .unwrap_or(Duration::from_millis(self.cfg.request_timeout_ms));
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(left + Duration::from_secs(1)).await;
+            let gone = core
+                .routes
+                .lock()
+                .ok()
+                .and_then(|mut r| r.remove(broker_id));
+            if let Some(r) = gone {
+                bump(&core.stats.request_timeouts);
+                r.inst.push_control(Frame::cancel(broker_id));
+                r.caller.push_control(Frame::response(
+                    r.caller_id,
+                    Status::TIMEOUT,
+                    "the service did not answer in time",
+                ));
+            }
+        });
+        Some(None)
+    }
+
+    /// A frame from a service instance about a call the broker routed to it (RESPONSE, STREAM,
+    /// stream CREDIT). False if it is not about such a call.
+    pub(crate) fn forward_to_caller(&self, f: &Frame) -> bool {
+        if f.id & BROKER_CALL_BIT == 0 {
+            return false;
+        }
+        let caller = match self.routes.lock() {
+            Ok(mut routes) if f.frame_type == FrameType::Response => {
+                routes.remove(f.id).map(|r| (r.caller, r.caller_id))
+            }
+            Ok(routes) => routes
+                .by_broker
+                .get(&f.id)
+                .map(|r| (r.caller.clone(), r.caller_id)),
+            Err(_) => None,
+        };
+        if let Some((mb, id)) = caller {
+            let mut back = f.clone();
+            back.id = id;
+            mb.push_control(back);
+        }
+        true
+    }
+
+    /// A CANCEL, STREAM or stream CREDIT from a caller about a call routed to an instance.
+    /// False if the call is not routed to an instance.
+    pub(crate) fn forward_to_instance(&self, conn: u64, f: &Frame) -> bool {
+        let target = match self.routes.lock() {
+            Ok(mut routes) => {
+                let Some(&broker_id) = routes.by_caller.get(&(conn, f.id)) else {
+                    return false;
+                };
+                let inst = if f.frame_type == FrameType::Cancel {
+                    routes.remove(broker_id).map(|r| r.inst)
+                } else {
+                    routes.by_broker.get(&broker_id).map(|r| r.inst.clone())
+                };
+                inst.map(|i| (i, broker_id))
+            }
+            Err(_) => return false,
+        };
+        if let Some((inst, broker_id)) = target {
+            if f.frame_type == FrameType::Cancel {
+                bump(&self.stats.requests_cancelled);
+            }
+            let mut fwd = f.clone();
+            fwd.id = broker_id;
+            inst.push_control(fwd);
+        }
+        true
+    }
+
+    pub(crate) fn service_count(&self) -> usize {
+        self.services.read().map(|i| i.len()).unwrap_or(0)
     }
 
     pub(crate) fn subscription_count(&self) -> usize {
@@ -314,6 +517,20 @@ impl Core {
             .bytes_in
             .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
         self.track(f.subject.as_str(), f.payload.len());
+        if let Some(answer) = self.route_to_service(conn, caller, f) {
+            return answer;
+        }
+        if f.flags.contains(Flags::START) {
+            bump(&self.stats.no_responders);
+            return Some(Frame::response(
+                f.id,
+                Status::NO_RESPONDERS,
+                format!(
+                    "no service registered for the streaming call {}",
+                    f.subject.as_str()
+                ),
+            ));
+        }
         let targets = self.targets(&f.subject);
         if targets.is_empty() {
             bump(&self.stats.no_responders);
@@ -415,9 +632,37 @@ impl Core {
     }
 
     /// Forgets everything of a connection that went away.
-    pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox) {
+    pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox, services: &[(u32, String)]) {
         for (sid, filter, ..) in mailbox.subs() {
             self.unsubscribe(&filter, conn, sid);
+        }
+        for (sid, filter) in services {
+            self.unregister(filter, conn, *sid);
+        }
+        let lost: Vec<(u64, Route)> = match self.routes.lock() {
+            Ok(mut r) => {
+                let ids: Vec<u64> = r
+                    .by_broker
+                    .iter()
+                    .filter(|(_, x)| x.inst_conn == conn || x.caller_conn == conn)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| r.remove(id).map(|x| (id, x)))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (id, r) in lost {
+            if r.caller_conn == conn {
+                r.inst.push_control(Frame::cancel(id));
+            } else {
+                r.caller.push_control(Frame::response(
+                    r.caller_id,
+                    Status::UNAVAILABLE,
+                    "the service instance went away",
+                ));
+            }
         }
         if let Ok(mut r) = self.requests.lock() {
             let mine: Vec<(u64, u64)> = r

@@ -115,6 +115,11 @@ impl Broker {
         self.core.stats.snapshot()
     }
 
+    /// How many service instances are registered (one per method per instance).
+    pub fn service_count(&self) -> usize {
+        self.core.service_count()
+    }
+
     /// How many subscriptions the subject index holds.
     pub fn subscription_count(&self) -> usize {
         self.core.subscription_count()

@@ -173,6 +173,11 @@ impl Mailbox {
             .collect()
     }
 
+    /// Whether subscription `sid` exists.
+    pub(crate) fn has_sub(&self, sid: u32) -> bool {
+        self.lock().subs.contains_key(&sid)
+    }
+
     /// How many subscriptions.
     pub(crate) fn sub_count(&self) -> usize {
         self.lock().subs.len()

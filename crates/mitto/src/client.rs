@@ -552,7 +552,7 @@ impl Reactor for ClientReactor {
     }
 }
 
-fn hello(opts: &ClientOptions) -> Hello {
+pub(crate) fn hello(opts: &ClientOptions) -> Hello {
     Hello {
         version: Version::CURRENT,
         flags: 0,

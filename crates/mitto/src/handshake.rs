@@ -8,6 +8,13 @@ use mitto_proto::{Decoder, Flags, Frame, FrameType, Hello, Status};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Writes already encoded frames and flushes.
+pub(crate) async fn write_bytes(io: &mut Io, b: &[u8]) -> Result<()> {
+    io.write_all(b).await?;
+    io.flush().await?;
+    Ok(())
+}
+
 async fn write_frame(io: &mut Io, f: &Frame) -> Result<()> {
     let b = f.to_bytes()?;
     io.write_all(&b).await?;
@@ -15,7 +22,11 @@ async fn write_frame(io: &mut Io, f: &Frame) -> Result<()> {
     Ok(())
 }
 
-async fn read_frame(io: &mut Io, dec: &mut Decoder, buf: &mut BytesMut) -> Result<Frame> {
+pub(crate) async fn read_frame(
+    io: &mut Io,
+    dec: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Frame> {
     loop {
         if let Some(f) = dec.decode(buf)? {
             return Ok(f);

@@ -348,6 +348,7 @@ pub struct ServerOptions {
     max_calls_per_connection: usize,
     queue_capacity: usize,
     drain_timeout: Duration,
+    group: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -362,6 +363,7 @@ impl Default for ServerOptions {
             max_calls_per_connection: 10_000,
             queue_capacity: 1024,
             drain_timeout: Duration::from_secs(10),
+            group: None,
         }
     }
 }
@@ -433,6 +435,12 @@ impl ServerOptions {
     /// Bound of each connection's queue of outgoing frames from handlers.
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n.max(1);
+        self
+    }
+    /// The queue group under which [`Server::attach`] registers the methods (default: each
+    /// method's name, so that every instance of a method shares its calls).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
     /// How long shutdown waits for calls in flight before it aborts them.
@@ -652,20 +660,43 @@ impl Server {
 
     /// Binds `url` and starts serving in the background.
     pub async fn bind(self, url: &str) -> Result<RunningServer> {
+        let running = RunningServer {
+            shared: self.into_shared(),
+            urls: Vec::new(),
+        };
+        running.listen(url).await
+    }
+
+    /// Serves this server's methods through a broker instead of a listener: connects to
+    /// `broker_url` (with `client`'s TLS, auth and timeouts), registers every method as a service
+    /// subject, and answers the calls the broker routes here, streaming, deadlines and cancel
+    /// included. Instances in the same group share the calls. Reconnects and registers again if
+    /// the broker goes away, until [`RunningServer::shutdown`].
+    pub async fn attach(
+        self,
+        broker_url: &str,
+        client: crate::ClientOptions,
+    ) -> Result<RunningServer> {
+        let ep: Endpoint = broker_url.parse()?;
+        let shared = self.into_shared();
+        let first = attach_connect(&shared, &ep, &client).await?;
+        tokio::spawn(attach_loop(shared.clone(), ep, client, first));
+        Ok(RunningServer {
+            shared,
+            urls: vec![broker_url.to_owned()],
+        })
+    }
+
+    fn into_shared(self) -> Arc<Shared> {
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
+        Arc::new(Shared {
             server: self,
             stats: Stats::default(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown,
-        });
-        let running = RunningServer {
-            shared,
-            urls: Vec::new(),
-        };
-        running.listen(url).await
+        })
     }
 }
 
@@ -887,6 +918,19 @@ async fn serve_conn(shared: Arc<Shared>, inc: Incoming, conn_id: u64) {
         user: hello.user,
     });
     tracing::debug!(client = %peer.name, "connection up");
+    run_connection(&shared, io, agreed, leftover, peer, conn_id).await;
+}
+
+/// Runs one established connection (accepted, or to a broker) until it ends.
+async fn run_connection(
+    shared: &Arc<Shared>,
+    io: crate::transport::Io,
+    agreed: mitto_proto::Negotiated,
+    leftover: bytes::BytesMut,
+    peer: Arc<PeerInfo>,
+    conn_id: u64,
+) {
+    let opts = &shared.server.opts;
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     if let Ok(mut c) = shared.conns.lock() {
@@ -924,6 +968,110 @@ async fn serve_conn(shared: Arc<Shared>, inc: Incoming, conn_id: u64) {
         .fetch_sub(1, Ordering::Relaxed);
     if let Ok(mut c) = shared.conns.lock() {
         c.remove(&conn_id);
+    }
+}
+
+type Attached = (
+    crate::transport::Io,
+    mitto_proto::Negotiated,
+    bytes::BytesMut,
+);
+
+/// Connects to a broker and registers every method.
+async fn attach_connect(
+    shared: &Shared,
+    ep: &Endpoint,
+    client: &crate::ClientOptions,
+) -> Result<Attached> {
+    let setup = async {
+        let mut io = crate::transport::connect(ep, client.tls.as_ref()).await?;
+        let offer = crate::client::hello(client);
+        let (agreed, _, mut buf) =
+            handshake::client(&mut io, &offer, client.connect_timeout).await?;
+        let mut methods: Vec<&String> = shared.server.routes.keys().collect();
+        methods.sort();
+        let mut wire = bytes::BytesMut::new();
+        for (i, m) in methods.iter().enumerate() {
+            let group = shared
+                .server
+                .opts
+                .group
+                .clone()
+                .unwrap_or_else(|| (*m).clone());
+            let opts = mitto_proto::SubscribeOptions {
+                queue: Some(group),
+                ..Default::default()
+            };
+            let n = i as u64 + 1;
+            let mut f = Frame::register(n as u32, Subject::new(m)?, &opts)?.with_id(n);
+            f.flags.insert(Flags::ACK_REQUIRED);
+            f.encode(&mut wire)?;
+        }
+        handshake::write_bytes(&mut io, &wire).await?;
+        let mut dec = mitto_proto::Decoder::new(agreed.limits);
+        let mut acked = 0;
+        while acked < methods.len() {
+            let f = handshake::read_frame(&mut io, &mut dec, &mut buf).await?;
+            match f.frame_type {
+                FrameType::Ack => acked += 1,
+                FrameType::Error | FrameType::Close => {
+                    let method = methods
+                        .get((f.id as usize).wrapping_sub(1))
+                        .map(|m| m.as_str());
+                    let e = Error::from_remote(f.status, &f.payload);
+                    return Err(Error::new(
+                        e.status(),
+                        format!(
+                            "registering {} failed: {}",
+                            method.unwrap_or("?"),
+                            e.message()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok((io, agreed, buf))
+    };
+    tokio::time::timeout(client.connect_timeout, setup)
+        .await
+        .map_err(|_| {
+            Error::new(Status::TIMEOUT, format!("attaching to {ep} timed out")).retryable()
+        })?
+}
+
+async fn attach_loop(
+    shared: Arc<Shared>,
+    ep: Endpoint,
+    client: crate::ClientOptions,
+    first: Attached,
+) {
+    let mut next = Some(first);
+    let (min, max) = client.backoff;
+    let mut wait = min;
+    loop {
+        if let Some((io, agreed, leftover)) = next.take() {
+            wait = min;
+            let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+            let peer = Arc::new(PeerInfo {
+                addr: ep.to_string(),
+                name: "broker".into(),
+                ..PeerInfo::default()
+            });
+            let span = tracing::info_span!("mitto.attach", id, broker = %ep);
+            run_connection(&shared, io, agreed, leftover, peer, id)
+                .instrument(span)
+                .await;
+        }
+        if shared.draining() || !client.reconnect {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(max);
+        match attach_connect(&shared, &ep, &client).await {
+            Ok(a) => next = Some(a),
+            Err(e) => tracing::debug!(broker = %ep, error = %e, "re-attaching failed"),
+        }
     }
 }
 
