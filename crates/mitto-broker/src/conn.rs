@@ -4,7 +4,10 @@
 
 use crate::config::User;
 use crate::core::{bump, Core, SubRef};
-use crate::mailbox::{Drained, Mailbox, SubQueue};
+use crate::mailbox::{AckState, Drained, Mailbox, SubQueue};
+
+/// How long an at-least-once delivery may stay unacknowledged unless the subscription says.
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 use bytes::Bytes;
 use mitto::conn::{Ctx, Driver, DriverConfig, Reactor};
 use mitto::proto::body::{decode_credit, decode_opt_u32};
@@ -298,12 +301,12 @@ impl BrokerReactor {
             Ok(o) => o,
             Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
         };
-        if opts.delivery == Delivery::AtLeastOnce {
+        if opts.delivery == Delivery::AtLeastOnce && !self.acks {
             return self.refuse(
                 cx,
                 &f,
                 Status::UNSUPPORTED_FEATURE,
-                "at-least-once subscriptions are not available in this broker version",
+                "ACKS was not negotiated",
             );
         }
         let max = self.core.cfg.max_subscriptions;
@@ -323,13 +326,20 @@ impl BrokerReactor {
             0 => self.core.cfg.max_pending_msgs,
             n => n.min(self.core.cfg.max_pending_msgs),
         } as usize;
-        let sq = SubQueue::new(
+        let mut sq = SubQueue::new(
             filter.clone(),
             opts.queue.clone(),
             opts.credit,
             max_pending,
             policy,
         );
+        if opts.delivery == Delivery::AtLeastOnce {
+            let wait = match opts.ack_wait_ms {
+                0 => DEFAULT_ACK_WAIT,
+                ms => Duration::from_millis(ms.into()),
+            };
+            sq = sq.with_acks(AckState::new(wait, opts.max_deliver));
+        }
         if !self.mailbox.add_sub(f.aux, sq) {
             return self.refuse(
                 cx,
@@ -520,15 +530,23 @@ impl Reactor for BrokerReactor {
                     Err(e) => cx.send(&Frame::error(f.id, Status::INTERNAL, &e.to_string())),
                 }
             }
-            FrameType::Ack | FrameType::Nack => {
-                // Only at-least-once subscriptions send these, and they are refused above.
-                self.refuse(
-                    cx,
-                    &f,
-                    Status::UNEXPECTED_FRAME,
-                    "no acknowledged delivery pending",
-                );
+            // An ACK or NACK that matches nothing pending is ignored (it may have crossed a
+            // redelivery or the end of the subscription).
+            FrameType::Ack if f.aux != 0 => {
+                if self.mailbox.ack(f.aux, f.id) {
+                    bump(&self.core.stats.acks);
+                }
             }
+            FrameType::Nack if f.aux != 0 => {
+                let delay = decode_opt_u32(&f.payload, "NACK")
+                    .ok()
+                    .flatten()
+                    .map(|ms| Duration::from_millis(ms.into()));
+                if self.mailbox.nack(f.aux, f.id, delay) {
+                    bump(&self.core.stats.nacks);
+                }
+            }
+            FrameType::Ack | FrameType::Nack => {}
             FrameType::Error => tracing::debug!(
                 status = %f.status,
                 reason = %String::from_utf8_lossy(&f.payload),

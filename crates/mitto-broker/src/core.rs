@@ -50,6 +50,10 @@ counters!(
     slow_consumer_drops,
     slow_consumer_disconnects,
     publish_rejections,
+    acks,
+    nacks,
+    redeliveries,
+    redeliveries_given_up,
     requests,
     services,
     service_calls,
@@ -628,6 +632,24 @@ impl Core {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Queues again the at-least-once deliveries whose ACK is overdue, on every connection.
+    pub(crate) fn redeliver(&self) {
+        let mailboxes: Vec<Arc<Mailbox>> = match self.conns.lock() {
+            Ok(c) => c.values().map(|i| i.mailbox.clone()).collect(),
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        for m in mailboxes {
+            let s = m.redeliver_due(now);
+            self.stats
+                .redeliveries
+                .fetch_add(s.redelivered, Ordering::Relaxed);
+            self.stats
+                .redeliveries_given_up
+                .fetch_add(s.given_up, Ordering::Relaxed);
         }
     }
 

@@ -88,6 +88,7 @@ impl Broker {
             urls.push(l.local_url().to_owned());
             tokio::spawn(accept_loop(core.clone(), l));
         }
+        tokio::spawn(redelivery_loop(core.clone()));
         let monitor = match core.cfg.monitor.as_str() {
             "" => None,
             addr => Some(monitor::start(core.clone(), addr).await?),
@@ -145,6 +146,19 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!("broker stopped");
+    }
+}
+
+/// Redelivers overdue at-least-once messages, until shutdown.
+async fn redelivery_loop(core: Arc<Core>) {
+    let mut stop = core.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => core.redeliver(),
+        }
     }
 }
 

@@ -4,10 +4,12 @@
 //! driver moves them to its socket when it has room, round robin over the subscriptions.
 
 use mitto::conn::Ctx;
-use mitto::proto::{Frame, SlowConsumerPolicy};
+use mitto::proto::{Flags, Frame, SlowConsumerPolicy};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Wakes the owning connection's driver.
 pub(crate) type Waker = mpsc::UnboundedSender<crate::conn::BrokerCmd>;
@@ -29,6 +31,35 @@ pub(crate) enum Pushed {
     Gone,
 }
 
+/// At-least-once state of a subscription: deliveries waiting for ACK.
+#[derive(Debug)]
+pub(crate) struct AckState {
+    wait: Duration,
+    max_deliver: u32,
+    /// Delivered, not acknowledged: delivery id -> (message, redelivery due).
+    unacked: HashMap<u64, (Frame, Instant)>,
+    /// Deliveries so far of messages not yet acknowledged.
+    attempts: HashMap<u64, u32>,
+}
+
+impl AckState {
+    pub(crate) fn new(wait: Duration, max_deliver: u32) -> AckState {
+        AckState {
+            wait,
+            max_deliver,
+            unacked: HashMap::new(),
+            attempts: HashMap::new(),
+        }
+    }
+}
+
+/// What a redelivery sweep did.
+#[derive(Debug, Default)]
+pub(crate) struct Swept {
+    pub(crate) redelivered: u64,
+    pub(crate) given_up: u64,
+}
+
 /// A subscription's queue and settings.
 #[derive(Debug)]
 pub(crate) struct SubQueue {
@@ -45,6 +76,7 @@ pub(crate) struct SubQueue {
     ready: bool,
     pub(crate) delivered: u64,
     pub(crate) dropped: u64,
+    ack: Option<AckState>,
 }
 
 impl SubQueue {
@@ -67,11 +99,23 @@ impl SubQueue {
             ready: false,
             delivered: 0,
             dropped: 0,
+            ack: None,
         }
+    }
+
+    /// Makes the subscription at-least-once.
+    pub(crate) fn with_acks(mut self, ack: AckState) -> SubQueue {
+        self.ack = Some(ack);
+        self
     }
 
     fn len(&self) -> usize {
         self.urgent.len() + self.normal.len()
+    }
+
+    /// Queued plus delivered-but-unacknowledged: what counts against `max_pending`.
+    fn held(&self) -> usize {
+        self.len() + self.ack.as_ref().map_or(0, |a| a.unacked.len())
     }
 
     fn sendable(&self) -> bool {
@@ -227,7 +271,7 @@ impl Mailbox {
             return Pushed::Gone;
         };
         let len = f.encoded_len();
-        let full = s.len() >= s.max_pending || q.bytes + len > self.max_bytes;
+        let full = s.held() >= s.max_pending || q.bytes + len > self.max_bytes;
         let mut outcome = Pushed::Queued;
         if full {
             match s.policy {
@@ -275,6 +319,88 @@ impl Mailbox {
         outcome
     }
 
+    /// Acknowledges delivery `id` of subscription `sid`. False if nothing was pending.
+    pub(crate) fn ack(&self, sid: u32, id: u64) -> bool {
+        let mut q = self.lock();
+        let Some(a) = q.subs.get_mut(&sid).and_then(|s| s.ack.as_mut()) else {
+            return false;
+        };
+        a.attempts.remove(&id);
+        a.unacked.remove(&id).is_some()
+    }
+
+    /// Asks for delivery `id` again: now, or after `delay`. False if nothing was pending.
+    pub(crate) fn nack(&self, sid: u32, id: u64, delay: Option<Duration>) -> bool {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return false;
+        };
+        let Some(a) = s.ack.as_mut() else {
+            return false;
+        };
+        let Some(entry) = a.unacked.get_mut(&id) else {
+            return false;
+        };
+        match delay {
+            Some(d) if !d.is_zero() => entry.1 = Instant::now() + d,
+            _ => {
+                let Some((f, _)) = a.unacked.remove(&id) else {
+                    return false;
+                };
+                q.bytes += f.encoded_len();
+                s.normal.push_front(f);
+                if !s.ready && s.sendable() {
+                    s.ready = true;
+                    q.ready.push_back(sid);
+                }
+                self.wake_if_idle(q);
+            }
+        }
+        true
+    }
+
+    /// Queues again every delivery whose acknowledgement is overdue; gives up (and counts) those
+    /// delivered `max_deliver` times.
+    pub(crate) fn redeliver_due(&self, now: Instant) -> Swept {
+        let mut out = Swept::default();
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let mut woke = false;
+        for (sid, s) in q.subs.iter_mut() {
+            let Some(a) = s.ack.as_mut() else { continue };
+            let due: Vec<u64> = a
+                .unacked
+                .iter()
+                .filter(|(_, (_, t))| *t <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                let Some((f, _)) = a.unacked.remove(&id) else {
+                    continue;
+                };
+                let tries = a.attempts.get(&id).copied().unwrap_or(0);
+                if a.max_deliver > 0 && tries >= a.max_deliver {
+                    a.attempts.remove(&id);
+                    out.given_up += 1;
+                    continue;
+                }
+                q.bytes += f.encoded_len();
+                s.normal.push_front(f);
+                out.redelivered += 1;
+            }
+            if !s.ready && s.sendable() {
+                s.ready = true;
+                q.ready.push_back(*sid);
+                woke = true;
+            }
+        }
+        if woke {
+            self.wake_if_idle(q);
+        }
+        out
+    }
+
     /// Moves queued frames to the connection's outbox until it is backlogged or `budget` frames
     /// went. Marks the mailbox idle when it is empty.
     pub(crate) fn drain_into(&self, cx: &mut Ctx<'_>, budget: usize, out: &mut Drained) -> bool {
@@ -300,6 +426,12 @@ impl Mailbox {
             };
             let len = f.encoded_len();
             q.bytes -= len.min(q.bytes);
+            let mut f = f;
+            if let Some(a) = s.ack.as_mut() {
+                f.flags.insert(Flags::ACK_REQUIRED);
+                *a.attempts.entry(f.id).or_insert(0) += 1;
+                a.unacked.insert(f.id, (f.clone(), Instant::now() + a.wait));
+            }
             if let Some(c) = s.credit.as_mut() {
                 *c -= 1;
             }

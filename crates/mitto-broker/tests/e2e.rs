@@ -494,3 +494,75 @@ async fn monitoring_endpoint_reports_json_and_prometheus() {
     assert!(http_get(addr, "/nope").await.contains("404"));
     b.shutdown().await;
 }
+
+fn at_least_once(ack_wait_ms: u32, max_deliver: u32) -> SubscribeOptions {
+    SubscribeOptions {
+        delivery: mitto::Delivery::AtLeastOnce,
+        ack_wait_ms,
+        max_deliver,
+        ..SubscribeOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_redelivers_until_acked() {
+    let (b, url) = start(config()).await;
+    let s = client(&url).await;
+    let mut sub = s
+        .subscribe_with("jobs", at_least_once(100, 0))
+        .await
+        .unwrap();
+    let p = client(&url).await;
+    p.publish("jobs", "j1").await.unwrap();
+    p.publish("jobs", "j2").await.unwrap();
+    let first = next(&mut sub).await;
+    assert!(first.needs_ack());
+    assert_eq!(text(&first), "j1");
+    let second = next(&mut sub).await;
+    sub.ack(&second);
+    // j1 was not acknowledged: it comes again after the ack wait; j2 does not.
+    let again = next(&mut sub).await;
+    assert_eq!(text(&again), "j1");
+    sub.ack(&again);
+    quiet(&mut sub).await;
+    let st = b.stats();
+    assert_eq!(st["acks"], 2);
+    assert!(st["redeliveries"] >= 1);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_redelivers_at_once_and_max_deliver_gives_up() {
+    let (b, url) = start(config()).await;
+    let s = client(&url).await;
+    let mut sub = s
+        .subscribe_with("jobs", at_least_once(60_000, 2))
+        .await
+        .unwrap();
+    let p = client(&url).await;
+    p.publish("jobs", "x").await.unwrap();
+    let m = next(&mut sub).await;
+    sub.nack(&m, None);
+    let m2 = next(&mut sub).await;
+    assert_eq!(text(&m2), "x", "NACK without delay redelivers at once");
+    sub.ack(&m2);
+    quiet(&mut sub).await;
+    // A message never acknowledged is given up after max_deliver deliveries, and counted.
+    let mut short = s
+        .subscribe_with("once", at_least_once(50, 2))
+        .await
+        .unwrap();
+    p.publish("once", "y").await.unwrap();
+    assert_eq!(text(&next(&mut short).await), "y");
+    assert_eq!(text(&next(&mut short).await), "y");
+    quiet(&mut short).await;
+    for _ in 0..100 {
+        if b.stats()["redeliveries_given_up"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.stats()["redeliveries_given_up"], 1);
+    assert_eq!(b.stats()["nacks"], 1);
+    b.shutdown().await;
+}
