@@ -86,6 +86,9 @@ pub struct BrokerConfig {
     pub slow_consumer: PolicyName,
     /// Deadline of requests that carry none, milliseconds.
     pub request_timeout_ms: u64,
+    /// How long a disconnected client's session (subscriptions, queued and unacknowledged
+    /// messages) is kept for it to resume, milliseconds.
+    pub session_ttl_ms: u64,
     /// Keepalive interval, milliseconds (0: off).
     pub keepalive_ms: u32,
     /// How long a new connection may take to send HELLO, milliseconds.
@@ -111,6 +114,7 @@ impl Default for BrokerConfig {
             max_pending_msgs: 65_536,
             slow_consumer: PolicyName::DropOldest,
             request_timeout_ms: 30_000,
+            session_ttl_ms: 60_000,
             keepalive_ms: 30_000,
             handshake_timeout_ms: 10_000,
             token: None,

@@ -130,6 +130,8 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         auth: Bytes::new(),
     };
     let mut perms = Permissions::default();
+    let mut resumed: Option<crate::core::Detached> = None;
+    let mut session: Option<(String, String)> = None;
     let admit = |h: &Hello| {
         if core.draining() {
             return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
@@ -148,12 +150,21 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         }
         let user = authenticate(&core, h).inspect_err(|_| bump(&core.stats.auth_failures))?;
         perms = Permissions::of(user);
-        let id = if h.client_id.is_empty() {
-            format!("c{conn}")
-        } else {
-            h.client_id.clone()
-        };
-        Ok((id, String::new(), false))
+        if h.client_id.is_empty() || !h.features.contains(Features::SESSION_RESUME) {
+            return Ok((format!("c{conn}"), String::new(), false));
+        }
+        let id = h.client_id.clone();
+        if !h.session.is_empty() {
+            if let Some(d) = core.resume(&id, &h.session) {
+                let token = d.token.clone();
+                resumed = Some(d);
+                session = Some((id.clone(), token.clone()));
+                return Ok((id, token, true));
+            }
+        }
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        session = Some((id.clone(), token.clone()));
+        Ok((id, token, false))
     };
     let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
     let (agreed, hello, leftover) =
@@ -166,7 +177,17 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         };
     let (cmd_tx, cmd_rx) = mpsc::channel(1);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let mailbox = Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes));
+    let (conn, mailbox) = match resumed {
+        Some(d) => {
+            tracing::debug!(old = d.conn, "session resumed");
+            d.mailbox.set_waker(ctl_tx.clone());
+            (d.conn, d.mailbox)
+        }
+        None => (
+            conn,
+            Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes)),
+        ),
+    };
     if let Ok(mut c) = core.conns.lock() {
         c.insert(
             conn,
@@ -195,6 +216,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         _cmd_tx: cmd_tx,
         draining: false,
         services: HashMap::new(),
+        session,
     };
     let driver = Driver::new(
         io,
@@ -212,7 +234,10 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
     }
     core.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     if let Ok(mut c) = core.conns.lock() {
-        c.remove(&conn);
+        // A resumed session may already have taken this id over.
+        if c.get(&conn).is_some_and(|i| i.ctl.same_channel(&ctl_tx)) {
+            c.remove(&conn);
+        }
     }
 }
 
@@ -227,6 +252,8 @@ struct BrokerReactor {
     draining: bool,
     /// Registered service instances: id -> filter.
     services: HashMap<u32, String>,
+    /// Client id and session token, when the client can resume its session.
+    session: Option<(String, String)>,
 }
 
 impl BrokerReactor {
@@ -581,8 +608,15 @@ impl Reactor for BrokerReactor {
 
     fn on_closed(&mut self, _why: &Error) {
         let services: Vec<(u32, String)> = self.services.drain().collect();
-        self.core
-            .connection_gone(self.conn, &self.mailbox, &services);
+        match self.session.take() {
+            Some((id, token)) if !self.draining && !self.core.draining() => {
+                self.core
+                    .detach(self.conn, id, token, self.mailbox.clone(), &services)
+            }
+            _ => self
+                .core
+                .connection_gone(self.conn, &self.mailbox, &services),
+        }
     }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {

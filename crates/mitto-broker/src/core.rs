@@ -52,6 +52,9 @@ counters!(
     publish_rejections,
     acks,
     nacks,
+    sessions_detached,
+    sessions_resumed,
+    sessions_expired,
     redeliveries,
     redeliveries_given_up,
     requests,
@@ -106,6 +109,14 @@ impl Routes {
     }
 }
 
+/// A session whose connection went away, kept for resumption.
+pub(crate) struct Detached {
+    pub(crate) conn: u64,
+    pub(crate) token: String,
+    pub(crate) mailbox: Arc<Mailbox>,
+    expires: Instant,
+}
+
 /// Bit 63 marks ids of calls the broker opens on an instance's connection (PROTOCOL.md 10.1).
 pub(crate) const BROKER_CALL_BIT: u64 = 1 << 63;
 
@@ -124,6 +135,7 @@ pub(crate) struct Core {
     services: RwLock<Index<SubRef>>,
     routes: Mutex<Routes>,
     next_call: AtomicU64,
+    sessions: Mutex<HashMap<String, Detached>>,
     cache: Mutex<HashMap<Bytes, Arc<[SubRef]>>>,
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
@@ -152,6 +164,7 @@ impl Core {
             index: RwLock::new(Index::default()),
             services: RwLock::new(Index::default()),
             routes: Mutex::new(Routes::default()),
+            sessions: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             cache: Mutex::new(HashMap::new()),
             stats: Stats::default(),
@@ -642,6 +655,7 @@ impl Core {
             Err(_) => return,
         };
         let now = Instant::now();
+        self.expire_sessions(now);
         for m in mailboxes {
             let s = m.redeliver_due(now);
             self.stats
@@ -653,11 +667,79 @@ impl Core {
         }
     }
 
-    /// Forgets everything of a connection that went away.
-    pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox, services: &[(u32, String)]) {
+    /// Keeps a disconnected client's subscriptions and queued messages for the session TTL, so
+    /// that it can resume them; its calls and services end now.
+    pub(crate) fn detach(
+        &self,
+        conn: u64,
+        client_id: String,
+        token: String,
+        mailbox: Arc<Mailbox>,
+        services: &[(u32, String)],
+    ) {
+        self.release_calls(conn, services);
+        let expires = Instant::now() + Duration::from_millis(self.cfg.session_ttl_ms);
+        let old = self.sessions.lock().ok().and_then(|mut s| {
+            s.insert(
+                client_id,
+                Detached {
+                    conn,
+                    token,
+                    mailbox,
+                    expires,
+                },
+            )
+        });
+        if let Some(old) = old {
+            self.drop_subscriptions(old.conn, &old.mailbox);
+        }
+        bump(&self.stats.sessions_detached);
+    }
+
+    /// Takes a detached session back, if the token matches and it has not expired.
+    pub(crate) fn resume(&self, client_id: &str, token: &str) -> Option<Detached> {
+        let mut s = self.sessions.lock().ok()?;
+        let d = s.get(client_id)?;
+        if d.token != token || d.expires <= Instant::now() {
+            return None;
+        }
+        let d = s.remove(client_id)?;
+        bump(&self.stats.sessions_resumed);
+        Some(d)
+    }
+
+    fn expire_sessions(&self, now: Instant) {
+        let expired: Vec<Detached> = match self.sessions.lock() {
+            Ok(mut s) => {
+                let ids: Vec<String> = s
+                    .iter()
+                    .filter(|(_, d)| d.expires <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.into_iter().filter_map(|k| s.remove(&k)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for d in expired {
+            bump(&self.stats.sessions_expired);
+            self.drop_subscriptions(d.conn, &d.mailbox);
+        }
+    }
+
+    fn drop_subscriptions(&self, conn: u64, mailbox: &Mailbox) {
         for (sid, filter, ..) in mailbox.subs() {
             self.unsubscribe(&filter, conn, sid);
         }
+    }
+
+    /// Forgets everything of a connection that went away.
+    pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox, services: &[(u32, String)]) {
+        self.drop_subscriptions(conn, mailbox);
+        self.release_calls(conn, services);
+    }
+
+    /// Ends the calls, requests and services of a connection that went away.
+    fn release_calls(&self, conn: u64, services: &[(u32, String)]) {
         for (sid, filter) in services {
             self.unregister(filter, conn, *sid);
         }

@@ -147,7 +147,7 @@ pub(crate) struct Drained {
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     q: Mutex<Queues>,
-    wake: Waker,
+    wake: Mutex<Waker>,
     max_bytes: usize,
 }
 
@@ -158,7 +158,7 @@ impl Mailbox {
                 idle: true,
                 ..Queues::default()
             }),
-            wake,
+            wake: Mutex::new(wake),
             max_bytes,
         }
     }
@@ -172,8 +172,20 @@ impl Mailbox {
     fn wake_if_idle(&self, q: &mut Queues) {
         if q.idle {
             q.idle = false;
-            let _ = self.wake.send(crate::conn::BrokerCmd::Wake);
+            if let Ok(w) = self.wake.lock() {
+                let _ = w.send(crate::conn::BrokerCmd::Wake);
+            }
         }
+    }
+
+    /// Hands the mailbox to a new connection (a resumed session) and wakes it.
+    pub(crate) fn set_waker(&self, wake: Waker) {
+        if let Ok(mut w) = self.wake.lock() {
+            *w = wake;
+        }
+        let mut q = self.lock();
+        q.idle = true;
+        self.wake_if_idle(&mut q);
     }
 
     /// Adds a subscription's queue.

@@ -8,6 +8,7 @@ use mitto::{
     Subscription,
 };
 use mitto_broker::{Broker, BrokerConfig, User};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -564,5 +565,66 @@ async fn nack_redelivers_at_once_and_max_deliver_gives_up() {
     }
     assert_eq!(b.stats()["redeliveries_given_up"], 1);
     assert_eq!(b.stats()["nacks"], 1);
+    b.shutdown().await;
+}
+
+/// A TCP relay in front of the broker whose connections the test can cut.
+struct Relay {
+    url: String,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+async fn relay(target: &str) -> Relay {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let target = target.trim_start_matches("tcp://").to_owned();
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let c2 = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let target = target.clone();
+            let cut = c2.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.notified() => {}
+                }
+            });
+        }
+    });
+    Relay { url, cut }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resume_delivers_what_was_published_while_disconnected() {
+    let (b, url) = start(config()).await;
+    let r = relay(&url).await;
+    let s = Client::connect(&r.url, opts().client_id("reporter-1"))
+        .await
+        .unwrap();
+    let mut sub = s.subscribe("news.>").await.unwrap();
+    let p = client(&url).await;
+    p.publish("news.a", "before").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "before");
+    r.cut.notify_waiters();
+    for _ in 0..300 {
+        if b.stats()["sessions_detached"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.stats()["sessions_detached"], 1);
+    // Published while the subscriber is away: kept in its session.
+    p.publish("news.b", "during").await.unwrap();
+    p.flush().await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "during");
+    p.publish("news.c", "after").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "after");
+    let st = b.stats();
+    assert_eq!(st["sessions_resumed"], 1);
+    assert_eq!(st["subscriptions"], 1, "resumed, not subscribed twice");
     b.shutdown().await;
 }

@@ -344,6 +344,8 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     /// Live subscriptions, re-made on every new connection.
     pub(crate) subs: SubTable,
+    /// The session token the server gave, offered again on reconnect (session resume).
+    session: std::sync::Mutex<String>,
     pub(crate) next_sid: std::sync::atomic::AtomicU32,
 }
 
@@ -576,14 +578,23 @@ async fn open(
     endpoint: &Endpoint,
     opts: &ClientOptions,
     table: &SubTable,
-) -> Result<(Driver<ClientReactor>, Conn)> {
+    session: &std::sync::Mutex<String>,
+) -> Result<(Driver<ClientReactor>, Conn, bool)> {
     let setup = async {
         let mut io = transport::connect(endpoint, opts.tls.as_ref()).await?;
-        let (agreed, _server, leftover) =
-            handshake::client(&mut io, &hello(opts), opts.connect_timeout).await?;
-        Ok::<_, Error>((io, agreed, leftover))
+        let mut offer = hello(opts);
+        if let Ok(s) = session.lock() {
+            offer.session = s.clone();
+        }
+        let (agreed, server, leftover) =
+            handshake::client(&mut io, &offer, opts.connect_timeout).await?;
+        let resumed = !offer.session.is_empty() && server.flags & Hello::RESUMED != 0;
+        if let Ok(mut s) = session.lock() {
+            *s = server.session.clone();
+        }
+        Ok::<_, Error>((io, agreed, leftover, resumed))
     };
-    let (io, agreed, leftover) = tokio::time::timeout(opts.connect_timeout, setup)
+    let (io, agreed, leftover, resumed) = tokio::time::timeout(opts.connect_timeout, setup)
         .await
         .map_err(|_| {
             Error::new(
@@ -619,6 +630,7 @@ async fn open(
             ctl: ctl_tx,
             agreed: Arc::new(agreed),
         },
+        resumed,
     ))
 }
 
@@ -645,9 +657,16 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
                 )));
                 return;
             }
-            match open(&shared.endpoint, &shared.opts, &shared.subs).await {
-                Ok((d, conn)) => {
-                    crate::pubsub::resubscribe(&shared, &conn.ctl);
+            match open(
+                &shared.endpoint,
+                &shared.opts,
+                &shared.subs,
+                &shared.session,
+            )
+            .await
+            {
+                Ok((d, conn, resumed)) => {
+                    crate::pubsub::resubscribe(&shared, &conn.ctl, resumed);
                     shared.state.send_replace(State::Up(conn));
                     break d;
                 }
@@ -722,7 +741,8 @@ impl Client {
     pub async fn connect(url: &str, opts: ClientOptions) -> Result<Client> {
         let endpoint: Endpoint = url.parse()?;
         let table = SubTable::default();
-        let (driver, conn) = open(&endpoint, &opts, &table).await?;
+        let session = std::sync::Mutex::new(String::new());
+        let (driver, conn, _) = open(&endpoint, &opts, &table, &session).await?;
         let (state, _) = watch::channel(State::Up(conn));
         let shared = Arc::new(Shared {
             endpoint,
@@ -730,6 +750,7 @@ impl Client {
             state,
             closing: AtomicBool::new(false),
             subs: table,
+            session,
             next_sid: std::sync::atomic::AtomicU32::new(1),
         });
         tokio::spawn(supervise(shared.clone(), driver));

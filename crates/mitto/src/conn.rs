@@ -227,6 +227,8 @@ pub struct Driver<R: Reactor> {
     close: Option<(Status, String)>,
     close_sent: bool,
     limits: Limits,
+    /// Bytes read past the handshake have not been decoded yet.
+    leftover: bool,
 }
 
 /// How a driver ended.
@@ -265,6 +267,7 @@ impl<R: Reactor> Driver<R> {
             close: None,
             close_sent: false,
             limits: cfg.limits,
+            leftover: true,
         }
     }
 
@@ -298,6 +301,12 @@ impl<R: Reactor> Driver<R> {
         for _ in 0..8 {
             let mut progress = false;
             progress |= self.poll_commands(cx);
+            if std::mem::take(&mut self.leftover) && !self.rbuf.is_empty() {
+                // Frames the peer sent right behind its HELLO, after the commands queued before
+                // the driver started (a resumed session's subscriptions) are in place.
+                self.handle_buffered();
+                progress = true;
+            }
             if !self.out.over_high_water() && self.close.is_none() {
                 let (r, mut ctx) = self.ctx();
                 progress |= r.poll_outbound(&mut ctx);

@@ -143,10 +143,18 @@ fn current_ctl(shared: &Shared) -> Option<mpsc::UnboundedSender<Cmd>> {
     }
 }
 
-/// Re-subscribes every live subscription on a fresh connection.
-pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>) {
+/// Re-subscribes every live subscription on a fresh connection; after a resumed session the
+/// server still has them, and only the local ends are attached again.
+pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>, resumed: bool) {
     let Ok(subs) = shared.subs.lock() else { return };
     for (&sid, rec) in subs.iter() {
+        if resumed {
+            let _ = ctl.send(Cmd::Subscribe {
+                sid,
+                tx: rec.tx.clone(),
+            });
+            continue;
+        }
         let mut opts = rec.opts.clone();
         // Credit for what the local queue can still take.
         opts.credit = u32::try_from(rec.tx.capacity()).unwrap_or(u32::MAX).max(1);

@@ -133,6 +133,27 @@ async fn garbage_instead_of_hello_gets_error_and_close() {
 }
 
 #[tokio::test]
+async fn requests_pipelined_behind_hello_are_answered() {
+    let srv = server().await;
+    let mut r = Raw::connect(srv.local_url()).await;
+    let mut b = Frame::hello(&offer(), false)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    let req = Frame::request(3, Subject::literal("echo").unwrap(), "early");
+    b.extend_from_slice(&req.to_bytes().unwrap());
+    r.send_bytes(&b).await;
+    assert_eq!(r.recv().await.map(|f| f.frame_type), Some(FrameType::Hello));
+    let f = r.recv_not_ping().await.expect("RESPONSE");
+    assert_eq!(
+        (f.frame_type, f.id, &f.payload[..]),
+        (FrameType::Response, 3, &b"early"[..])
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
 async fn first_frame_must_be_hello() {
     let srv = server().await;
     let mut r = Raw::connect(srv.local_url()).await;
