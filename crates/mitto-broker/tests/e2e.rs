@@ -628,3 +628,44 @@ async fn session_resume_delivers_what_was_published_while_disconnected() {
     assert_eq!(st["subscriptions"], 1, "resumed, not subscribed twice");
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_unix_listeners_serve_the_same_subjects() {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("mitto-broker-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let sock = dir.join("broker.sock");
+    let cfg = BrokerConfig {
+        listen: vec![
+            "tls://127.0.0.1:0".into(),
+            format!("unix://{}", sock.display()),
+        ],
+        tls: Some(mitto_broker::TlsFiles { cert, key }),
+        ..config()
+    };
+    let (b, tls_url) = start(cfg).await;
+    let unix_url = b.urls()[1].clone();
+    let ca = mitto::TlsClientConfig::with_ca_pem(ck.cert.pem().as_bytes()).unwrap();
+    let over_tls = Client::connect(&tls_url, opts().tls(ca)).await.unwrap();
+    let mut sub = over_tls.subscribe("x.>").await.unwrap();
+    let over_unix = client(&unix_url).await;
+    over_unix.publish("x.y", "across transports").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "across transports");
+    // A plain client on the TLS port does not get in.
+    let plain = tls_url.replace("tls://", "tcp://");
+    let e = Client::connect(
+        &plain,
+        opts()
+            .reconnect(false)
+            .connect_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.status(), Status::PROTOCOL_ERROR);
+    assert!(e.message().contains("tls://"), "{e}");
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

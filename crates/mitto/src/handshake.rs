@@ -49,7 +49,20 @@ pub async fn client(
         write_frame(io, &Frame::hello(offer, false)?).await?;
         let mut dec = Decoder::default();
         let mut buf = BytesMut::with_capacity(4096);
-        let f = read_frame(io, &mut dec, &mut buf).await?;
+        let f = read_frame(io, &mut dec, &mut buf).await.map_err(|e| {
+            if e.status() == Status::PROTOCOL_ERROR {
+                Error::new(
+                    Status::PROTOCOL_ERROR,
+                    format!(
+                        "the server did not answer in mitto's protocol ({}); a TLS listener \
+                         needs a tls:// URL",
+                        e.message()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         match f.frame_type {
             FrameType::Hello if f.flags.contains(Flags::REPLY) => {
                 let reply = Hello::decode(&f.payload)
