@@ -1,5 +1,7 @@
 //! `mitto`: run the broker, and talk to it from a terminal or a script.
 
+mod bench;
+
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use mitto::{CallOptions, Client, ClientOptions, Headers, PublishOptions, Status};
@@ -49,6 +51,8 @@ enum Cmd {
     /// Prints the broker's counters.
     #[command(after_help = "Examples:\n  mitto stats\n  mitto stats --json | jq .msgs_in")]
     Stats(ClientArgs),
+    /// Load against a broker: publish, subscribe or request rates and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -483,6 +487,7 @@ fn main() -> ExitCode {
             Cmd::Req(a) => request(a).await.map_err(|e| e.to_string()),
             Cmd::Reply(a) => reply(a).await.map_err(|e| e.to_string()),
             Cmd::Stats(a) => stats(a).await.map_err(|e| e.to_string()),
+            Cmd::Bench(a) => bench::run(a).await.map_err(|e| e.to_string()),
         }
     });
     match outcome {

@@ -1,0 +1,110 @@
+//! How long and how often to measure: [`Config::full`], [`Config::quick`] and [`Config::tiny`].
+
+use std::time::Duration;
+
+/// Which preset a [`Config`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Several repetitions with counts large enough for stable medians.
+    Full,
+    /// One repetition with small counts: every scenario in a few seconds.
+    Quick,
+    /// One repetition with a few hundred operations: for tests (debug builds).
+    Tiny,
+}
+
+/// Counts and time bounds for every scenario. Every measured loop stops at its count or at its
+/// time bound, whichever comes first, so a slow system cannot make a run hang.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The preset.
+    pub mode: Mode,
+    /// Repetitions of every measurement; the report shows the median and the min–max.
+    pub reps: usize,
+    /// Operations per codec measurement (upper bound).
+    pub codec_ops: u64,
+    /// Time per codec measurement (upper bound).
+    pub codec_time: Duration,
+    /// Sequential round trips per latency repetition (upper bound).
+    pub latency_count: u64,
+    /// Time per latency repetition (upper bound).
+    pub latency_time: Duration,
+    /// Round trips of warm-up before the latency repetitions (not measured).
+    pub latency_warmup: u64,
+    /// Calls per throughput repetition (upper bound).
+    pub throughput_count: u64,
+    /// Time per throughput repetition (upper bound).
+    pub throughput_time: Duration,
+    /// Calls of warm-up before the throughput repetitions (not measured).
+    pub throughput_warmup: u64,
+    /// Each repetition of an RPC scenario is cut into this many slices, and the systems take
+    /// turns slice by slice, so that a change in background load hits all of them alike.
+    pub slices: u32,
+    /// Calls in flight on the one connection in `rpc-throughput`.
+    pub in_flight: usize,
+    /// Request and response payload size of the RPC scenarios, in bytes.
+    pub rpc_payload: usize,
+}
+
+impl Config {
+    /// Five repetitions; about two minutes for `all` on a small machine.
+    pub fn full() -> Config {
+        Config {
+            mode: Mode::Full,
+            reps: 5,
+            codec_ops: 2_000_000,
+            codec_time: Duration::from_millis(250),
+            latency_count: 20_000,
+            latency_time: Duration::from_secs(2),
+            latency_warmup: 2_000,
+            throughput_count: 1_000_000,
+            throughput_time: Duration::from_secs(2),
+            throughput_warmup: 20_000,
+            slices: 4,
+            in_flight: 256,
+            rpc_payload: 32,
+        }
+    }
+
+    /// One repetition with small counts.
+    pub fn quick() -> Config {
+        Config {
+            mode: Mode::Quick,
+            reps: 1,
+            codec_ops: 500_000,
+            codec_time: Duration::from_millis(60),
+            latency_count: 3_000,
+            latency_time: Duration::from_millis(500),
+            latency_warmup: 300,
+            throughput_count: 100_000,
+            throughput_time: Duration::from_secs(1),
+            throughput_warmup: 4_000,
+            slices: 2,
+            ..Config::full()
+        }
+    }
+
+    /// A few hundred operations per measurement, for tests in debug builds.
+    pub fn tiny() -> Config {
+        Config {
+            mode: Mode::Tiny,
+            reps: 1,
+            codec_ops: 2_000,
+            codec_time: Duration::from_millis(20),
+            latency_count: 200,
+            latency_time: Duration::from_millis(500),
+            latency_warmup: 20,
+            throughput_count: 600,
+            throughput_time: Duration::from_secs(1),
+            throughput_warmup: 50,
+            slices: 1,
+            ..Config::full()
+        }
+    }
+
+    /// Overrides the number of repetitions (at least one).
+    pub fn with_reps(mut self, reps: usize) -> Config {
+        self.reps = reps.max(1);
+        self
+    }
+}

@@ -1,0 +1,72 @@
+//! `mitto-bench`: runs benchmark scenarios and prints tables of mitto beside its floors and
+//! peers. See the `mitto_bench` library for the scenarios.
+
+use anyhow::Context as _;
+use clap::Parser;
+use mitto_bench::{report, scenarios, Config, Progress};
+use std::path::PathBuf;
+
+/// Benchmark comparison suite: mitto beside memcpy, raw sockets, tarpc, tonic and
+/// protosocket-rpc. Full mode runs several repetitions and reports the median and min–max.
+#[derive(Debug, Parser)]
+#[command(name = "mitto-bench", version)]
+struct Cli {
+    /// Scenarios to run: codec, rpc-latency, rpc-throughput, or all.
+    #[arg(required = true, value_name = "SCENARIO", value_parser = scenarios::parse_name)]
+    scenarios: Vec<String>,
+
+    /// One repetition with small counts (a few seconds per scenario).
+    #[arg(long)]
+    quick: bool,
+
+    /// A few hundred operations per measurement (smoke test).
+    #[arg(long, conflicts_with = "quick")]
+    tiny: bool,
+
+    /// Overrides the number of repetitions.
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+
+    /// Also writes the results as a JSON array to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let list = scenarios::resolve(&cli.scenarios).map_err(anyhow::Error::msg)?;
+    let mut config = if cli.tiny {
+        Config::tiny()
+    } else if cli.quick {
+        Config::quick()
+    } else {
+        Config::full()
+    };
+    if let Some(n) = cli.reps {
+        config = config.with_reps(n);
+    }
+    println!(
+        "mitto-bench: mode {:?}, {} repetition(s){}",
+        config.mode,
+        config.reps,
+        if config.reps > 1 {
+            ", value = median, min–max over repetitions"
+        } else {
+            ""
+        }
+    );
+    let progress = Progress::auto();
+    let mut reports = Vec::new();
+    for s in list {
+        let r = scenarios::run_scenario(s, &config, &progress)
+            .with_context(|| format!("scenario {}", s.name))?;
+        progress.suspend(|| println!("\n== {} ==\n{}", s.name, report::render(&r)));
+        reports.push(r);
+    }
+    progress.finish();
+    if let Some(path) = &cli.json {
+        report::write_json(path, &reports)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Measuring loops shared by the scenarios: sequential round trips into an HDR histogram,
+//! pipelined calls with a fixed number in flight, and the median/min/max of repetitions.
+
+use anyhow::Context as _;
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Median, minimum and maximum of the repetitions of one measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) reps: usize,
+}
+
+/// The spread of `values` (the median of an even count is the mean of the middle two).
+pub(crate) fn spread(values: &[f64]) -> Spread {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        median,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+        reps: n,
+    }
+}
+
+/// The round trips of one system in one repetition, gathered over one or more slices.
+pub(crate) struct LatencyAcc {
+    hist: Histogram<u64>,
+    done: u64,
+    busy: Duration,
+}
+
+/// What a [`LatencyAcc`] adds up to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LatencySample {
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) msgs_per_s: f64,
+}
+
+impl LatencyAcc {
+    /// Round trips from 1 ns to 60 s, 3 significant digits.
+    pub(crate) fn new() -> anyhow::Result<LatencyAcc> {
+        Ok(LatencyAcc {
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .context("creating the latency histogram")?,
+            done: 0,
+            busy: Duration::ZERO,
+        })
+    }
+
+    /// Percentiles of every round trip recorded, and round trips per second of measuring.
+    pub(crate) fn sample(&self) -> anyhow::Result<LatencySample> {
+        anyhow::ensure!(self.done > 0, "no round trip completed");
+        let secs = self.busy.as_secs_f64();
+        Ok(LatencySample {
+            p50_us: self.hist.value_at_quantile(0.50) as f64 / 1_000.0,
+            p99_us: self.hist.value_at_quantile(0.99) as f64 / 1_000.0,
+            msgs_per_s: if secs > 0.0 {
+                self.done as f64 / secs
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+/// Runs `op` one call at a time, `count` times or until `max` has passed, recording every
+/// round trip (nanoseconds) into `acc`.
+pub(crate) async fn sequential<F>(
+    acc: &mut LatencyAcc,
+    count: u64,
+    max: Duration,
+    mut op: F,
+) -> anyhow::Result<()>
+where
+    F: AsyncFnMut() -> anyhow::Result<()>,
+{
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut last = start;
+    while done < count {
+        let t0 = Instant::now();
+        op().await?;
+        last = Instant::now();
+        let ns = u64::try_from((last - t0).as_nanos()).unwrap_or(u64::MAX);
+        acc.hist.saturating_record(ns.max(1));
+        done += 1;
+        if last - start >= max {
+            break;
+        }
+    }
+    acc.done += done;
+    acc.busy += last - start;
+    Ok(())
+}
+
+/// The calls of one system in one repetition, gathered over one or more slices.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ThroughputAcc {
+    done: u64,
+    busy: Duration,
+}
+
+impl ThroughputAcc {
+    /// Calls completed per second of measuring.
+    pub(crate) fn msgs_per_s(&self) -> anyhow::Result<f64> {
+        anyhow::ensure!(self.done > 0, "no call completed");
+        let secs = self.busy.as_secs_f64();
+        Ok(if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        })
+    }
+}
+
+/// Keeps `in_flight` calls of `op` outstanding at all times (refilling one as each completes),
+/// until `count` calls were issued or `max` has passed, then waits for the ones in flight; adds
+/// the calls and the time to `acc`. Calls are polled from this one task, so every system is
+/// driven the same way.
+pub(crate) async fn pipelined<F, Fut>(
+    acc: &mut ThroughputAcc,
+    in_flight: usize,
+    count: u64,
+    max: Duration,
+    mut op: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut pending = FuturesUnordered::new();
+    let start = Instant::now();
+    let mut issued = 0u64;
+    let mut done = 0u64;
+    while issued < count && pending.len() < in_flight.max(1) {
+        pending.push(op());
+        issued += 1;
+    }
+    let mut open = true;
+    while let Some(result) = pending.next().await {
+        result?;
+        done += 1;
+        if open && issued < count {
+            if start.elapsed() < max {
+                pending.push(op());
+                issued += 1;
+            } else {
+                open = false;
+            }
+        }
+    }
+    acc.done += done;
+    acc.busy += start.elapsed();
+    Ok(())
+}
+
+/// Splits a repetition's `count` and `max` into `slices` equal parts (at least one operation
+/// each) so that systems can take turns inside one repetition.
+pub(crate) fn slice(count: u64, max: Duration, slices: u32) -> (u64, Duration) {
+    let k = slices.max(1);
+    ((count / u64::from(k)).max(1), max / k)
+}
+
+/// Runs a synchronous operation in batches of `batch` until `count` operations or `max` time,
+/// and returns nanoseconds per operation. Only the time inside `run_batch` counts.
+pub(crate) fn ns_per_op(
+    count: u64,
+    max: Duration,
+    batch: u64,
+    mut run_batch: impl FnMut(u64) -> anyhow::Result<Duration>,
+) -> anyhow::Result<f64> {
+    let wall = Instant::now();
+    let mut ops = 0u64;
+    let mut busy = Duration::ZERO;
+    while ops < count {
+        let n = batch.max(1).min(count - ops);
+        busy += run_batch(n)?;
+        ops += n;
+        if wall.elapsed() >= max {
+            break;
+        }
+    }
+    anyhow::ensure!(ops > 0, "no operation ran");
+    Ok(busy.as_nanos() as f64 / ops as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_and_even_counts() {
+        let s = spread(&[5.0, 1.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max, s.reps), (3.0, 1.0, 5.0, 3));
+        let s = spread(&[4.0, 1.0, 3.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(spread(&[]).median, 0.0);
+    }
+}

@@ -1,0 +1,144 @@
+//! The scenario registry. A scenario is a name, a one-line description, the systems it reports
+//! on, and a function from a [`Config`] to a [`ScenarioReport`].
+//!
+//! To add one (`pubsub`, `reqrep`, `fanout` and `bus` are planned as the broker and the bus
+//! land): write a module with a `run(&Config, &Progress) -> anyhow::Result<ScenarioReport>`,
+//! and add a [`Scenario`] entry to [`REGISTRY`]. The CLI, `all`, the JSON output and the
+//! quick test (`tests/quick.rs`) pick it up from there.
+
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::report::ScenarioReport;
+
+pub mod codec;
+pub mod rpc_latency;
+pub mod rpc_throughput;
+
+/// One benchmark scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// The CLI name.
+    pub name: &'static str,
+    /// One line for `--help` and the error listing.
+    pub about: &'static str,
+    /// Every system the scenario reports a row for (mitto first).
+    pub systems: &'static [&'static str],
+    /// Runs it.
+    pub run: fn(&Config, &Progress) -> anyhow::Result<ScenarioReport>,
+}
+
+/// Every implemented scenario, in the order `all` runs them.
+pub const REGISTRY: &[Scenario] = &[
+    Scenario {
+        name: "codec",
+        about: "frame encode/decode ns/op at 16 B, 1 KiB, 64 KiB beside a memcpy floor",
+        systems: &["mitto", "memcpy"],
+        run: codec::run,
+    },
+    Scenario {
+        name: "rpc-latency",
+        about: "sequential 32 B round trips over TCP and Unix sockets beside a raw ping-pong",
+        systems: &["mitto", "raw-tcp", "raw-unix"],
+        run: rpc_latency::run,
+    },
+    Scenario {
+        name: "rpc-throughput",
+        about: "256 calls in flight on one TCP connection: mitto, tarpc, tonic, protosocket-rpc",
+        systems: &["mitto", "tarpc", "tonic", "protosocket-rpc"],
+        run: rpc_throughput::run,
+    },
+];
+
+/// The name that selects every scenario.
+pub const ALL: &str = "all";
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    REGISTRY.iter().find(|s| s.name == name)
+}
+
+/// The known names, `all` included, comma-separated.
+pub fn known_names() -> String {
+    REGISTRY
+        .iter()
+        .map(|s| s.name)
+        .chain([ALL])
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks one CLI name (a clap value parser).
+pub fn parse_name(name: &str) -> Result<String, String> {
+    if name == ALL || find(name).is_some() {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown scenario '{name}'; known scenarios: {}",
+            known_names()
+        ))
+    }
+}
+
+/// Resolves CLI names to scenarios in registry order, `all` expanded, duplicates removed.
+pub fn resolve<S: AsRef<str>>(names: &[S]) -> Result<Vec<&'static Scenario>, String> {
+    let mut wanted = Vec::new();
+    for n in names {
+        parse_name(n.as_ref())?;
+        wanted.push(n.as_ref());
+    }
+    Ok(REGISTRY
+        .iter()
+        .filter(|s| wanted.iter().any(|w| *w == ALL || *w == s.name))
+        .collect())
+}
+
+/// Runs one scenario.
+pub fn run_scenario(
+    scenario: &Scenario,
+    config: &Config,
+    progress: &Progress,
+) -> anyhow::Result<ScenarioReport> {
+    (scenario.run)(config, progress)
+}
+
+/// A row from the values of every repetition.
+pub(crate) fn row_from(
+    scenario: &str,
+    case: &str,
+    system: &str,
+    metric: crate::report::Metric,
+    payload_bytes: usize,
+    values: &[f64],
+) -> crate::report::Row {
+    let s = crate::measure::spread(values);
+    crate::report::Row {
+        scenario: scenario.to_owned(),
+        case: case.to_owned(),
+        system: system.to_owned(),
+        metric,
+        payload_bytes: payload_bytes as u64,
+        value: s.median,
+        min: s.min,
+        max: s.max,
+        reps: s.reps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve() {
+        let all = resolve(&["all"]).unwrap_or_default();
+        assert_eq!(all.len(), REGISTRY.len());
+        let one = resolve(&["rpc-latency", "rpc-latency"]).unwrap_or_default();
+        assert_eq!(one.len(), 1);
+        let err = resolve(&["pubsub"]).err().unwrap_or_default();
+        assert!(err.contains("unknown scenario 'pubsub'"), "{err}");
+        assert!(
+            err.contains("codec, rpc-latency, rpc-throughput, all"),
+            "{err}"
+        );
+    }
+}

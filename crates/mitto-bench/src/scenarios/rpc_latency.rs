@@ -1,0 +1,197 @@
+//! `rpc-latency`: sequential round trips of a 32 B request and a 32 B response, one at a time
+//! on one connection, over TCP and over a Unix socket: mitto's `Client::call` to a `Server`
+//! route beside the raw ping-pong floor on the same socket kind (see `systems::raw`).
+//! Inside every repetition the two take turns slice by slice ([`Config::slices`]), so a change
+//! in background load hits both alike.
+
+use crate::config::Config;
+use crate::measure::{sequential, slice, LatencyAcc, LatencySample};
+use crate::progress::Progress;
+use crate::report::{Metric, ScenarioReport, MITTO};
+use crate::runtime::{client_runtime, ServerRuntime};
+use crate::systems::{mitto_sys, raw, SocketPath};
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const NAME: &str = "rpc-latency";
+/// The target reported beside the ratio: mitto's p50 round trip at most this times the floor's.
+pub const TARGET_RATIO: f64 = 1.2;
+
+enum Floor {
+    Tcp(raw::RawClient<tokio::net::TcpStream>),
+    Unix(raw::RawClient<tokio::net::UnixStream>),
+}
+
+async fn measure_raw<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut raw::RawClient<S>,
+    acc: &mut LatencyAcc,
+    count: u64,
+    max: Duration,
+) -> anyhow::Result<()> {
+    sequential(acc, count, max, async || c.round_trip().await).await
+}
+
+impl Floor {
+    async fn measure(&mut self, acc: &mut LatencyAcc, n: u64, max: Duration) -> anyhow::Result<()> {
+        match self {
+            Floor::Tcp(c) => measure_raw(c, acc, n, max).await,
+            Floor::Unix(c) => measure_raw(c, acc, n, max).await,
+        }
+    }
+}
+
+async fn measure_mitto(
+    client: &mitto::Client,
+    payload: &Bytes,
+    acc: &mut LatencyAcc,
+    count: u64,
+    max: Duration,
+) -> anyhow::Result<()> {
+    sequential(acc, count, max, async || {
+        mitto_sys::call(client, payload.clone()).await
+    })
+    .await
+}
+
+#[derive(Default)]
+struct Samples {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rate: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, s: LatencySample) {
+        self.p50.push(s.p50_us);
+        self.p99.push(s.p99_us);
+        self.rate.push(s.msgs_per_s);
+    }
+
+    fn of(&self, metric: Metric) -> &[f64] {
+        match metric {
+            Metric::P50Us => &self.p50,
+            Metric::P99Us => &self.p99,
+            _ => &self.rate,
+        }
+    }
+}
+
+/// Starts mitto and the floor on `transport`, measures both, stops them.
+async fn measure_transport(
+    transport: &str,
+    srt: &ServerRuntime,
+    config: &Config,
+    progress: &Progress,
+) -> anyhow::Result<(Samples, Samples)> {
+    let payload = Bytes::from(vec![0x5Au8; config.rpc_payload]);
+    // The socket files are removed when these drop, after the servers stop.
+    let mut paths = Vec::new();
+    let (mitto, mut floor) = if transport == "tcp" {
+        let mitto = mitto_sys::MittoEcho::start(srt, "tcp://127.0.0.1:0").await?;
+        let addr = raw::start_tcp(srt).await?;
+        (mitto, Floor::Tcp(raw::connect_tcp(addr, &payload).await?))
+    } else {
+        let mp = SocketPath::new("mitto");
+        let rp = SocketPath::new("raw");
+        let mitto = mitto_sys::MittoEcho::start(srt, &format!("unix://{}", mp.0.display())).await?;
+        raw::start_unix(srt, rp.0.clone()).await?;
+        let floor = Floor::Unix(raw::connect_unix(&rp.0, &payload).await?);
+        paths.push(mp);
+        paths.push(rp);
+        (mitto, floor)
+    };
+    progress.step(format!("rpc-latency {transport} warm-up"));
+    let warm = (config.latency_warmup, config.latency_time);
+    measure_mitto(
+        &mitto.client,
+        &payload,
+        &mut LatencyAcc::new()?,
+        warm.0,
+        warm.1,
+    )
+    .await?;
+    floor
+        .measure(&mut LatencyAcc::new()?, warm.0, warm.1)
+        .await?;
+    let (n, max) = slice(config.latency_count, config.latency_time, config.slices);
+    let mut mitto_s = Samples::default();
+    let mut floor_s = Samples::default();
+    for rep in 0..config.reps {
+        progress.step(format!(
+            "rpc-latency {transport} rep {}/{}",
+            rep + 1,
+            config.reps
+        ));
+        let mut m = LatencyAcc::new()?;
+        let mut f = LatencyAcc::new()?;
+        for _ in 0..config.slices.max(1) {
+            measure_mitto(&mitto.client, &payload, &mut m, n, max).await?;
+            floor.measure(&mut f, n, max).await?;
+        }
+        mitto_s.push(m.sample()?);
+        floor_s.push(f.sample()?);
+    }
+    drop(floor);
+    mitto.stop(srt).await?;
+    drop(paths);
+    Ok((mitto_s, floor_s))
+}
+
+/// Runs the scenario.
+pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioReport> {
+    let srt = ServerRuntime::start()?;
+    let rt = client_runtime()?;
+    let mut report = ScenarioReport {
+        scenario: NAME.to_owned(),
+        ..ScenarioReport::default()
+    };
+    for transport in ["tcp", "unix"] {
+        let floor = format!("raw-{transport}");
+        let (mitto_s, floor_s) =
+            rt.block_on(measure_transport(transport, &srt, config, progress))?;
+        for metric in [Metric::P50Us, Metric::P99Us, Metric::MsgsPerS] {
+            let n = config.rpc_payload;
+            report.rows.push(super::row_from(
+                NAME,
+                transport,
+                MITTO,
+                metric,
+                n,
+                mitto_s.of(metric),
+            ));
+            report.rows.push(super::row_from(
+                NAME,
+                transport,
+                &floor,
+                metric,
+                n,
+                floor_s.of(metric),
+            ));
+        }
+    }
+    let mut verdicts = Vec::new();
+    for transport in ["tcp", "unix"] {
+        let floor = format!("raw-{transport}");
+        let row = report
+            .rows
+            .iter()
+            .find(|r| r.case == transport && r.system == floor && r.metric == Metric::P50Us);
+        if let Some(x) = row.and_then(|r| report.mitto_ratio(r)) {
+            verdicts.push(format!(
+                "{transport} {x:.2}x ({})",
+                if x <= TARGET_RATIO { "met" } else { "MISSED" }
+            ));
+        }
+    }
+    report.notes.push(format!(
+        "mitto p50 round trip / raw ping-pong p50 (target ≤ {TARGET_RATIO}x): {}",
+        verdicts.join(", ")
+    ));
+    report.notes.push(format!(
+        "{} B each way, one call at a time on one connection; mitto and the floor take turns \
+         in {} slices per repetition.",
+        config.rpc_payload, config.slices
+    ));
+    Ok(report)
+}

@@ -1,0 +1,30 @@
+//! Every system the scenarios drive: mitto itself, the raw-socket floor, and the RPC peers.
+//! Each module starts its server on the [`ServerRuntime`](crate::runtime::ServerRuntime) and
+//! gives a client whose calls echo a payload and check the echo.
+
+pub(crate) mod mitto_sys;
+pub(crate) mod protosocket_peer;
+pub(crate) mod raw;
+pub(crate) mod tarpc_peer;
+pub(crate) mod tonic_peer;
+
+/// A unique socket path in the temp directory; the file is removed when this is dropped.
+pub(crate) struct SocketPath(pub(crate) std::path::PathBuf);
+
+impl SocketPath {
+    pub(crate) fn new(tag: &str) -> SocketPath {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("mitto-bench-{}-{tag}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        SocketPath(path)
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

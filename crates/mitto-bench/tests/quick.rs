@@ -1,0 +1,92 @@
+//! Runs every registered scenario with tiny counts and checks that each produced positive rows
+//! for mitto and for every peer and floor it names.
+
+use mitto_bench::report::MITTO;
+use mitto_bench::{run_scenario, Config, Progress, REGISTRY};
+
+#[test]
+fn every_scenario_reports_every_system() {
+    let config = Config::tiny();
+    let progress = Progress::hidden();
+    for scenario in REGISTRY {
+        let report = run_scenario(scenario, &config, &progress)
+            .unwrap_or_else(|e| panic!("scenario {} failed: {e:#}", scenario.name));
+        assert_eq!(report.scenario, scenario.name);
+        assert!(
+            scenario.systems.contains(&MITTO),
+            "{} does not measure mitto",
+            scenario.name
+        );
+        for system in scenario.systems {
+            let rows: Vec<_> = report.rows_of(system).collect();
+            assert!(!rows.is_empty(), "{}: no row for {system}", scenario.name);
+            for r in rows {
+                assert!(
+                    r.value > 0.0 && r.value.is_finite(),
+                    "{}: {system} {} {:?} = {}",
+                    scenario.name,
+                    r.case,
+                    r.metric,
+                    r.value
+                );
+                if *system != MITTO {
+                    let ratio = report.mitto_ratio(r);
+                    assert!(
+                        ratio.is_some_and(|x| x > 0.0),
+                        "{}: no mitto ratio for {system} {}",
+                        scenario.name,
+                        r.case
+                    );
+                }
+            }
+        }
+        let table = mitto_bench::report::render(&report);
+        assert!(table.contains(scenario.name));
+    }
+}
+
+#[test]
+fn codec_decode_is_zero_copy() {
+    for size in mitto_bench::scenarios::codec::SIZES {
+        assert!(
+            mitto_bench::scenarios::codec::decode_is_zero_copy(size).unwrap_or(false),
+            "decode copied a {size} B payload"
+        );
+    }
+}
+
+#[test]
+fn json_has_the_documented_fields() {
+    let report = run_scenario(
+        mitto_bench::find("codec").unwrap_or_else(|| panic!("codec is registered")),
+        &Config::tiny(),
+        &Progress::hidden(),
+    )
+    .unwrap_or_else(|e| panic!("codec failed: {e:#}"));
+    let dir = std::env::temp_dir().join(format!("mitto-bench-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("out.json");
+    mitto_bench::report::write_json(&path, &[report]).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let rows = v.as_array().unwrap_or_else(|| panic!("not an array"));
+    assert!(!rows.is_empty());
+    for r in rows {
+        for key in [
+            "scenario",
+            "system",
+            "metric",
+            "value",
+            "unit",
+            "payload_bytes",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        let metric = r["metric"].as_str().unwrap_or_default();
+        assert!(
+            ["msgs_per_s", "p50_us", "p99_us", "ns_per_op", "bytes_per_s"].contains(&metric),
+            "{metric}"
+        );
+    }
+}
