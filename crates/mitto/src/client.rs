@@ -8,6 +8,8 @@ use crate::handshake;
 use crate::pubsub::{Message, SubRecord};
 use crate::transport::{self, Endpoint, TlsClientConfig};
 use crate::INITIAL_STREAM_CREDIT;
+use rustc_hash::FxHashMap;
+use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
@@ -273,6 +275,8 @@ pub(crate) enum Cmd {
         id: u64,
         frame: Frame,
         slot: Slot,
+        /// When the reactor fails the call with TIMEOUT (and sends CANCEL).
+        deadline: Option<Instant>,
     },
     /// Registers the local end of subscription `sid` (its SUBSCRIBE goes as a `Call`).
     Subscribe {
@@ -350,7 +354,10 @@ pub(crate) struct Shared {
 }
 
 struct ClientReactor {
-    pending: HashMap<u64, Slot>,
+    pending: FxHashMap<u64, Slot>,
+    /// Deadlines of pending calls, earliest first; one timer for all.
+    deadlines: Deadlines,
+    deadline_of: FxHashMap<u64, Instant>,
     subs: HashMap<u32, mpsc::Sender<Message>>,
     table: SubTable,
 }
@@ -363,13 +370,32 @@ fn remote_error(f: &Frame) -> Error {
     }
 }
 
+/// A headers block holding only a `deadline`, built in one allocation (the common case).
+fn deadline_only(left: Duration) -> Headers {
+    use bytes::BufMut;
+    let mut b = bytes::BytesMut::with_capacity(11);
+    b.put_u8(WellKnown::Deadline as u8);
+    b.put_u16(8);
+    b.put_u64(u64::try_from(left.as_micros()).unwrap_or(u64::MAX));
+    Headers::from_wire(b.freeze()).unwrap_or_default()
+}
+
+impl ClientReactor {
+    /// Removes a pending call (and its deadline).
+    fn take(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.pending.remove(&id)?;
+        self.deadline_of.remove(&id);
+        Some(slot)
+    }
+}
+
 impl Reactor for ClientReactor {
     type Cmd = Cmd;
 
     fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
         match f.frame_type {
             FrameType::Response | FrameType::Health | FrameType::Stats => {
-                let Some(slot) = self.pending.remove(&f.id) else {
+                let Some(slot) = self.take(f.id) else {
                     return;
                 };
                 let ok = f.status.is_ok();
@@ -430,14 +456,14 @@ impl Reactor for ClientReactor {
                     }
                 }
                 if let Some(e) = violation {
-                    if let Some(slot) = self.pending.remove(&f.id) {
+                    if let Some(slot) = self.take(f.id) {
                         cx.send(&Frame::cancel(f.id));
                         slot.fail(e);
                     }
                 }
             }
             FrameType::Ack => {
-                if let Some(Slot::Unary(tx)) = self.pending.remove(&f.id) {
+                if let Some(Slot::Unary(tx)) = self.take(f.id) {
                     let _ = tx.send(Ok(Reply {
                         headers: Headers::new(),
                         payload: Bytes::new(),
@@ -481,7 +507,7 @@ impl Reactor for ClientReactor {
                 }
             }
             FrameType::Error => {
-                if let Some(slot) = self.pending.remove(&f.id) {
+                if let Some(slot) = self.take(f.id) {
                     slot.fail(remote_error(&f));
                 } else {
                     tracing::warn!(status = %f.status, reason = %String::from_utf8_lossy(&f.payload), "error from server");
@@ -493,6 +519,8 @@ impl Reactor for ClientReactor {
                     "the server closed the connection ({}: {reason})",
                     f.status
                 ));
+                self.deadlines.clear();
+                self.deadline_of.clear();
                 for (_, slot) in self.pending.drain() {
                     slot.fail(e.clone());
                 }
@@ -510,7 +538,7 @@ impl Reactor for ClientReactor {
 
     fn on_command(&mut self, c: Option<Cmd>, cx: &mut Ctx<'_>) {
         match c {
-            Some(Cmd::Call { id, frame, slot }) => {
+            Some(Cmd::Call { id, frame, slot, deadline }) => {
                 if frame.payload.len() > cx.limits().max_payload as usize {
                     slot.fail(Error::new(
                         Status::PAYLOAD_TOO_LARGE,
@@ -524,6 +552,10 @@ impl Reactor for ClientReactor {
                 }
                 cx.send(&frame);
                 self.pending.insert(id, slot);
+                if let Some(d) = deadline {
+                    self.deadlines.note(d);
+                    self.deadline_of.insert(id, d);
+                }
             }
             Some(Cmd::Send(f)) => {
                 if f.frame_type != FrameType::Stream || self.pending.contains_key(&f.id) {
@@ -531,7 +563,7 @@ impl Reactor for ClientReactor {
                 }
             }
             Some(Cmd::Cancel(id)) => {
-                if let Some(slot) = self.pending.remove(&id) {
+                if let Some(slot) = self.take(id) {
                     cx.send(&Frame::cancel(id));
                     slot.fail(Error::new(Status::CANCELLED, "cancelled by the caller"));
                 }
@@ -548,9 +580,25 @@ impl Reactor for ClientReactor {
 
     fn on_closed(&mut self, why: &Error) {
         let e = Error::connection_lost(why.message());
+        self.deadlines.clear();
+        self.deadline_of.clear();
         for (_, slot) in self.pending.drain() {
             slot.fail(e.clone());
         }
+    }
+
+    fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let Some(now) = self.deadlines.due(cx.waker()) else { return false };
+        let expired: Vec<u64> =
+            self.deadline_of.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        for id in &expired {
+            if let Some(slot) = self.take(*id) {
+                cx.send(&Frame::cancel(*id));
+                slot.fail(Error::new(Status::TIMEOUT, "deadline exceeded"));
+            }
+        }
+        self.deadlines.swept(self.deadline_of.values().min().copied());
+        true
     }
 }
 
@@ -616,7 +664,9 @@ async fn open(
         leftover,
         cfg,
         ClientReactor {
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
+            deadlines: Deadlines::new(),
+            deadline_of: FxHashMap::default(),
             subs: HashMap::new(),
             table: table.clone(),
         },
@@ -780,6 +830,17 @@ impl Client {
     }
 
     /// Waits for a connection until `deadline`.
+    /// The connection, at once when it is up; otherwise waits for it (boxed, so that callers'
+    /// futures stay small on the fast path).
+    pub(crate) async fn conn_fast(&self, deadline: Instant) -> Result<Conn> {
+        if let State::Up(c) = &*self.inner.shared.state.borrow() {
+            if !c.cmds.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        Box::pin(self.conn(deadline)).await
+    }
+
     pub(crate) async fn conn(&self, deadline: Instant) -> Result<Conn> {
         let mut rx = self.inner.shared.state.subscribe();
         loop {
@@ -818,13 +879,10 @@ impl Client {
         left: Duration,
     ) -> Result<Frame> {
         let subject = Subject::literal(method)?;
-        let headers = opts
-            .headers
-            .clone()
-            .unwrap_or_default()
-            .to_builder()
-            .deadline(left)
-            .build();
+        let headers = match &opts.headers {
+            Some(h) => h.to_builder().deadline(left).build(),
+            None => deadline_only(left),
+        };
         let mut f = Frame::request(id, subject, payload)
             .with_headers(headers)
             .with_kind(opts.kind);
@@ -848,6 +906,9 @@ impl Client {
         payload: impl Into<Bytes>,
         options: CallOptions,
     ) -> Result<Reply> {
+        if self.opts().middleware.is_empty() {
+            return self.unary_parts(method, payload.into(), &options).await;
+        }
         let call = OutgoingCall {
             method: method.to_owned(),
             options,
@@ -862,52 +923,66 @@ impl Client {
     }
 
     async fn unary(&self, call: OutgoingCall) -> Result<Reply> {
-        let timeout = call.options.timeout.unwrap_or(self.opts().timeout);
+        self.unary_parts(&call.method, call.payload, &call.options).await
+    }
+
+    async fn unary_parts(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: &CallOptions,
+    ) -> Result<Reply> {
+        let timeout = options.timeout.unwrap_or(self.opts().timeout);
         let deadline = Instant::now() + timeout;
         let mut attempt = 0;
         loop {
-            let conn = self.conn(deadline).await?;
+            let conn = self.conn_fast(deadline).await?;
             let id = self.next_id();
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame =
-                Self::request_frame(id, &call.method, call.payload.clone(), &call.options, left)?;
-            let (tx, rx) = oneshot::channel();
-            let mut guard = CancelGuard {
-                id,
-                ctl: conn.ctl.clone(),
-                armed: true,
+            let left = if attempt == 0 {
+                timeout
+            } else {
+                deadline.saturating_duration_since(Instant::now())
             };
-            let sent = tokio::time::timeout_at(
-                deadline,
-                conn.cmds.send(Cmd::Call {
-                    id,
-                    frame,
-                    slot: Slot::Unary(tx),
-                }),
-            )
-            .await;
+            let frame = Self::request_frame(id, method, payload.clone(), options, left)?;
+            let (tx, rx) = oneshot::channel();
+            let mut guard = CancelGuard { id, ctl: conn.ctl.clone(), armed: true };
+            // The connection's reactor enforces the deadline (one timer per connection), so
+            // the common path arms no timer per call.
+            let cmd = Cmd::Call { id, frame, slot: Slot::Unary(tx), deadline: Some(deadline) };
+            let sent = match conn.cmds.try_send(cmd) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    let wait = Box::pin(tokio::time::timeout_at(deadline, conn.cmds.send(cmd)));
+                    match wait.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(false),
+                        Err(_) => Err(true),
+                    }
+                }
+            };
             let outcome = match sent {
-                Err(_) => {
+                Err(true) => {
                     guard.armed = false;
                     return Err(Error::new(
                         Status::TIMEOUT,
-                        format!("{} timed out waiting to be sent", call.method),
+                        format!("{method} timed out waiting to be sent"),
                     )
                     .retryable());
                 }
-                Ok(Err(_)) => Err(Error::connection_lost(
-                    "connection closed before the call was sent",
-                )),
-                Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err(Error::connection_lost("connection closed during the call")),
-                    Err(_) => {
-                        // The guard sends CANCEL so the server stops working on it.
+                Err(false) => {
+                    Err(Error::connection_lost("connection closed before the call was sent"))
+                }
+                Ok(()) => match rx.await {
+                    Ok(Err(e)) if e.status() == Status::TIMEOUT && !e.is_remote() => {
+                        guard.armed = false;
                         return Err(Error::new(
                             Status::TIMEOUT,
-                            format!("{} exceeded its deadline of {timeout:?}", call.method),
+                            format!("{method} exceeded its deadline of {timeout:?}"),
                         ));
                     }
+                    Ok(r) => r,
+                    Err(_) => Err(Error::connection_lost("connection closed during the call")),
                 },
             };
             guard.armed = false;
@@ -915,11 +990,11 @@ impl Client {
                 Err(e)
                     if e.status() == Status::UNAVAILABLE
                         && !e.is_remote()
-                        && call.options.idempotent
+                        && options.idempotent
                         && attempt < self.opts().max_retries =>
                 {
                     attempt += 1;
-                    tracing::debug!(method = %call.method, attempt, "retrying idempotent call after a lost connection");
+                    tracing::debug!(%method, attempt, "retrying idempotent call after a lost connection");
                 }
                 other => return other,
             }
@@ -1010,7 +1085,7 @@ impl Client {
             credit: credit.clone(),
         };
         conn.cmds
-            .send(Cmd::Call { id, frame, slot })
+            .send(Cmd::Call { id, frame, slot, deadline: None })
             .await
             .map_err(|_| Error::connection_lost("connection closed"))?;
         let sink = RequestSink {
@@ -1070,6 +1145,7 @@ impl Client {
                 id,
                 frame: frame_of(id),
                 slot: Slot::Unary(tx),
+                deadline: None,
             })
             .await
             .map_err(|_| Error::connection_lost("connection closed"))?;

@@ -16,7 +16,7 @@ use std::future::poll_fn;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -148,12 +148,19 @@ impl Outbox {
 
 /// What the driver offers a reactor while it handles a frame or command.
 pub struct Ctx<'a> {
+    waker: &'a Waker,
     out: &'a mut Outbox,
     close: &'a mut Option<(Status, String)>,
     limits: &'a Limits,
 }
 
 impl Ctx<'_> {
+    /// The connection task's waker: a reactor that polls futures of its own (handlers, timers)
+    /// polls them with it, so that they wake the driver.
+    pub fn waker(&self) -> &Waker {
+        self.waker
+    }
+
     /// The limits negotiated for this connection.
     pub fn limits(&self) -> &Limits {
         self.limits
@@ -282,10 +289,11 @@ impl<R: Reactor> Driver<R> {
         outcome
     }
 
-    fn ctx(&mut self) -> (&mut R, Ctx<'_>) {
+    fn ctx<'s>(&'s mut self, waker: &'s Waker) -> (&'s mut R, Ctx<'s>) {
         (
             &mut self.reactor,
             Ctx {
+                waker,
                 out: &mut self.out,
                 close: &mut self.close,
                 limits: &self.limits,
@@ -304,11 +312,11 @@ impl<R: Reactor> Driver<R> {
             if std::mem::take(&mut self.leftover) && !self.rbuf.is_empty() {
                 // Frames the peer sent right behind its HELLO, after the commands queued before
                 // the driver started (a resumed session's subscriptions) are in place.
-                self.handle_buffered();
+                self.handle_buffered(cx.waker());
                 progress = true;
             }
             if !self.out.over_high_water() && self.close.is_none() {
-                let (r, mut ctx) = self.ctx();
+                let (r, mut ctx) = self.ctx(cx.waker());
                 progress |= r.poll_outbound(&mut ctx);
             }
             match self.poll_read(cx) {
@@ -377,7 +385,7 @@ impl<R: Reactor> Driver<R> {
         while n < 256 {
             match self.ctl.poll_recv(cx) {
                 Poll::Ready(Some(c)) => {
-                    let (r, mut ctx) = self.ctx();
+                    let (r, mut ctx) = self.ctx(cx.waker());
                     r.on_command(Some(c), &mut ctx);
                     progress = true;
                     n += 1;
@@ -388,14 +396,14 @@ impl<R: Reactor> Driver<R> {
         while n < 256 && !self.cmds_done && !self.out.over_high_water() && self.close.is_none() {
             match self.cmds.poll_recv(cx) {
                 Poll::Ready(Some(c)) => {
-                    let (r, mut ctx) = self.ctx();
+                    let (r, mut ctx) = self.ctx(cx.waker());
                     r.on_command(Some(c), &mut ctx);
                     progress = true;
                     n += 1;
                 }
                 Poll::Ready(None) => {
                     self.cmds_done = true;
-                    let (r, mut ctx) = self.ctx();
+                    let (r, mut ctx) = self.ctx(cx.waker());
                     r.on_command(None, &mut ctx);
                     progress = true;
                 }
@@ -423,14 +431,14 @@ impl<R: Reactor> Driver<R> {
             return Poll::Ready(Ok(false));
         }
         self.last_rx = Instant::now();
-        self.handle_buffered();
+        self.handle_buffered(cx.waker());
         Poll::Ready(Ok(true))
     }
 
-    fn handle_buffered(&mut self) {
+    fn handle_buffered(&mut self, waker: &Waker) {
         loop {
             match self.dec.decode(&mut self.rbuf) {
-                Ok(Some(f)) => self.on_frame(f),
+                Ok(Some(f)) => self.on_frame(f, waker),
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, id = e.id(), "bad frame from peer");
@@ -439,7 +447,7 @@ impl<R: Reactor> Driver<R> {
                         .push(&Frame::error(e.id(), e.status(), &e.to_string()));
                     if e.is_fatal() {
                         self.rbuf.clear();
-                        let (_, mut ctx) = self.ctx();
+                        let (_, mut ctx) = self.ctx(waker);
                         ctx.close(e.status(), "the byte stream can no longer be trusted");
                         return;
                     }
@@ -448,14 +456,14 @@ impl<R: Reactor> Driver<R> {
         }
     }
 
-    fn on_frame(&mut self, f: Frame) {
+    fn on_frame(&mut self, f: Frame, waker: &Waker) {
         match f.frame_type {
             FrameType::Ping => {
                 let _ = self.out.push(&Frame::pong(&f));
             }
             FrameType::Pong => {}
             _ => {
-                let (r, mut ctx) = self.ctx();
+                let (r, mut ctx) = self.ctx(waker);
                 r.on_frame(f, &mut ctx);
             }
         }

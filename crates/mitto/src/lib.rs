@@ -26,6 +26,7 @@
 
 mod client;
 mod codec;
+mod deadlines;
 pub mod conn;
 mod error;
 pub mod handshake;

@@ -313,6 +313,7 @@ impl Client {
                 id,
                 frame: f,
                 slot: Slot::Unary(tx),
+                deadline: None,
             })
             .await
             .map_err(closed)?;
@@ -397,6 +398,7 @@ impl Client {
                 id,
                 frame,
                 slot: Slot::Unary(done_tx),
+                deadline: None,
             })
             .await
             .map_err(closed)?;

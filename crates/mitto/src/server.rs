@@ -29,7 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::AbortHandle;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rustc_hash::FxHashMap;
+use crate::deadlines::Deadlines;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -485,7 +488,7 @@ fn missing(what: &str) -> Error {
 /// ```
 #[derive(Clone, Default)]
 pub struct Server {
-    routes: HashMap<String, Route>,
+    routes: FxHashMap<String, Route>,
     middleware: Vec<Arc<dyn Middleware>>,
     opts: ServerOptions,
 }
@@ -947,7 +950,9 @@ async fn run_connection(
     let reactor = ServerReactor {
         shared: shared.clone(),
         peer,
-        calls: HashMap::new(),
+        calls: FxHashMap::default(),
+        running: FuturesUnordered::new(),
+        deadlines: Deadlines::new(),
         tx,
         ctl: ctl_tx,
         draining: shared.draining(),
@@ -1081,7 +1086,7 @@ async fn attach_loop(
 pub(crate) enum Cmd {
     /// A stream item from a handler (dropped if the call has ended).
     Item(Frame),
-    /// The end of a call: its RESPONSE.
+    /// The end of a streaming call: its RESPONSE, behind its items.
     Finish(u64, Frame),
     /// A frame to send as is (credit grants).
     Out(Frame),
@@ -1095,7 +1100,12 @@ struct Call {
     abort: AbortHandle,
     items: Option<mpsc::Sender<Bytes>>,
     credit: Option<Arc<Semaphore>>,
+    deadline: Option<Instant>,
+    method: Subject,
 }
+
+/// A call's handler, run on the connection's task; yields the call's RESPONSE.
+type CallFuture = Abortable<Pin<Box<dyn Future<Output = (u64, Frame)> + Send>>>;
 
 impl Call {
     fn end(self) {
@@ -1109,7 +1119,10 @@ impl Call {
 struct ServerReactor {
     shared: Arc<Shared>,
     peer: Arc<PeerInfo>,
-    calls: HashMap<u64, Call>,
+    calls: FxHashMap<u64, Call>,
+    running: FuturesUnordered<CallFuture>,
+    /// Deadlines of the calls that have one, earliest first; one timer for all of them.
+    deadlines: Deadlines,
     tx: mpsc::Sender<Cmd>,
     ctl: mpsc::UnboundedSender<Cmd>,
     draining: bool,
@@ -1195,8 +1208,9 @@ impl ServerReactor {
         } else {
             f.payload
         };
-        let deadline = f.headers.deadline().map(|d| Instant::now() + d);
-        if deadline.is_some_and(|d| d <= Instant::now()) {
+        let left = f.headers.deadline();
+        let deadline = left.map(|d| Instant::now() + d);
+        if left.is_some_and(|d| d.is_zero()) {
             bump(&stats.calls_timed_out);
             let e = Error::new(
                 Status::TIMEOUT,
@@ -1240,23 +1254,38 @@ impl ServerReactor {
             sink,
         };
         bump(&stats.calls_in_flight);
-        let task = run_call(
-            self.shared.clone(),
-            route.handler,
-            req,
-            id,
-            deadline,
-            self.tx.clone(),
-        );
-        let handle = tokio::spawn(task);
+        // Handlers run on this connection's task, polled by the driver (no task spawned per
+        // call); they wake the driver when they make progress.
+        let method = req.method.clone();
+        let (abort, registration) = AbortHandle::new_pair();
+        let task: Pin<Box<dyn Future<Output = (u64, Frame)> + Send>> =
+            if self.shared.server.middleware.is_empty() {
+                // The handler's future is made here, so the call's future holds no request.
+                let fut = (route.handler)(req);
+                Box::pin(finish_call(self.shared.clone(), fut, id, method.clone()))
+            } else {
+                Box::pin(run_call(self.shared.clone(), route.handler, req, id))
+            };
+        self.running.push(Abortable::new(task, registration));
+        if let Some(d) = deadline {
+            self.deadlines.note(d);
+        }
         self.calls.insert(
             id,
             Call {
-                abort: handle.abort_handle(),
+                abort,
                 items: items_tx,
                 credit,
+                deadline,
+                method,
             },
         );
+    }
+
+    /// Ends a call; its method name if it was in flight (for messages).
+    fn end_call_named(&mut self, id: u64) -> Option<Subject> {
+        let method = self.calls.get(&id)?.method.clone();
+        self.end_call(id).then_some(method)
     }
 
     fn end_call(&mut self, id: u64) -> bool {
@@ -1280,14 +1309,7 @@ impl ServerReactor {
     }
 }
 
-async fn run_call(
-    shared: Arc<Shared>,
-    handler: Handler,
-    req: Request,
-    id: u64,
-    deadline: Option<Instant>,
-    tx: mpsc::Sender<Cmd>,
-) {
+async fn run_call(shared: Arc<Shared>, handler: Handler, req: Request, id: u64) -> (u64, Frame) {
     let method = req.method.clone();
     let server = &shared.server;
     let chain = Next {
@@ -1295,22 +1317,38 @@ async fn run_call(
         rest: &server.middleware,
     }
     .run(req);
-    let guarded = AssertUnwindSafe(chain).catch_unwind();
-    let outcome = match deadline {
-        Some(d) => tokio::time::timeout_at(d, guarded).await,
-        None => Ok(guarded.await),
-    };
+    let outcome = AssertUnwindSafe(chain).catch_unwind().await;
+    (id, call_frame(&shared, outcome, id, &method))
+}
+
+async fn finish_call(
+    shared: Arc<Shared>,
+    fut: BoxFuture<'static, Result<Response>>,
+    id: u64,
+    method: Subject,
+) -> (u64, Frame) {
+    let outcome = AssertUnwindSafe(fut).catch_unwind().await;
+    (id, call_frame(&shared, outcome, id, &method))
+}
+
+/// The RESPONSE of a finished call: its result, its error, or its panic.
+fn call_frame(
+    shared: &Shared,
+    outcome: std::thread::Result<Result<Response>>,
+    id: u64,
+    method: &Subject,
+) -> Frame {
     let stats = &shared.stats;
-    let frame = match outcome {
-        Ok(Ok(Ok(resp))) => {
+    match outcome {
+        Ok(Ok(resp)) => {
             bump(&stats.calls_ok);
             Frame::response(id, Status::OK, resp.payload).with_headers(resp.headers)
         }
-        Ok(Ok(Err(e))) => {
+        Ok(Err(e)) => {
             bump(&stats.calls_failed);
             error_response(id, &e)
         }
-        Ok(Err(panic)) => {
+        Err(panic) => {
             bump(&stats.handler_panics);
             bump(&stats.calls_failed);
             let msg = panic
@@ -1322,16 +1360,7 @@ async fn run_call(
             let e = Error::execution(format!("handler for {} panicked: {msg}", method.as_str()));
             error_response(id, &e)
         }
-        Err(_) => {
-            bump(&stats.calls_timed_out);
-            let e = Error::new(
-                Status::TIMEOUT,
-                format!("{} did not finish before its deadline", method.as_str()),
-            );
-            error_response(id, &e)
-        }
-    };
-    let _ = tx.send(Cmd::Finish(id, frame)).await;
+    }
 }
 
 impl Reactor for ServerReactor {
@@ -1486,6 +1515,65 @@ impl Reactor for ServerReactor {
             }
             None => {}
         }
+    }
+
+    fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let mut progress = false;
+        // Deadlines: one timer for the connection, one sweep when the earliest passes.
+        if let Some(now) = self.deadlines.due(cx.waker()) {
+            let expired: Vec<u64> = self
+                .calls
+                .iter()
+                .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(method) = self.end_call_named(id) {
+                    bump(&self.shared.stats.calls_timed_out);
+                    let e = Error::new(
+                        Status::TIMEOUT,
+                        format!("{} did not finish before its deadline", method.as_str()),
+                    );
+                    cx.send(&error_response(id, &e));
+                }
+            }
+            self.deadlines.swept(self.calls.values().filter_map(|c| c.deadline).min());
+            progress = true;
+        }
+        // Handlers.
+        loop {
+            let next = {
+                let mut tcx = Context::from_waker(cx.waker());
+                self.running.poll_next_unpin(&mut tcx)
+            };
+            match next {
+                Poll::Ready(Some(Ok((id, frame)))) => {
+                    let streams = self.calls.get(&id).is_some_and(|c| c.credit.is_some());
+                    if streams {
+                        // The RESPONSE goes behind the stream items still in the queue.
+                        match self.tx.try_send(Cmd::Finish(id, frame)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                                let tx = self.tx.clone();
+                                tokio::spawn(async move {
+                                    let _ = tx.send(cmd).await;
+                                });
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
+                    } else if self.end_call(id) {
+                        cx.send(&frame);
+                    }
+                    progress = true;
+                }
+                Poll::Ready(Some(Err(Aborted))) => progress = true,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if progress {
+            self.maybe_close(cx);
+        }
+        progress
     }
 
     fn on_closed(&mut self, _why: &Error) {
