@@ -292,18 +292,20 @@ impl Header {
     /// Writes the header into a 32-byte array.
     #[inline]
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        // Four big-endian words: the compiler turns them into four byte-swapped stores.
+        let w0 = u64::from(u32::from_be_bytes(MAGIC)) << 32
+            | u64::from(self.version) << 24
+            | u64::from(self.flags.bits()) << 16
+            | u64::from(self.frame_type) << 8
+            | u64::from(self.kind.0);
+        let w2 =
+            u64::from(self.aux) << 32 | u64::from(self.status) << 16 | u64::from(self.subject_len);
+        let w3 = u64::from(self.headers_len) << 32 | u64::from(self.payload_len);
         let mut b = [0u8; HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC);
-        b[4] = self.version;
-        b[5] = self.flags.bits();
-        b[6] = self.frame_type;
-        b[7] = self.kind.0;
+        b[0..8].copy_from_slice(&w0.to_be_bytes());
         b[8..16].copy_from_slice(&self.id.to_be_bytes());
-        b[16..20].copy_from_slice(&self.aux.to_be_bytes());
-        b[20..22].copy_from_slice(&self.status.to_be_bytes());
-        b[22..24].copy_from_slice(&self.subject_len.to_be_bytes());
-        b[24..28].copy_from_slice(&self.headers_len.to_be_bytes());
-        b[28..32].copy_from_slice(&self.payload_len.to_be_bytes());
+        b[16..24].copy_from_slice(&w2.to_be_bytes());
+        b[24..32].copy_from_slice(&w3.to_be_bytes());
         b
     }
 
@@ -312,27 +314,33 @@ impl Header {
     /// frame's extent is known, so that a bad frame can be skipped without closing.
     #[inline]
     pub fn from_bytes(b: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
-        if b[0..4] != MAGIC {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(w)
+        };
+        let (w0, id, w2, w3) = (word(0), word(8), word(16), word(24));
+        if (w0 >> 32) as u32 != u32::from_be_bytes(MAGIC) {
             return Err(DecodeError::new(DecodeErrorKind::BadMagic, 0));
         }
-        let id = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-        if b[4] != VERSION_MAJOR {
+        let version = (w0 >> 24) as u8;
+        if version != VERSION_MAJOR {
             return Err(DecodeError::new(
-                DecodeErrorKind::UnsupportedVersion(b[4]),
+                DecodeErrorKind::UnsupportedVersion(version),
                 id,
             ));
         }
         Ok(Header {
-            version: b[4],
-            flags: Flags(b[5]),
-            frame_type: b[6],
-            kind: MsgKind(b[7]),
+            version,
+            flags: Flags((w0 >> 16) as u8),
+            frame_type: (w0 >> 8) as u8,
+            kind: MsgKind(w0 as u8),
             id,
-            aux: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
-            status: u16::from_be_bytes([b[20], b[21]]),
-            subject_len: u16::from_be_bytes([b[22], b[23]]),
-            headers_len: u32::from_be_bytes([b[24], b[25], b[26], b[27]]),
-            payload_len: u32::from_be_bytes([b[28], b[29], b[30], b[31]]),
+            aux: (w2 >> 32) as u32,
+            status: (w2 >> 16) as u16,
+            subject_len: w2 as u16,
+            headers_len: (w3 >> 32) as u32,
+            payload_len: w3 as u32,
         })
     }
 
