@@ -1,5 +1,6 @@
 //! How long and how often to measure: [`Config::full`], [`Config::quick`] and [`Config::tiny`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which preset a [`Config`] came from.
@@ -31,19 +32,27 @@ pub struct Config {
     pub latency_time: Duration,
     /// Round trips of warm-up before the latency repetitions (not measured).
     pub latency_warmup: u64,
-    /// Calls per throughput repetition (upper bound).
+    /// Calls (or published messages, in the broker scenarios) per throughput repetition
+    /// (upper bound).
     pub throughput_count: u64,
     /// Time per throughput repetition (upper bound).
     pub throughput_time: Duration,
-    /// Calls of warm-up before the throughput repetitions (not measured).
+    /// Calls (messages) of warm-up before the throughput repetitions (not measured).
     pub throughput_warmup: u64,
     /// Each repetition of an RPC scenario is cut into this many slices, and the systems take
     /// turns slice by slice, so that a change in background load hits all of them alike.
     pub slices: u32,
     /// Calls in flight on the one connection in `rpc-throughput`.
     pub in_flight: usize,
-    /// Request and response payload size of the RPC scenarios, in bytes.
+    /// Request and response payload size of the RPC scenarios (and `reqrep`), in bytes.
     pub rpc_payload: usize,
+    /// Idle connections opened in `conn-memory`.
+    pub idle_connections: usize,
+    /// Time to open them (upper bound; fewer are measured if it runs out).
+    pub connect_time: Duration,
+    /// The `mitto-bench` binary, which `conn-memory` runs with `--serve-broker` to host a broker
+    /// in a process of its own. `None`: the running executable, if it is `mitto-bench`.
+    pub broker_exe: Option<PathBuf>,
 }
 
 impl Config {
@@ -63,6 +72,9 @@ impl Config {
             slices: 4,
             in_flight: 256,
             rpc_payload: 32,
+            idle_connections: 10_000,
+            connect_time: Duration::from_secs(60),
+            broker_exe: None,
         }
     }
 
@@ -80,6 +92,8 @@ impl Config {
             throughput_time: Duration::from_secs(1),
             throughput_warmup: 4_000,
             slices: 2,
+            idle_connections: 2_000,
+            connect_time: Duration::from_secs(20),
             ..Config::full()
         }
     }
@@ -98,8 +112,17 @@ impl Config {
             throughput_time: Duration::from_secs(1),
             throughput_warmup: 50,
             slices: 1,
+            idle_connections: 50,
+            connect_time: Duration::from_secs(10),
             ..Config::full()
         }
+    }
+
+    /// Names the `mitto-bench` binary that hosts the broker of `conn-memory` (tests pass
+    /// `env!("CARGO_BIN_EXE_mitto-bench")`).
+    pub fn with_broker_exe(mut self, exe: impl Into<PathBuf>) -> Config {
+        self.broker_exe = Some(exe.into());
+        self
     }
 
     /// Overrides the number of repetitions (at least one).

@@ -6,14 +6,24 @@ use clap::Parser;
 use mitto_bench::{report, scenarios, Config, Progress};
 use std::path::PathBuf;
 
-/// Benchmark comparison suite: mitto beside memcpy, raw sockets, tarpc, tonic and
-/// protosocket-rpc. Full mode runs several repetitions and reports the median and min–max.
+/// Benchmark comparison suite: mitto beside memcpy, raw sockets, tarpc, tonic,
+/// protosocket-rpc, nats-server and mosquitto. Full mode runs several repetitions and reports
+/// the median and min–max.
 #[derive(Debug, Parser)]
 #[command(name = "mitto-bench", version)]
 struct Cli {
-    /// Scenarios to run: codec, rpc-latency, rpc-throughput, or all.
-    #[arg(required = true, value_name = "SCENARIO", value_parser = scenarios::parse_name)]
+    /// Scenarios to run: codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep,
+    /// conn-memory, or all.
+    #[arg(
+        required_unless_present = "serve_broker",
+        value_name = "SCENARIO",
+        value_parser = scenarios::parse_name
+    )]
     scenarios: Vec<String>,
+
+    /// Hosts a broker for conn-memory: prints its URL, serves until stdin closes.
+    #[arg(long, hide = true)]
+    serve_broker: bool,
 
     /// One repetition with small counts (a few seconds per scenario).
     #[arg(long)]
@@ -34,6 +44,9 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.serve_broker {
+        return mitto_bench::serve_broker_child();
+    }
     let list = scenarios::resolve(&cli.scenarios).map_err(anyhow::Error::msg)?;
     let mut config = if cli.tiny {
         Config::tiny()

@@ -114,6 +114,13 @@ pub(crate) struct ThroughputAcc {
 }
 
 impl ThroughputAcc {
+    /// Adds `done` messages completed in `busy` (for loops that time themselves, such as the
+    /// broker bursts, measured from the first publish to the last receive).
+    pub(crate) fn add(&mut self, done: u64, busy: Duration) {
+        self.done += done;
+        self.busy += busy;
+    }
+
     /// Calls completed per second of measuring.
     pub(crate) fn msgs_per_s(&self) -> anyhow::Result<f64> {
         anyhow::ensure!(self.done > 0, "no call completed");

@@ -19,6 +19,8 @@ pub enum Metric {
     NsPerOp,
     /// Payload bytes per second; higher is better.
     BytesPerS,
+    /// Resident memory per connection, bytes; lower is better.
+    BytesPerConn,
 }
 
 impl Metric {
@@ -30,6 +32,7 @@ impl Metric {
             Metric::P99Us => "p99_us",
             Metric::NsPerOp => "ns_per_op",
             Metric::BytesPerS => "bytes_per_s",
+            Metric::BytesPerConn => "bytes_per_conn",
         }
     }
 
@@ -40,6 +43,7 @@ impl Metric {
             Metric::P50Us | Metric::P99Us => "us",
             Metric::NsPerOp => "ns",
             Metric::BytesPerS => "B/s",
+            Metric::BytesPerConn => "B",
         }
     }
 
@@ -51,6 +55,7 @@ impl Metric {
             Metric::P99Us => "p99 µs",
             Metric::NsPerOp => "ns/op",
             Metric::BytesPerS => "B/s",
+            Metric::BytesPerConn => "B/conn",
         }
     }
 
@@ -126,7 +131,7 @@ impl ScenarioReport {
 /// Formats a value for the table: grouped integers for rates, one decimal for times.
 pub fn format_value(metric: Metric, v: f64) -> String {
     match metric {
-        Metric::MsgsPerS | Metric::BytesPerS => group(v.round() as u64),
+        Metric::MsgsPerS | Metric::BytesPerS | Metric::BytesPerConn => group(v.round() as u64),
         Metric::NsPerOp if v >= 10_000.0 => group(v.round() as u64),
         Metric::NsPerOp | Metric::P50Us | Metric::P99Us if v >= 100.0 => format!("{v:.0}"),
         _ => format!("{v:.1}"),
@@ -145,9 +150,10 @@ fn group(n: u64) -> String {
     out
 }
 
-/// `16 B`, `1 KiB`, `64 KiB`, `1 MiB`.
+/// `16 B`, `1 KiB`, `64 KiB`, `1 MiB`; nothing for 0 (rows without a payload).
 pub fn format_size(n: u64) -> String {
     match n {
+        0 => String::new(),
         n if n >= 1 << 20 && n.is_multiple_of(1 << 20) => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n.is_multiple_of(1 << 10) => format!("{} KiB", n >> 10),
         n => format!("{n} B"),
@@ -224,7 +230,7 @@ pub fn render(report: &ScenarioReport) -> String {
     let _ = writeln!(
         out,
         "ratio = mitto / this row: for msgs/s above 1 means mitto is faster, for µs and ns/op \
-         above 1 means mitto is slower."
+         above 1 means mitto is slower, for B/conn above 1 means mitto uses more memory."
     );
     for n in &report.notes {
         let _ = writeln!(out, "{n}");
@@ -241,11 +247,11 @@ pub struct JsonRow {
     pub case: String,
     /// `mitto`, a peer or a floor.
     pub system: String,
-    /// `msgs_per_s`, `p50_us`, `p99_us`, `ns_per_op` or `bytes_per_s`.
+    /// `msgs_per_s`, `p50_us`, `p99_us`, `ns_per_op`, `bytes_per_s` or `bytes_per_conn`.
     pub metric: &'static str,
     /// Median over the repetitions.
     pub value: f64,
-    /// `msg/s`, `us`, `ns` or `B/s`.
+    /// `msg/s`, `us`, `ns`, `B/s` or `B`.
     pub unit: &'static str,
     /// Payload size in bytes.
     pub payload_bytes: u64,
@@ -329,6 +335,10 @@ mod tests {
         assert_eq!(format_value(Metric::MsgsPerS, 1_234_567.4), "1,234,567");
         assert_eq!(format_size(65536), "64 KiB");
         assert_eq!(format_size(32), "32 B");
+        assert_eq!(format_size(0), "");
+        assert_eq!(format_value(Metric::BytesPerConn, 4321.6), "4,322");
+        assert_eq!(Metric::BytesPerConn.key(), "bytes_per_conn");
+        assert!(!Metric::BytesPerConn.higher_is_better());
         assert!(render(&rep).contains("3.00x"));
         let json = json_rows(&[rep]);
         assert_eq!(json.len(), 2);

@@ -669,3 +669,33 @@ async fn tls_and_unix_listeners_serve_the_same_subjects() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A publisher far faster than its socket keeps going: the driver takes commands again as soon
+/// as its outbox drains below the high-water mark (it used to wait for the keepalive timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_past_the_outbox_high_water_mark_does_not_stall() {
+    let (b, url) = start(config()).await;
+    let p = client(&url).await;
+    let s = client(&url).await;
+    let mut sub = s.subscribe("bulk").await.unwrap();
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    let t0 = std::time::Instant::now();
+    for _ in 0..3000 {
+        p.publish("bulk", payload.clone()).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut got = 0;
+    while got < 3000 {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(_)) => got += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(got + b.stats()["slow_consumer_drops"], 3000);
+    b.shutdown().await;
+}

@@ -13,11 +13,19 @@ use std::time::Instant;
 
 fn main() -> mitto::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let calls: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let calls: u64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let in_flight: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
-    let url = args.get(2).cloned().unwrap_or_else(|| "tcp://127.0.0.1:0".into());
+    let url = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "tcp://127.0.0.1:0".into());
     // The server on its own thread, the client on this one, as the comparison suite does.
-    let server_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let server_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         server_rt.block_on(async move {
@@ -36,8 +44,12 @@ fn main() -> mitto::Result<()> {
             }
         })
     });
-    let url = rx.recv().map_err(|_| mitto::Error::execution("server thread died"))??;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let url = rx
+        .recv()
+        .map_err(|_| mitto::Error::execution("server thread died"))??;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let c = Client::connect(&url, ClientOptions::new()).await?;
         let payload = Bytes::from(vec![0x5Au8; 32]);
@@ -58,7 +70,10 @@ fn main() -> mitto::Result<()> {
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        println!("{done} calls, {in_flight} in flight: {:.0} calls/s", done as f64 / secs);
+        println!(
+            "{done} calls, {in_flight} in flight: {:.0} calls/s",
+            done as f64 / secs
+        );
         Ok(())
     })
 }

@@ -3,13 +3,12 @@
 
 use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
 use crate::conn::{Ctx, Driver, DriverConfig, Reactor};
+use crate::deadlines::Deadlines;
 use crate::error::{Error, Result};
 use crate::handshake;
 use crate::pubsub::{Message, SubRecord};
 use crate::transport::{self, Endpoint, TlsClientConfig};
 use crate::INITIAL_STREAM_CREDIT;
-use rustc_hash::FxHashMap;
-use crate::deadlines::Deadlines;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
@@ -18,6 +17,7 @@ use mitto_proto::{
     Flags, Frame, FrameType, Headers, HealthReport, Hello, Limits, MsgKind, StatsReport, Status,
     Subject, Version, WellKnown,
 };
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -538,7 +538,12 @@ impl Reactor for ClientReactor {
 
     fn on_command(&mut self, c: Option<Cmd>, cx: &mut Ctx<'_>) {
         match c {
-            Some(Cmd::Call { id, frame, slot, deadline }) => {
+            Some(Cmd::Call {
+                id,
+                frame,
+                slot,
+                deadline,
+            }) => {
                 if frame.payload.len() > cx.limits().max_payload as usize {
                     slot.fail(Error::new(
                         Status::PAYLOAD_TOO_LARGE,
@@ -588,16 +593,23 @@ impl Reactor for ClientReactor {
     }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
-        let Some(now) = self.deadlines.due(cx.waker()) else { return false };
-        let expired: Vec<u64> =
-            self.deadline_of.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        let Some(now) = self.deadlines.due(cx.waker()) else {
+            return false;
+        };
+        let expired: Vec<u64> = self
+            .deadline_of
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in &expired {
             if let Some(slot) = self.take(*id) {
                 cx.send(&Frame::cancel(*id));
                 slot.fail(Error::new(Status::TIMEOUT, "deadline exceeded"));
             }
         }
-        self.deadlines.swept(self.deadline_of.values().min().copied());
+        self.deadlines
+            .swept(self.deadline_of.values().min().copied());
         true
     }
 }
@@ -923,7 +935,8 @@ impl Client {
     }
 
     async fn unary(&self, call: OutgoingCall) -> Result<Reply> {
-        self.unary_parts(&call.method, call.payload, &call.options).await
+        self.unary_parts(&call.method, call.payload, &call.options)
+            .await
     }
 
     async fn unary_parts(
@@ -945,10 +958,19 @@ impl Client {
             };
             let frame = Self::request_frame(id, method, payload.clone(), options, left)?;
             let (tx, rx) = oneshot::channel();
-            let mut guard = CancelGuard { id, ctl: conn.ctl.clone(), armed: true };
+            let mut guard = CancelGuard {
+                id,
+                ctl: conn.ctl.clone(),
+                armed: true,
+            };
             // The connection's reactor enforces the deadline (one timer per connection), so
             // the common path arms no timer per call.
-            let cmd = Cmd::Call { id, frame, slot: Slot::Unary(tx), deadline: Some(deadline) };
+            let cmd = Cmd::Call {
+                id,
+                frame,
+                slot: Slot::Unary(tx),
+                deadline: Some(deadline),
+            };
             let sent = match conn.cmds.try_send(cmd) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
@@ -970,9 +992,9 @@ impl Client {
                     )
                     .retryable());
                 }
-                Err(false) => {
-                    Err(Error::connection_lost("connection closed before the call was sent"))
-                }
+                Err(false) => Err(Error::connection_lost(
+                    "connection closed before the call was sent",
+                )),
                 Ok(()) => match rx.await {
                     Ok(Err(e)) if e.status() == Status::TIMEOUT && !e.is_remote() => {
                         guard.armed = false;
@@ -1085,7 +1107,12 @@ impl Client {
             credit: credit.clone(),
         };
         conn.cmds
-            .send(Cmd::Call { id, frame, slot, deadline: None })
+            .send(Cmd::Call {
+                id,
+                frame,
+                slot,
+                deadline: None,
+            })
             .await
             .map_err(|_| Error::connection_lost("connection closed"))?;
         let sink = RequestSink {

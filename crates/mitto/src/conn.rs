@@ -339,7 +339,14 @@ impl<R: Reactor> Driver<R> {
                     self.close_sent = true;
                 }
             }
-            match self.out.poll_flush(&mut self.io, cx) {
+            let was_high = self.out.over_high_water();
+            let flushed = self.out.poll_flush(&mut self.io, cx);
+            if was_high && !self.out.over_high_water() {
+                // Below the mark again: commands and the reactor's own queue may move on, and
+                // nothing else would wake this task for them.
+                progress = true;
+            }
+            match flushed {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::connection_lost(e))),
                 Poll::Ready(Ok(())) if self.close_sent => {
                     let _ = Pin::new(&mut self.io).poll_shutdown(cx);

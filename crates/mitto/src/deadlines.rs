@@ -15,7 +15,10 @@ pub(crate) struct Deadlines {
 
 impl Deadlines {
     pub(crate) fn new() -> Deadlines {
-        Deadlines { earliest: None, timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))) }
+        Deadlines {
+            earliest: None,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
     }
 
     /// A call with deadline `d` started.
@@ -32,7 +35,11 @@ impl Deadlines {
             self.timer.as_mut().reset(e);
         }
         let mut cx = Context::from_waker(waker);
-        self.timer.as_mut().poll(&mut cx).is_ready().then(Instant::now)
+        self.timer
+            .as_mut()
+            .poll(&mut cx)
+            .is_ready()
+            .then(Instant::now)
     }
 
     /// The sweep is done; `next` is the earliest deadline still pending.

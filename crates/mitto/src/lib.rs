@@ -26,8 +26,8 @@
 
 mod client;
 mod codec;
-mod deadlines;
 pub mod conn;
+mod deadlines;
 mod error;
 pub mod handshake;
 mod pubsub;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub use mitto_proto::{Delivery, SlowConsumerPolicy as Policy};
 
 /// Messages a subscription may have in flight to this client before it grants more credit.
-pub const DEFAULT_SUBSCRIPTION_CREDIT: u32 = 1024;
+pub const DEFAULT_SUBSCRIPTION_CREDIT: u32 = 65_536;
 
 /// One message delivered to a subscription.
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 
 use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
 use crate::conn::{Ctx, Driver, DriverConfig, Reactor};
+use crate::deadlines::Deadlines;
 use crate::error::{Error, Result};
 use crate::handshake;
 use crate::transport::{Endpoint, Incoming, Listener, TlsServerConfig};
@@ -11,12 +12,15 @@ use crate::INITIAL_STREAM_CREDIT;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use mitto_proto::negotiate::Features;
 use mitto_proto::{
     Flags, Frame, FrameType, Headers, HealthReport, HealthState, Hello, Limits, MsgKind,
     StatsReport, Status, Subject, Version, WellKnown,
 };
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -29,10 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
-use futures_util::future::{AbortHandle, Abortable, Aborted};
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use rustc_hash::FxHashMap;
-use crate::deadlines::Deadlines;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -1537,7 +1537,8 @@ impl Reactor for ServerReactor {
                     cx.send(&error_response(id, &e));
                 }
             }
-            self.deadlines.swept(self.calls.values().filter_map(|c| c.deadline).min());
+            self.deadlines
+                .swept(self.calls.values().filter_map(|c| c.deadline).min());
             progress = true;
         }
         // Handlers.

@@ -1,16 +1,20 @@
 //! The scenario registry. A scenario is a name, a one-line description, the systems it reports
 //! on, and a function from a [`Config`] to a [`ScenarioReport`].
 //!
-//! To add one (`pubsub`, `reqrep`, `fanout` and `bus` are planned as the broker and the bus
-//! land): write a module with a `run(&Config, &Progress) -> anyhow::Result<ScenarioReport>`,
-//! and add a [`Scenario`] entry to [`REGISTRY`]. The CLI, `all`, the JSON output and the
-//! quick test (`tests/quick.rs`) pick it up from there.
+//! To add one (`bus` is planned as the bus lands): write a module with a
+//! `run(&Config, &Progress) -> anyhow::Result<ScenarioReport>`, and add a [`Scenario`] entry to
+//! [`REGISTRY`]. The CLI, `all`, the JSON output and the quick test (`tests/quick.rs`) pick it
+//! up from there.
 
 use crate::config::Config;
 use crate::progress::Progress;
 use crate::report::ScenarioReport;
 
 pub mod codec;
+pub mod conn_memory;
+pub mod fanout;
+pub mod pubsub;
+pub mod reqrep;
 pub mod rpc_latency;
 pub mod rpc_throughput;
 
@@ -23,6 +27,10 @@ pub struct Scenario {
     pub about: &'static str,
     /// Every system the scenario reports a row for (mitto first).
     pub systems: &'static [&'static str],
+    /// Those of `systems` that are servers already running outside the suite (nats-server,
+    /// mosquitto): when one cannot be reached its rows are left out, with a note saying so,
+    /// instead of failing the run.
+    pub external: &'static [&'static str],
     /// Runs it.
     pub run: fn(&Config, &Progress) -> anyhow::Result<ScenarioReport>,
 }
@@ -33,19 +41,54 @@ pub const REGISTRY: &[Scenario] = &[
         name: "codec",
         about: "frame encode/decode ns/op at 16 B, 1 KiB, 64 KiB beside a memcpy floor",
         systems: &["mitto", "memcpy"],
+        external: &[],
         run: codec::run,
     },
     Scenario {
         name: "rpc-latency",
         about: "sequential 32 B round trips over TCP and Unix sockets beside a raw ping-pong",
         systems: &["mitto", "raw-tcp", "raw-unix"],
+        external: &[],
         run: rpc_latency::run,
     },
     Scenario {
         name: "rpc-throughput",
         about: "256 calls in flight on one TCP connection: mitto, tarpc, tonic, protosocket-rpc",
         systems: &["mitto", "tarpc", "tonic", "protosocket-rpc"],
+        external: &[],
         run: rpc_throughput::run,
+    },
+    Scenario {
+        name: "pubsub",
+        about:
+            "1 publisher -> 1 subscriber through the broker, 16 B and 128 B, msgs/s end to end: \
+                mitto, nats-server, mosquitto",
+        systems: &["mitto", "nats", "mosquitto"],
+        external: &["nats", "mosquitto"],
+        run: pubsub::run,
+    },
+    Scenario {
+        name: "fanout",
+        about: "1 publisher -> 10 subscribers, 16 B, msgs/s delivered: mitto, nats-server",
+        systems: &["mitto", "nats"],
+        external: &["nats"],
+        run: fanout::run,
+    },
+    Scenario {
+        name: "reqrep",
+        about: "sequential request/reply through the broker, 32 B: p50/p99 and msgs/s, mitto and \
+                nats-server",
+        systems: &["mitto", "nats"],
+        external: &["nats"],
+        run: reqrep::run,
+    },
+    Scenario {
+        name: "conn-memory",
+        about: "broker resident memory per idle connection (10,000 connections): mitto, \
+                nats-server",
+        systems: &["mitto", "nats"],
+        external: &["nats"],
+        run: conn_memory::run,
     },
 ];
 
@@ -134,11 +177,20 @@ mod tests {
         assert_eq!(all.len(), REGISTRY.len());
         let one = resolve(&["rpc-latency", "rpc-latency"]).unwrap_or_default();
         assert_eq!(one.len(), 1);
-        let err = resolve(&["pubsub"]).err().unwrap_or_default();
-        assert!(err.contains("unknown scenario 'pubsub'"), "{err}");
+        let err = resolve(&["bus"]).err().unwrap_or_default();
+        assert!(err.contains("unknown scenario 'bus'"), "{err}");
         assert!(
-            err.contains("codec, rpc-latency, rpc-throughput, all"),
+            err.contains(
+                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, all"
+            ),
             "{err}"
         );
+        for s in REGISTRY {
+            assert!(
+                s.external.iter().all(|e| s.systems.contains(e)),
+                "{}",
+                s.name
+            );
+        }
     }
 }

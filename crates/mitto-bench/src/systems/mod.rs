@@ -1,8 +1,16 @@
 //! Every system the scenarios drive: mitto itself, the raw-socket floor, and the RPC peers.
-//! Each module starts its server on the [`ServerRuntime`](crate::runtime::ServerRuntime) and
-//! gives a client whose calls echo a payload and check the echo.
+//! Each RPC module starts its server on the [`ServerRuntime`](crate::runtime::ServerRuntime)
+//! and gives a client whose calls echo a payload and check the echo. The broker scenarios use
+//! mitto's broker (`broker_sys`), the nats-server and mosquitto already running on 127.0.0.1
+//! (`nats_peer`, `mqtt_peer`), their publishing and subscribing ends (`ends`), and `/proc`
+//! (`procfs`).
 
+pub(crate) mod broker_sys;
+pub(crate) mod ends;
 pub(crate) mod mitto_sys;
+pub(crate) mod mqtt_peer;
+pub(crate) mod nats_peer;
+pub(crate) mod procfs;
 pub(crate) mod protosocket_peer;
 pub(crate) mod raw;
 pub(crate) mod tarpc_peer;
