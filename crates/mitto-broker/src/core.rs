@@ -376,7 +376,7 @@ impl Core {
     }
 
     /// The subscriptions matching `subject`, one per queue group.
-    fn targets(&self, subject: &Subject) -> Vec<SubRef> {
+    fn targets(&self, subject: &Subject) -> Arc<[SubRef]> {
         let key = subject.as_bytes().clone();
         let all = match self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             Some(hit) => hit,
@@ -396,7 +396,8 @@ impl Core {
             }
         };
         if all.iter().all(|r| r.queue.is_none()) {
-            return all.to_vec();
+            // The cached list as it is: no allocation per publish.
+            return all;
         }
         let mut out: Vec<SubRef> = Vec::with_capacity(all.len());
         let mut groups: BTreeMap<&str, Vec<&SubRef>> = BTreeMap::new();
@@ -410,7 +411,7 @@ impl Core {
         for members in groups.values() {
             out.push(members[turn % members.len()].clone());
         }
-        out
+        out.into()
     }
 
     fn track(&self, subject: &str, bytes: usize) {

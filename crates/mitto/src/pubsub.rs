@@ -282,7 +282,7 @@ impl Client {
     ) -> Result<()> {
         let timeout = opts.timeout.unwrap_or(self.opts().timeout);
         let deadline = Instant::now() + timeout;
-        let conn = self.conn(deadline).await?;
+        let conn = self.conn_fast(deadline).await?;
         let mut f = Frame::publish(Subject::literal(subject)?, payload).with_kind(opts.kind);
         if let Some(h) = opts.headers {
             f = f.with_headers(h);
@@ -302,7 +302,16 @@ impl Client {
         }
         let closed = |_| Error::connection_lost("connection closed before the publish was sent");
         if !opts.ack {
-            return conn.cmds.send(Cmd::Send(f)).await.map_err(closed);
+            // No wait (and no await point) while the connection's queue has room.
+            return match conn.cmds.try_send(Cmd::Send(f)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    Box::pin(conn.cmds.send(cmd)).await.map_err(closed)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::connection_lost(
+                    "connection closed before the publish was sent",
+                )),
+            };
         }
         let id = self.next_id();
         f.id = id;
