@@ -77,6 +77,16 @@ struct Pending {
     caller: Arc<Mailbox>,
     caller_conn: u64,
     caller_id: u64,
+    /// The deadline's timer task, stopped as soon as the request ends.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
 }
 
 /// A call routed to a registered service instance.
@@ -86,6 +96,16 @@ struct Route {
     caller_id: u64,
     inst: Arc<Mailbox>,
     inst_conn: u64,
+    /// The safety-net timer task, stopped as soon as the call ends.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -278,6 +298,7 @@ impl Core {
                     caller_id: f.id,
                     inst: inst.mailbox.clone(),
                     inst_conn: inst.conn,
+                    timer: None,
                 },
             );
             routes.by_caller.insert((conn, f.id), broker_id);
@@ -295,7 +316,7 @@ impl Core {
             .deadline()
             .unwrap_or(Duration::from_millis(self.cfg.request_timeout_ms));
         let core = Arc::clone(self);
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(left + Duration::from_secs(1)).await;
             let gone = core
                 .routes
@@ -312,6 +333,14 @@ impl Core {
                 ));
             }
         });
+        match self.routes.lock().ok().and_then(|mut r| {
+            r.by_broker
+                .get_mut(&broker_id)
+                .map(|x| x.timer = Some(timer.abort_handle()))
+        }) {
+            Some(()) => {}
+            None => timer.abort(),
+        }
         Some(None)
     }
 
@@ -323,7 +352,7 @@ impl Core {
         }
         let caller = match self.routes.lock() {
             Ok(mut routes) if f.frame_type == FrameType::Response => {
-                routes.remove(f.id).map(|r| (r.caller, r.caller_id))
+                routes.remove(f.id).map(|r| (r.caller.clone(), r.caller_id))
             }
             Ok(routes) => routes
                 .by_broker
@@ -348,7 +377,7 @@ impl Core {
                     return false;
                 };
                 let inst = if f.frame_type == FrameType::Cancel {
-                    routes.remove(broker_id).map(|r| r.inst)
+                    routes.remove(broker_id).map(|r| r.inst.clone())
                 } else {
                     routes.by_broker.get(&broker_id).map(|r| r.inst.clone())
                 };
@@ -592,6 +621,7 @@ impl Core {
                     caller: caller.clone(),
                     caller_conn: conn,
                     caller_id: f.id,
+                    timer: None,
                 },
             );
             r.by_caller.insert((conn, f.id), token);
@@ -611,7 +641,7 @@ impl Core {
             return Some(Frame::response(f.id, status, why));
         }
         let core = Arc::clone(self);
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if let Some(p) = core.forget(token) {
                 bump(&core.stats.request_timeouts);
@@ -622,6 +652,14 @@ impl Core {
                 ));
             }
         });
+        match self.requests.lock().ok().and_then(|mut r| {
+            r.by_token
+                .get_mut(&token)
+                .map(|p| p.timer = Some(timer.abort_handle()))
+        }) {
+            Some(()) => {}
+            None => timer.abort(),
+        }
         None
     }
 
