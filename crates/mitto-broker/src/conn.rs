@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 /// Commands a connection's driver takes besides frames.
@@ -81,15 +82,11 @@ impl Permissions {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks HELLO's credentials; returns the user, if users are configured.
 fn authenticate<'a>(core: &'a Core, h: &Hello) -> Result<Option<&'a User>, Error> {
     let denied = |why: &str| Error::new(Status::UNAUTHORIZED, why.to_owned());
     if let Some(t) = &core.cfg.token {
-        return if constant_time_eq(&h.auth, t.as_bytes()) {
+        return if bool::from(h.auth[..].ct_eq(t.as_bytes())) {
             Ok(None)
         } else {
             Err(denied("invalid or missing token"))
@@ -101,7 +98,7 @@ fn authenticate<'a>(core: &'a Core, h: &Hello) -> Result<Option<&'a User>, Error
     core.cfg
         .users
         .iter()
-        .find(|u| u.name == h.user && constant_time_eq(&h.auth, u.password.as_bytes()))
+        .find(|u| u.name == h.user && bool::from(h.auth[..].ct_eq(u.password.as_bytes())))
         .map(Some)
         .ok_or_else(|| denied("unknown user or wrong password"))
 }

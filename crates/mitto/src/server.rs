@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -402,7 +403,7 @@ impl ServerOptions {
     pub fn token(self, token: impl Into<Bytes>) -> Self {
         let token: Bytes = token.into();
         self.auth(move |h: &Hello| {
-            if constant_time_eq(&h.auth, &token) {
+            if bool::from(h.auth[..].ct_eq(&token[..])) {
                 Ok(())
             } else {
                 Err(Error::new(Status::UNAUTHORIZED, "invalid or missing token"))
@@ -451,10 +452,6 @@ impl ServerOptions {
         self.drain_timeout = t;
         self
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn boxed<F, Fut, R>(f: F) -> Handler
