@@ -6,6 +6,7 @@ use crate::index::Index;
 use crate::mailbox::{Mailbox, Pushed};
 use bytes::Bytes;
 use mitto::proto::{Flags, Frame, FrameType, HeaderKey, Headers, Status, Subject, WellKnown};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -147,7 +148,16 @@ struct Requests {
 }
 
 /// Per-subject counts for monitoring, bounded in size.
-const MAX_TRACKED_SUBJECTS: usize = 10_000;
+const MAX_TRACKED_SUBJECTS: usize = 65_536;
+
+/// What the broker keeps per published subject: the subscribers it matched (until the
+/// subscriptions change) and the counts monitoring reports. One lock per publish covers both.
+#[derive(Default)]
+struct SubjectEntry {
+    targets: Option<Arc<[SubRef]>>,
+    msgs: u64,
+    bytes: u64,
+}
 
 pub(crate) struct Core {
     pub(crate) cfg: BrokerConfig,
@@ -156,7 +166,7 @@ pub(crate) struct Core {
     routes: Mutex<Routes>,
     next_call: AtomicU64,
     sessions: Mutex<HashMap<String, Detached>>,
-    cache: Mutex<HashMap<Bytes, Arc<[SubRef]>>>,
+    subjects: Mutex<FxHashMap<Bytes, SubjectEntry>>,
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
     pub(crate) conns: Mutex<HashMap<u64, crate::conn::ConnInfo>>,
@@ -166,7 +176,6 @@ pub(crate) struct Core {
     inbox_prefix: String,
     rr: AtomicUsize,
     pub(crate) shutdown: watch::Sender<bool>,
-    subjects: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 /// Result of a publish.
@@ -186,7 +195,7 @@ impl Core {
             routes: Mutex::new(Routes::default()),
             sessions: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
-            cache: Mutex::new(HashMap::new()),
+            subjects: Mutex::new(FxHashMap::default()),
             stats: Stats::default(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
@@ -196,7 +205,6 @@ impl Core {
             inbox_prefix: format!("_INBOX.{:016x}.", fastrand::u64(..)),
             rr: AtomicUsize::new(0),
             shutdown,
-            subjects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -204,9 +212,12 @@ impl Core {
         *self.shutdown.borrow()
     }
 
+    /// The subscriptions changed: every cached match is stale (the counts stay).
     fn invalidate(&self) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.clear();
+        if let Ok(mut m) = self.subjects.lock() {
+            for e in m.values_mut() {
+                e.targets = None;
+            }
         }
     }
 
@@ -404,10 +415,19 @@ impl Core {
         self.index.read().map(|i| i.len()).unwrap_or(0)
     }
 
-    /// The subscriptions matching `subject`, one per queue group.
-    fn targets(&self, subject: &Subject) -> Arc<[SubRef]> {
-        let key = subject.as_bytes().clone();
-        let all = match self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+    /// The subscriptions matching `subject`, one per queue group; counts the message of
+    /// `bytes` for monitoring.
+    fn targets(&self, subject: &Subject, bytes: usize) -> Arc<[SubRef]> {
+        let cached = self.subjects.lock().ok().and_then(|mut m| {
+            if !m.contains_key(subject.as_bytes()) && m.len() >= MAX_TRACKED_SUBJECTS {
+                return None;
+            }
+            let e = m.entry(subject.as_bytes().clone()).or_default();
+            e.msgs += 1;
+            e.bytes += bytes as u64;
+            e.targets.clone()
+        });
+        let all = match cached {
             Some(hit) => hit,
             None => {
                 let mut v = Vec::new();
@@ -415,11 +435,10 @@ impl Core {
                     idx.matches(subject.as_str(), &mut v);
                 }
                 let v: Arc<[SubRef]> = v.into();
-                if let Ok(mut c) = self.cache.lock() {
-                    if c.len() >= 8192 {
-                        c.clear();
+                if let Ok(mut m) = self.subjects.lock() {
+                    if let Some(e) = m.get_mut(subject.as_bytes()) {
+                        e.targets = Some(v.clone());
                     }
-                    c.insert(key, v.clone());
                 }
                 v
             }
@@ -443,21 +462,15 @@ impl Core {
         out.into()
     }
 
-    fn track(&self, subject: &str, bytes: usize) {
-        if let Ok(mut m) = self.subjects.lock() {
-            if let Some(e) = m.get_mut(subject) {
-                e.0 += 1;
-                e.1 += bytes as u64;
-            } else if m.len() < MAX_TRACKED_SUBJECTS {
-                m.insert(subject.to_owned(), (1, bytes as u64));
-            }
-        }
-    }
-
     /// Per-subject message and byte counts (for monitoring).
     pub(crate) fn subject_counts(&self) -> Vec<(String, u64, u64)> {
-        let m = self.subjects.lock().map(|m| m.clone()).unwrap_or_default();
-        let mut v: Vec<_> = m.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+        let mut v: Vec<(String, u64, u64)> = match self.subjects.lock() {
+            Ok(m) => m
+                .iter()
+                .map(|(k, e)| (String::from_utf8_lossy(k).into_owned(), e.msgs, e.bytes))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
@@ -521,8 +534,7 @@ impl Core {
                 rejected: 0,
             };
         }
-        self.track(f.subject.as_str(), f.payload.len());
-        let targets = self.targets(&f.subject);
+        let targets = self.targets(&f.subject, f.payload.len());
         if targets.is_empty() {
             return Routed::default();
         }
@@ -563,7 +575,7 @@ impl Core {
         self.stats
             .bytes_in
             .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
-        self.track(f.subject.as_str(), f.payload.len());
+        let targets = self.targets(&f.subject, f.payload.len());
         if let Some(answer) = self.route_to_service(conn, caller, f) {
             return answer;
         }
@@ -578,7 +590,6 @@ impl Core {
                 ),
             ));
         }
-        let targets = self.targets(&f.subject);
         if targets.is_empty() {
             bump(&self.stats.no_responders);
             return Some(Frame::response(

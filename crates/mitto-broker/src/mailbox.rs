@@ -5,6 +5,7 @@
 
 use mitto::conn::Ctx;
 use mitto::proto::{Flags, Frame, SlowConsumerPolicy};
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -126,7 +127,7 @@ impl SubQueue {
 #[derive(Debug, Default)]
 struct Queues {
     control: VecDeque<Frame>,
-    subs: HashMap<u32, SubQueue>,
+    subs: FxHashMap<u32, SubQueue>,
     /// Subscriptions with something to send and credit to send it, in turn.
     ready: VecDeque<u32>,
     bytes: usize,
