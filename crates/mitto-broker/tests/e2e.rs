@@ -699,3 +699,31 @@ async fn a_publisher_past_the_outbox_high_water_mark_does_not_stall() {
     assert_eq!(got + b.stats()["slow_consumer_drops"], 3000);
     b.shutdown().await;
 }
+
+/// A request's deadline timer ends with the request: answered requests leave no task behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_requests_leave_no_timer_tasks_behind() {
+    let (b, url) = start(config()).await;
+    let responder = client(&url).await;
+    let mut svc = responder.subscribe("svc.t").await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            r2.respond(&m, "ok").await.unwrap();
+        }
+    });
+    let c = client(&url).await;
+    c.request("svc.t", "warm").await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for _ in 0..300 {
+        c.request("svc.t", "x").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = metrics.num_alive_tasks();
+    assert!(
+        after < before + 30,
+        "{before} tasks before, {after} after 300 requests"
+    );
+    b.shutdown().await;
+}

@@ -203,3 +203,45 @@ async fn token_auth_and_graceful_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_what_it_sent_and_received() {
+    let s = server(&[]).await;
+    let url = s.url.as_str();
+    let (code, out, err) = run(&[
+        "bench", "pub", "bench.x", "--count", "500", "--subs", "1", "--json", "--url", url,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(
+        (rows[0]["kind"].as_str(), rows[0]["msgs"].as_u64()),
+        (Some("pub"), Some(500))
+    );
+    assert_eq!(
+        (rows[1]["kind"].as_str(), rows[1]["msgs"].as_u64()),
+        (Some("sub"), Some(500))
+    );
+    assert!(rows[0]["msgs_per_s"].as_f64().unwrap() > 0.0);
+    let (code, out, err) = run(&[
+        "bench",
+        "req",
+        "bench.echo",
+        "--serve",
+        "--count",
+        "200",
+        "--json",
+        "--url",
+        url,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["msgs"], 200);
+    assert!(row["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(row["p99_us"].as_f64().unwrap() >= row["p50_us"].as_f64().unwrap());
+}

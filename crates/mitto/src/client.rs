@@ -844,13 +844,13 @@ impl Client {
     /// Waits for a connection until `deadline`.
     /// The connection, at once when it is up; otherwise waits for it (boxed, so that callers'
     /// futures stay small on the fast path).
-    pub(crate) async fn conn_fast(&self, deadline: Instant) -> Result<Conn> {
+    pub(crate) async fn conn_fast(&self, timeout: Duration) -> Result<Conn> {
         if let State::Up(c) = &*self.inner.shared.state.borrow() {
             if !c.cmds.is_closed() {
                 return Ok(c.clone());
             }
         }
-        Box::pin(self.conn(deadline)).await
+        Box::pin(self.conn(Instant::now() + timeout)).await
     }
 
     pub(crate) async fn conn(&self, deadline: Instant) -> Result<Conn> {
@@ -949,7 +949,11 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut attempt = 0;
         loop {
-            let conn = self.conn_fast(deadline).await?;
+            let conn = if attempt == 0 {
+                self.conn_fast(timeout).await?
+            } else {
+                self.conn(deadline).await?
+            };
             let id = self.next_id();
             let left = if attempt == 0 {
                 timeout

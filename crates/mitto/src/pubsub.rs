@@ -281,8 +281,8 @@ impl Client {
         opts: PublishOptions,
     ) -> Result<()> {
         let timeout = opts.timeout.unwrap_or(self.opts().timeout);
-        let deadline = Instant::now() + timeout;
-        let conn = self.conn_fast(deadline).await?;
+        // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
+        let conn = self.conn_fast(timeout).await?;
         let mut f = Frame::publish(Subject::literal(subject)?, payload).with_kind(opts.kind);
         if let Some(h) = opts.headers {
             f = f.with_headers(h);
@@ -326,7 +326,7 @@ impl Client {
             })
             .await
             .map_err(closed)?;
-        match tokio::time::timeout_at(deadline, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r.map(|_| ()),
             Ok(Err(_)) => Err(Error::connection_lost("connection closed before the ACK")),
             Err(_) => {
