@@ -37,6 +37,10 @@ pub struct Frame {
     pub headers: Headers,
     /// Payload.
     pub payload: Bytes,
+    /// A value attached inside one process instead of an encoded payload (see
+    /// [`crate::local`]); never encoded. A frame that carries one has its payload filled by
+    /// [`Frame::materialize`] before it reaches a byte transport.
+    pub value: Option<crate::local::Attachment>,
 }
 
 /// Whether a frame type carries a subject.
@@ -90,7 +94,17 @@ impl Frame {
             subject: Subject::empty(),
             headers: Headers::new(),
             payload: Bytes::new(),
+            value: None,
         }
+    }
+
+    /// Fills the payload from the attached value, if any (encoding it the first time any frame
+    /// carrying that value needs it). Frames without a value are left as they are.
+    pub fn materialize(&mut self) -> Result<(), String> {
+        if let Some(v) = &self.value {
+            self.payload = v.0.encoded()?;
+        }
+        Ok(())
     }
 
     /// HELLO with a body (set `reply` on the server's answer).
@@ -447,6 +461,7 @@ impl Frame {
             subject,
             headers,
             payload,
+            value: None,
         })
     }
 

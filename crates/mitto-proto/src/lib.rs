@@ -49,6 +49,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
+pub mod local;
 pub mod headers;
 pub mod negotiate;
 mod status;

@@ -43,11 +43,41 @@ pub(crate) struct Outbox {
     /// Small frames being collected.
     cur: BytesMut,
     len: usize,
+    /// On an in-process link: frames are handed over as they are, URGENT ones first.
+    link: bool,
+    frames: Vec<Frame>,
+    urgent_frames: Vec<Frame>,
 }
 
 impl Outbox {
+    fn for_link() -> Outbox {
+        Outbox {
+            link: true,
+            ..Outbox::default()
+        }
+    }
+
     /// Queues a frame.
     pub(crate) fn push(&mut self, f: &Frame) -> Result<(), EncodeError> {
+        if self.link {
+            self.len += f.encoded_len();
+            if f.is_urgent() {
+                self.urgent_frames.push(f.clone());
+            } else {
+                self.frames.push(f.clone());
+            }
+            return Ok(());
+        }
+        if f.value.is_some() {
+            // A value attached in this process: its encoded form goes on the wire.
+            let mut m = f.clone();
+            if let Err(e) = m.materialize() {
+                tracing::warn!(error = %e, subject = m.subject.as_str(), "cannot encode an attached value; frame dropped");
+                return Ok(());
+            }
+            m.value = None;
+            return self.push(&m);
+        }
         if f.is_urgent() {
             f.encode(&mut self.urgent)?;
         } else if f.payload.len() >= INLINE_PAYLOAD_MAX {
@@ -69,7 +99,9 @@ impl Outbox {
 
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.front.is_empty()
+        self.frames.is_empty()
+            && self.urgent_frames.is_empty()
+            && self.front.is_empty()
             && self.urgent.is_empty()
             && self.queue.is_empty()
             && self.cur.is_empty()
@@ -81,6 +113,20 @@ impl Outbox {
 
     /// Writes until empty or the socket is full.
     fn poll_flush(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Io::Link(l) = io {
+            if self.frames.is_empty() && self.urgent_frames.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            std::task::ready!(l.poll_reserve(cx))?;
+            let mut batch = std::mem::take(&mut self.urgent_frames);
+            if batch.is_empty() {
+                batch = std::mem::take(&mut self.frames);
+            } else {
+                batch.append(&mut self.frames);
+            }
+            self.len = 0;
+            return Poll::Ready(l.send_reserved(batch));
+        }
         loop {
             if self.front.is_empty() {
                 self.front = if !self.urgent.is_empty() {
@@ -258,11 +304,16 @@ impl<R: Reactor> Driver<R> {
             .keepalive
             .map(|k| now + k)
             .unwrap_or(now + Duration::from_secs(3600));
+        let link = matches!(io, Io::Link(_));
         Driver {
             io,
+            out: if link {
+                Outbox::for_link()
+            } else {
+                Outbox::default()
+            },
             rbuf: leftover,
             dec: Decoder::new(cfg.limits),
-            out: Outbox::default(),
             cmds,
             ctl,
             cmds_done: false,
@@ -349,7 +400,12 @@ impl<R: Reactor> Driver<R> {
             match flushed {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::connection_lost(e))),
                 Poll::Ready(Ok(())) if self.close_sent => {
-                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    match &mut self.io {
+                        Io::Link(l) => l.close(),
+                        io => {
+                            let _ = Pin::new(io).poll_shutdown(cx);
+                        }
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 _ => {}
@@ -422,6 +478,9 @@ impl<R: Reactor> Driver<R> {
 
     /// Reads once and handles every complete frame. `Ok(false)` at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        if matches!(self.io, Io::Link(_)) {
+            return self.poll_read_link(cx);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(READ_CHUNK);
         }
@@ -439,6 +498,29 @@ impl<R: Reactor> Driver<R> {
         }
         self.last_rx = Instant::now();
         self.handle_buffered(cx.waker());
+        Poll::Ready(Ok(true))
+    }
+
+    /// Takes frames from an in-process link (a bounded number per turn).
+    fn poll_read_link(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        let mut n = 0;
+        while n < 256 {
+            let Io::Link(l) = &mut self.io else {
+                break;
+            };
+            match l.poll_recv(cx) {
+                Poll::Ready(Some(f)) => {
+                    n += 1;
+                    self.on_frame(f, cx.waker());
+                }
+                Poll::Ready(None) if n == 0 => return Poll::Ready(Ok(false)),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if n == 0 {
+            return Poll::Pending;
+        }
+        self.last_rx = Instant::now();
         Poll::Ready(Ok(true))
     }
 

@@ -8,18 +8,31 @@ use mitto_proto::{Decoder, Flags, Frame, FrameType, Hello, Status};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Writes already encoded frames and flushes.
-pub(crate) async fn write_bytes(io: &mut Io, b: &[u8]) -> Result<()> {
-    io.write_all(b).await?;
+/// Writes frames (encoded in one buffer, or as they are on an in-process link) and flushes.
+pub(crate) async fn write_frames(io: &mut Io, frames: Vec<Frame>) -> Result<()> {
+    if let Io::Link(l) = io {
+        return l.send(frames).await;
+    }
+    let mut b = BytesMut::new();
+    for f in &frames {
+        f.encode(&mut b)?;
+    }
+    io.write_all(&b).await?;
     io.flush().await?;
     Ok(())
 }
 
 async fn write_frame(io: &mut Io, f: &Frame) -> Result<()> {
-    let b = f.to_bytes()?;
-    io.write_all(&b).await?;
-    io.flush().await?;
-    Ok(())
+    write_frames(io, vec![f.clone()]).await
+}
+
+async fn shutdown(io: &mut Io) {
+    match io {
+        Io::Link(l) => l.close(),
+        io => {
+            let _ = io.shutdown().await;
+        }
+    }
 }
 
 pub(crate) async fn read_frame(
@@ -27,6 +40,12 @@ pub(crate) async fn read_frame(
     dec: &mut Decoder,
     buf: &mut BytesMut,
 ) -> Result<Frame> {
+    if let Io::Link(l) = io {
+        return l
+            .recv()
+            .await
+            .ok_or_else(|| Error::connection_lost("peer closed during the handshake"));
+    }
     loop {
         if let Some(f) = dec.decode(buf)? {
             return Ok(f);
@@ -133,7 +152,7 @@ pub async fn server(
             Err((frame, e)) => {
                 let _ = write_frame(io, &frame).await;
                 let _ = write_frame(io, &Frame::close(e.status(), e.message())).await;
-                let _ = io.shutdown().await;
+                shutdown(io).await;
                 Err(e)
             }
         }

@@ -30,6 +30,7 @@ pub mod conn;
 mod deadlines;
 mod error;
 pub mod handshake;
+pub mod local;
 mod pubsub;
 mod server;
 pub mod transport;

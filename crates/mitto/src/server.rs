@@ -992,7 +992,7 @@ async fn attach_connect(
             handshake::client(&mut io, &offer, client.connect_timeout).await?;
         let mut methods: Vec<&String> = shared.server.routes.keys().collect();
         methods.sort();
-        let mut wire = bytes::BytesMut::new();
+        let mut wire = Vec::with_capacity(methods.len());
         for (i, m) in methods.iter().enumerate() {
             let group = shared
                 .server
@@ -1007,9 +1007,9 @@ async fn attach_connect(
             let n = i as u64 + 1;
             let mut f = Frame::register(n as u32, Subject::new(m)?, &opts)?.with_id(n);
             f.flags.insert(Flags::ACK_REQUIRED);
-            f.encode(&mut wire)?;
+            wire.push(f);
         }
-        handshake::write_bytes(&mut io, &wire).await?;
+        handshake::write_frames(&mut io, wire).await?;
         let mut dec = mitto_proto::Decoder::new(agreed.limits);
         let mut acked = 0;
         while acked < methods.len() {

@@ -2,7 +2,7 @@
 //!
 //! | URL | transport |
 //! |---|---|
-//! | `mem://name` | in-process duplex pipe, no socket |
+//! | `mem://name` (or `inproc://name`) | in-process [`Link`]: frames move by reference, never encoded |
 //! | `tcp://host:port` | TCP with `TCP_NODELAY` and keepalive |
 //! | `unix:///path/to/socket` | Unix domain socket |
 //! | `tls://host:port` | TLS 1.2/1.3 over TCP (rustls) |
@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use mitto_proto::Status;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::collections::HashMap;
+use crate::local::LocalPort;
+use mitto_proto::Frame;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -171,15 +173,114 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A connected byte stream of any transport.
+/// Frames each direction of a [`Link`] may hold (in batches) before the sender waits.
+const LINK_BATCHES: usize = 64;
+
+/// An in-process connection: each side sends batches of [`Frame`]s that the other receives as
+/// they are (payloads and attached values shared, nothing encoded). One end may also offer the
+/// other a [`LocalPort`] for direct calls.
+pub struct Link {
+    tx: tokio_util::sync::PollSender<Vec<Frame>>,
+    rx: mpsc::Receiver<Vec<Frame>>,
+    pending: VecDeque<Frame>,
+    port: Arc<OnceLock<Arc<dyn LocalPort>>>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+impl Link {
+    /// Two connected ends.
+    pub fn pair() -> (Link, Link) {
+        let (atx, arx) = mpsc::channel(LINK_BATCHES);
+        let (btx, brx) = mpsc::channel(LINK_BATCHES);
+        let port = Arc::new(OnceLock::new());
+        (
+            Link {
+                tx: tokio_util::sync::PollSender::new(atx),
+                rx: brx,
+                pending: VecDeque::new(),
+                port: port.clone(),
+            },
+            Link {
+                tx: tokio_util::sync::PollSender::new(btx),
+                rx: arx,
+                pending: VecDeque::new(),
+                port,
+            },
+        )
+    }
+
+    /// Sends a batch, waiting while the peer's queue is full.
+    pub async fn send(&mut self, frames: Vec<Frame>) -> Result<()> {
+        std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
+            .await
+            .map_err(|_| Error::connection_lost("the in-process peer went away"))?;
+        self.tx
+            .send_item(frames)
+            .map_err(|_| Error::connection_lost("the in-process peer went away"))
+    }
+
+    /// Waits until a batch can be sent.
+    pub fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tx
+            .poll_reserve(cx)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    /// Sends a batch after [`Link::poll_reserve`] said there is room.
+    pub fn send_reserved(&mut self, frames: Vec<Frame>) -> io::Result<()> {
+        self.tx
+            .send_item(frames)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    /// Ends this side's sending: the peer reads the end of the stream.
+    pub fn close(&mut self) {
+        self.tx.close();
+    }
+
+    /// The next frame; `None` once the peer is gone.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Poll::Ready(Some(f));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(batch) => self.pending.extend(batch),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    /// Waits for the next frame.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Offers the peer direct calls (set by the accepting side before its handshake reply).
+    pub fn offer_port(&self, port: Arc<dyn LocalPort>) {
+        let _ = self.port.set(port);
+    }
+
+    /// The port the peer offered, if any.
+    pub fn port(&self) -> Option<Arc<dyn LocalPort>> {
+        self.port.get().cloned()
+    }
+}
+
+/// A connected stream of any transport.
 #[non_exhaustive]
 pub enum Io {
     /// TCP.
     Tcp(TcpStream),
     /// Unix socket.
     Unix(UnixStream),
-    /// In-process pipe.
-    Mem(DuplexStream),
+    /// In-process link (frames, not bytes).
+    Link(Link),
     /// TLS client side.
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// TLS server side.
@@ -191,11 +292,18 @@ impl fmt::Debug for Io {
         f.write_str(match self {
             Io::Tcp(_) => "Io::Tcp",
             Io::Unix(_) => "Io::Unix",
-            Io::Mem(_) => "Io::Mem",
+            Io::Link(_) => "Io::Link",
             Io::TlsClient(_) => "Io::TlsClient",
             Io::TlsServer(_) => "Io::TlsServer",
         })
     }
+}
+
+fn not_bytes<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "an in-process link carries frames, not bytes",
+    )))
 }
 
 macro_rules! each {
@@ -203,7 +311,7 @@ macro_rules! each {
         match $self.get_mut() {
             Io::Tcp($s) => $e,
             Io::Unix($s) => $e,
-            Io::Mem($s) => $e,
+            Io::Link(_) => not_bytes(),
             Io::TlsClient($s) => $e,
             Io::TlsServer($s) => $e,
         }
@@ -239,7 +347,7 @@ impl AsyncWrite for Io {
         match self {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Unix(s) => s.is_write_vectored(),
-            Io::Mem(s) => s.is_write_vectored(),
+            Io::Link(_) => false,
             Io::TlsClient(s) => s.is_write_vectored(),
             Io::TlsServer(s) => s.is_write_vectored(),
         }
@@ -252,10 +360,7 @@ impl AsyncWrite for Io {
     }
 }
 
-/// Size of each direction's buffer of an in-process pipe.
-const MEM_PIPE_BYTES: usize = 256 * 1024;
-
-type MemRegistry = Mutex<HashMap<String, mpsc::Sender<DuplexStream>>>;
+type MemRegistry = Mutex<HashMap<String, mpsc::Sender<Link>>>;
 
 fn mem_registry() -> &'static MemRegistry {
     static R: OnceLock<MemRegistry> = OnceLock::new();
@@ -286,11 +391,11 @@ pub async fn connect(ep: &Endpoint, tls: Option<&TlsClientConfig>) -> Result<Io>
                 .get(name)
                 .cloned()
                 .ok_or_else(|| unavailable("no listener", &format!("mem://{name}")))?;
-            let (a, b) = tokio::io::duplex(MEM_PIPE_BYTES);
+            let (a, b) = Link::pair();
             tx.send(b)
                 .await
                 .map_err(|_| unavailable("listener closed", &format!("mem://{name}")))?;
-            Ok(Io::Mem(a))
+            Ok(Io::Link(a))
         }
         Endpoint::Tcp(addr) => {
             let s = TcpStream::connect(addr)
@@ -345,7 +450,7 @@ pub struct Listener {
 enum ListenerInner {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
-    Mem(mpsc::Receiver<DuplexStream>, String),
+    Mem(mpsc::Receiver<Link>, String),
 }
 
 /// A connection accepted but not yet set up (TLS handshake pending). Finish it in the
@@ -453,7 +558,7 @@ impl Listener {
                     .recv()
                     .await
                     .ok_or_else(|| unavailable("closed", "accept"))?;
-                (Io::Mem(s), format!("mem:{name}"))
+                (Io::Link(s), format!("mem:{name}"))
             }
         };
         Ok(Incoming {
