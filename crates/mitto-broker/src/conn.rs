@@ -17,7 +17,7 @@ use mitto::proto::{
     Delivery, Flags, Frame, FrameType, HealthReport, HealthState, Hello, SlowConsumerPolicy,
     StatsReport, Status, SubscribeOptions, Version,
 };
-use mitto::transport::Incoming;
+use mitto::transport::{Incoming, Io};
 use mitto::Error;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -61,7 +61,7 @@ fn covers(allowed: &str, requested: &str) -> bool {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Permissions {
+pub(crate) struct Permissions {
     publish: Vec<String>,
     subscribe: Vec<String>,
 }
@@ -74,7 +74,7 @@ impl Permissions {
         })
         .unwrap_or_default()
     }
-    fn may_publish(&self, subject: &str) -> bool {
+    pub(crate) fn may_publish(&self, subject: &str) -> bool {
         self.publish.is_empty() || self.publish.iter().any(|f| matches(f, subject))
     }
     fn may_subscribe(&self, filter: &str) -> bool {
@@ -129,39 +129,67 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
     let mut perms = Permissions::default();
     let mut resumed: Option<crate::core::Detached> = None;
     let mut session: Option<(String, String)> = None;
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    // A client in this process gets direct entry points, offered before the HELLO reply.
+    let slot = match &io {
+        Io::Link(l) => Some(l.port_slot()),
+        _ => None,
+    };
+    let is_local = slot.is_some();
+    let mut fresh: Option<Arc<Mailbox>> = None;
     let admit = |h: &Hello| {
-        if core.draining() {
-            return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
-        }
-        let open = core.stats.connections_open.load(Ordering::Relaxed);
-        if open >= cfg.max_connections as u64 {
-            bump(&core.stats.connections_refused);
-            return Err(Error::new(
-                Status::QUOTA_EXCEEDED,
-                format!(
-                    "the broker has its maximum of {} connections",
-                    cfg.max_connections
-                ),
-            )
-            .retryable());
-        }
-        let user = authenticate(&core, h).inspect_err(|_| bump(&core.stats.auth_failures))?;
-        perms = Permissions::of(user);
-        if h.client_id.is_empty() || !h.features.contains(Features::SESSION_RESUME) {
-            return Ok((format!("c{conn}"), String::new(), false));
-        }
-        let id = h.client_id.clone();
-        if !h.session.is_empty() {
-            if let Some(d) = core.resume(&id, &h.session) {
-                let token = d.token.clone();
-                resumed = Some(d);
-                session = Some((id.clone(), token.clone()));
-                return Ok((id, token, true));
+        let decided = (|| {
+            if core.draining() {
+                return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
             }
+            let open = core.stats.connections_open.load(Ordering::Relaxed);
+            if open >= cfg.max_connections as u64 {
+                bump(&core.stats.connections_refused);
+                return Err(Error::new(
+                    Status::QUOTA_EXCEEDED,
+                    format!(
+                        "the broker has its maximum of {} connections",
+                        cfg.max_connections
+                    ),
+                )
+                .retryable());
+            }
+            let user = authenticate(&core, h).inspect_err(|_| bump(&core.stats.auth_failures))?;
+            perms = Permissions::of(user);
+            if h.client_id.is_empty() || !h.features.contains(Features::SESSION_RESUME) {
+                return Ok((format!("c{conn}"), String::new(), false));
+            }
+            let id = h.client_id.clone();
+            if !h.session.is_empty() {
+                if let Some(d) = core.resume(&id, &h.session) {
+                    let token = d.token.clone();
+                    resumed = Some(d);
+                    session = Some((id.clone(), token.clone()));
+                    return Ok((id, token, true));
+                }
+            }
+            let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+            session = Some((id.clone(), token.clone()));
+            Ok((id, token, false))
+        })()?;
+        if let Some(slot) = &slot {
+            let (id, mailbox) = match &resumed {
+                Some(d) => (d.conn, d.mailbox.clone()),
+                None => {
+                    let m = Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes));
+                    fresh = Some(m.clone());
+                    (conn, m)
+                }
+            };
+            mailbox.set_local(true);
+            slot.offer(Arc::new(crate::local::Port {
+                core: core.clone(),
+                conn: id,
+                mailbox,
+                perms: perms.clone(),
+            }));
         }
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        session = Some((id.clone(), token.clone()));
-        Ok((id, token, false))
+        Ok(decided)
     };
     let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
     let (agreed, hello, leftover) =
@@ -173,16 +201,18 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
             }
         };
     let (cmd_tx, cmd_rx) = mpsc::channel(1);
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (conn, mailbox) = match resumed {
         Some(d) => {
             tracing::debug!(old = d.conn, "session resumed");
+            d.mailbox.set_local(is_local);
             d.mailbox.set_waker(ctl_tx.clone());
             (d.conn, d.mailbox)
         }
         None => (
             conn,
-            Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes)),
+            fresh
+                .take()
+                .unwrap_or_else(|| Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes))),
         ),
     };
     if let Ok(mut c) = core.conns.lock() {
@@ -276,6 +306,10 @@ impl BrokerReactor {
             );
         }
         let routed = self.core.publish(&f);
+        self.core
+            .stats
+            .publish_rejections
+            .fetch_add(routed.rejected as u64, Ordering::Relaxed);
         if routed.rejected > 0 && routed.delivered == 0 {
             return self.refuse(
                 cx,
@@ -350,10 +384,16 @@ impl BrokerReactor {
             0 => self.core.cfg.max_pending_msgs,
             n => n.min(self.core.cfg.max_pending_msgs),
         } as usize;
+        // An in-process subscriber reads its queue itself: no credit to grant.
+        let credit = if self.mailbox.is_local() {
+            0
+        } else {
+            opts.credit
+        };
         let mut sq = SubQueue::new(
             filter.clone(),
             opts.queue.clone(),
-            opts.credit,
+            credit,
             max_pending,
             policy,
         );

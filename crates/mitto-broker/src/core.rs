@@ -176,6 +176,8 @@ pub(crate) struct Core {
     inbox_prefix: String,
     rr: AtomicUsize,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Rust types bound to subject filters by typed in-process publishers and subscribers.
+    types: Mutex<Vec<(String, std::any::TypeId, &'static str)>>,
 }
 
 /// Result of a publish.
@@ -183,6 +185,28 @@ pub(crate) struct Core {
 pub(crate) struct Routed {
     pub(crate) delivered: usize,
     pub(crate) rejected: usize,
+    /// The subscriptions that refused the message because they block publishers while full,
+    /// and the message (for a publisher that waits for room instead of being refused).
+    pub(crate) blocked: Vec<SubRef>,
+    pub(crate) event: Option<Frame>,
+}
+
+/// Most filter/type bindings kept for typed in-process publishing.
+const MAX_TYPE_BINDINGS: usize = 4096;
+
+/// Whether two subject filters can match a common subject.
+pub(crate) fn filters_intersect(a: &str, b: &str) -> bool {
+    fn go(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
+            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && go(&a[1..], &b[1..]),
+            _ => false,
+        }
+    }
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    go(&a, &b)
 }
 
 impl Core {
@@ -205,6 +229,7 @@ impl Core {
             inbox_prefix: format!("_INBOX.{:016x}.", fastrand::u64(..)),
             rr: AtomicUsize::new(0),
             shutdown,
+            types: Mutex::new(Vec::new()),
         }
     }
 
@@ -475,35 +500,69 @@ impl Core {
         v
     }
 
+    /// Binds Rust type `ty` to `filter`; refuses a type other than the one already bound to a
+    /// filter that can match the same subjects.
+    pub(crate) fn bind_type(
+        &self,
+        filter: &str,
+        ty: std::any::TypeId,
+        name: &'static str,
+    ) -> Result<(), mitto::Error> {
+        let mut types = self
+            .types
+            .lock()
+            .map_err(|_| mitto::Error::new(Status::INTERNAL, "type table unavailable"))?;
+        let mut same = false;
+        for (f, t, n) in types.iter() {
+            if *t != ty && filters_intersect(f, filter) {
+                return Err(mitto::local::type_mismatch(filter, n, name));
+            }
+            same |= *t == ty && f == filter;
+        }
+        if !same && types.len() < MAX_TYPE_BINDINGS {
+            types.push((filter.to_owned(), ty, name));
+        }
+        Ok(())
+    }
+
+    /// Offers `event` to one subscription; true if its queue was full and it blocks publishers.
+    pub(crate) fn deliver_one(&self, t: &SubRef, event: &Frame, r: &mut Routed) -> bool {
+        let mut f = event.clone();
+        f.aux = t.sid;
+        match t.mailbox.push_event(t.sid, f) {
+            Pushed::Queued => r.delivered += 1,
+            Pushed::DroppedOldest => {
+                r.delivered += 1;
+                bump(&self.stats.slow_consumer_drops);
+            }
+            Pushed::DroppedNewest => bump(&self.stats.slow_consumer_drops),
+            Pushed::Rejected => return true,
+            Pushed::Disconnected(filter) => {
+                bump(&self.stats.slow_consumer_disconnects);
+                self.unsubscribe(&filter, t.conn, t.sid);
+                let mut err = Frame::error(
+                    0,
+                    Status::SLOW_CONSUMER,
+                    &format!("subscription {} to {filter} fell too far behind", t.sid),
+                );
+                err.aux = t.sid;
+                t.mailbox.push_control(err);
+            }
+            Pushed::Gone => {}
+        }
+        false
+    }
+
     fn deliver(&self, targets: &[SubRef], event: &Frame) -> Routed {
         let mut r = Routed::default();
         for t in targets {
-            let mut f = event.clone();
-            f.aux = t.sid;
-            match t.mailbox.push_event(t.sid, f) {
-                Pushed::Queued => r.delivered += 1,
-                Pushed::DroppedOldest => {
-                    r.delivered += 1;
-                    bump(&self.stats.slow_consumer_drops);
-                }
-                Pushed::DroppedNewest => bump(&self.stats.slow_consumer_drops),
-                Pushed::Rejected => {
-                    r.rejected += 1;
-                    bump(&self.stats.publish_rejections);
-                }
-                Pushed::Disconnected(filter) => {
-                    bump(&self.stats.slow_consumer_disconnects);
-                    self.unsubscribe(&filter, t.conn, t.sid);
-                    let mut err = Frame::error(
-                        0,
-                        Status::SLOW_CONSUMER,
-                        &format!("subscription {} to {filter} fell too far behind", t.sid),
-                    );
-                    err.aux = t.sid;
-                    t.mailbox.push_control(err);
-                }
-                Pushed::Gone => {}
+            if self.deliver_one(t, event, &mut r) {
+                r.rejected += 1;
+                r.blocked.push(t.clone());
             }
+        }
+        if !r.blocked.is_empty() {
+            r.event = Some(event.clone());
         }
         r
     }
@@ -513,6 +572,7 @@ impl Core {
         let mut e = Frame::event(1, id, f.subject.clone(), f.payload.clone())
             .with_headers(headers)
             .with_kind(f.kind);
+        e.value = f.value.clone();
         for flag in [Flags::URGENT, Flags::COMPRESSED] {
             if f.flags.contains(flag) {
                 e.flags.insert(flag);
@@ -531,7 +591,7 @@ impl Core {
             self.reply(token, f);
             return Routed {
                 delivered: 1,
-                rejected: 0,
+                ..Routed::default()
             };
         }
         let targets = self.targets(&f.subject, f.payload.len());
@@ -638,6 +698,9 @@ impl Core {
             r.by_caller.insert((conn, f.id), token);
         }
         let routed = self.deliver(&targets, &self.event_of(f, headers));
+        self.stats
+            .publish_rejections
+            .fetch_add(routed.rejected as u64, Ordering::Relaxed);
         if routed.delivered == 0 {
             self.forget(token);
             let (status, why) = if routed.rejected > 0 {

@@ -27,6 +27,7 @@ mod config;
 mod conn;
 mod core;
 mod index;
+mod local;
 mod mailbox;
 mod monitor;
 

@@ -78,6 +78,8 @@ pub(crate) struct SubQueue {
     pub(crate) delivered: u64,
     pub(crate) dropped: u64,
     ack: Option<AckState>,
+    /// An in-process subscriber waiting for messages (local mailboxes only).
+    waker: Option<std::task::Waker>,
 }
 
 impl SubQueue {
@@ -101,6 +103,7 @@ impl SubQueue {
             delivered: 0,
             dropped: 0,
             ack: None,
+            waker: None,
         }
     }
 
@@ -122,6 +125,48 @@ impl SubQueue {
     fn sendable(&self) -> bool {
         self.len() > 0 && self.credit != Some(0)
     }
+
+    /// Takes the next message to deliver (URGENT first), with the at-least-once, credit and
+    /// auto-unsubscribe bookkeeping. Returns it and whether the subscription is now finished.
+    fn take(&mut self, bytes: &mut usize) -> Option<(Frame, bool)> {
+        let mut f = self
+            .urgent
+            .pop_front()
+            .or_else(|| self.normal.pop_front())?;
+        *bytes -= f.encoded_len().min(*bytes);
+        if let Some(a) = self.ack.as_mut() {
+            f.flags.insert(Flags::ACK_REQUIRED);
+            *a.attempts.entry(f.id).or_insert(0) += 1;
+            a.unacked.insert(f.id, (f.clone(), Instant::now() + a.wait));
+        }
+        if let Some(c) = self.credit.as_mut() {
+            *c = c.saturating_sub(1);
+        }
+        self.delivered += 1;
+        let mut done = false;
+        if let Some(r) = self.remaining.as_mut() {
+            *r = r.saturating_sub(1);
+            done = *r == 0;
+        }
+        Some((f, done))
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.normal
+            .iter()
+            .chain(&self.urgent)
+            .map(Frame::encoded_len)
+            .sum()
+    }
+}
+
+/// What an in-process subscriber took from its queue.
+#[derive(Debug)]
+pub(crate) enum LocalPop {
+    /// Messages moved (count, payload bytes); `Some(filter)` if that finished the subscription.
+    Got(u64, u64, Option<String>),
+    /// The subscription no longer exists.
+    Ended,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +178,9 @@ struct Queues {
     bytes: usize,
     /// The driver has nothing queued and waits for a wake-up.
     idle: bool,
+    /// The client is in this process and reads its subscriptions itself: events are never
+    /// moved to the connection, the subscriber is woken instead.
+    local: bool,
 }
 
 /// Counters a drain reports.
@@ -150,6 +198,9 @@ pub(crate) struct Mailbox {
     q: Mutex<Queues>,
     wake: Mutex<Waker>,
     max_bytes: usize,
+    /// Publishers blocked by a full subscription wait here for room.
+    space: tokio::sync::Notify,
+    space_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl Mailbox {
@@ -161,7 +212,94 @@ impl Mailbox {
             }),
             wake: Mutex::new(wake),
             max_bytes,
+            space: tokio::sync::Notify::new(),
+            space_wanted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Makes the mailbox's subscriptions read in-process (`true`) or sent to the connection.
+    pub(crate) fn set_local(&self, local: bool) {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        if q.local == local {
+            return;
+        }
+        q.local = local;
+        if !local {
+            for (sid, s) in q.subs.iter_mut() {
+                if !s.ready && s.sendable() {
+                    s.ready = true;
+                    q.ready.push_back(*sid);
+                }
+            }
+            self.wake_if_idle(q);
+        }
+    }
+
+    /// Whether the subscriptions are read in-process.
+    pub(crate) fn is_local(&self) -> bool {
+        self.lock().local
+    }
+
+    /// A future that completes when a subscription of this mailbox makes room (or goes away).
+    /// Create it, then try again, then await it.
+    pub(crate) fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        let n = self.space.notified();
+        self.space_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        n
+    }
+
+    fn made_room(&self) {
+        if self.space_wanted.load(std::sync::atomic::Ordering::SeqCst) {
+            self.space_wanted
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Moves up to `max` messages of in-process subscription `sid` to `out`; registers `cx`'s
+    /// waker when there are none.
+    pub(crate) fn pop_local(
+        &self,
+        sid: u32,
+        cx: &mut std::task::Context<'_>,
+        out: &mut VecDeque<Frame>,
+        max: usize,
+    ) -> std::task::Poll<LocalPop> {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return std::task::Poll::Ready(LocalPop::Ended);
+        };
+        let (mut n, mut bytes, mut finished) = (0u64, 0u64, None);
+        while (n as usize) < max {
+            let Some((f, done)) = s.take(&mut q.bytes) else {
+                break;
+            };
+            n += 1;
+            bytes += f.payload.len() as u64;
+            out.push_back(f);
+            if done {
+                finished = Some(s.filter.clone());
+                break;
+            }
+        }
+        if let Some(filter) = &finished {
+            let rest = s.queued_bytes();
+            q.bytes -= rest.min(q.bytes);
+            q.subs.remove(&sid);
+            let _ = filter;
+        } else if n == 0 {
+            match &s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => s.waker = Some(cx.waker().clone()),
+            }
+            return std::task::Poll::Pending;
+        }
+        drop(guard);
+        self.made_room();
+        std::task::Poll::Ready(LocalPop::Got(n, bytes, finished))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
@@ -202,14 +340,14 @@ impl Mailbox {
     /// Removes a subscription's queue and what it still held; returns its filter.
     pub(crate) fn remove_sub(&self, sid: u32) -> Option<String> {
         let mut q = self.lock();
-        let sq = q.subs.remove(&sid)?;
-        let freed: usize = sq
-            .normal
-            .iter()
-            .chain(&sq.urgent)
-            .map(Frame::encoded_len)
-            .sum();
+        let mut sq = q.subs.remove(&sid)?;
+        let freed = sq.queued_bytes();
         q.bytes -= freed.min(q.bytes);
+        drop(q);
+        if let Some(w) = sq.waker.take() {
+            w.wake();
+        }
+        self.made_room();
         Some(sq.filter)
     }
 
@@ -322,6 +460,14 @@ impl Mailbox {
             s.normal.push_back(f);
         }
         q.bytes += len;
+        if q.local {
+            let w = s.waker.take();
+            drop(guard);
+            if let Some(w) = w {
+                w.wake();
+            }
+            return outcome;
+        }
         if !s.ready && s.sendable() {
             s.ready = true;
             q.ready.push_back(sid);
@@ -363,6 +509,12 @@ impl Mailbox {
                 };
                 q.bytes += f.encoded_len();
                 s.normal.push_front(f);
+                if q.local {
+                    if let Some(w) = s.waker.take() {
+                        w.wake();
+                    }
+                    return true;
+                }
                 if !s.ready && s.sendable() {
                     s.ready = true;
                     q.ready.push_back(sid);
@@ -402,6 +554,14 @@ impl Mailbox {
                 s.normal.push_front(f);
                 out.redelivered += 1;
             }
+            if q.local {
+                if s.len() > 0 {
+                    if let Some(w) = s.waker.take() {
+                        w.wake();
+                    }
+                }
+                continue;
+            }
             if !s.ready && s.sendable() {
                 s.ready = true;
                 q.ready.push_back(*sid);
@@ -434,38 +594,16 @@ impl Mailbox {
                 continue;
             };
             s.ready = false;
-            let Some(f) = s.urgent.pop_front().or_else(|| s.normal.pop_front()) else {
+            let Some((f, done)) = s.take(&mut q.bytes) else {
                 continue;
             };
-            let len = f.encoded_len();
-            q.bytes -= len.min(q.bytes);
-            let mut f = f;
-            if let Some(a) = s.ack.as_mut() {
-                f.flags.insert(Flags::ACK_REQUIRED);
-                *a.attempts.entry(f.id).or_insert(0) += 1;
-                a.unacked.insert(f.id, (f.clone(), Instant::now() + a.wait));
-            }
-            if let Some(c) = s.credit.as_mut() {
-                *c -= 1;
-            }
-            s.delivered += 1;
             cx.send(&f);
             out.events += 1;
             out.bytes += f.payload.len() as u64;
             n += 1;
-            let mut done = false;
-            if let Some(r) = s.remaining.as_mut() {
-                *r = r.saturating_sub(1);
-                done = *r == 0;
-            }
             if done {
                 let filter = s.filter.clone();
-                let rest: usize = s
-                    .normal
-                    .iter()
-                    .chain(&s.urgent)
-                    .map(Frame::encoded_len)
-                    .sum();
+                let rest = s.queued_bytes();
                 q.subs.remove(&sid);
                 q.bytes -= rest.min(q.bytes);
                 out.finished.push((sid, filter));
@@ -475,6 +613,16 @@ impl Mailbox {
             }
         }
         let progress = n > 0;
+        if progress && !q.local {
+            // Subscriptions made room: wake publishers blocked on them (after the lock).
+            let wanted = self.space_wanted.load(std::sync::atomic::Ordering::Relaxed);
+            if wanted {
+                q.idle = q.control.is_empty() && q.ready.is_empty();
+                drop(guard);
+                self.made_room();
+                return progress;
+            }
+        }
         if q.control.is_empty() && q.ready.is_empty() {
             q.idle = true;
         } else if !progress {

@@ -49,8 +49,8 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
-pub mod local;
 pub mod headers;
+pub mod local;
 pub mod negotiate;
 mod status;
 pub mod subject;

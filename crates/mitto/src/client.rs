@@ -329,6 +329,8 @@ pub(crate) struct Conn {
     pub(crate) cmds: mpsc::Sender<Cmd>,
     pub(crate) ctl: mpsc::UnboundedSender<Cmd>,
     pub(crate) agreed: Arc<Negotiated>,
+    /// Direct entry points of a server in this process (in-process links to a broker).
+    pub(crate) port: Option<Arc<dyn crate::local::LocalPort>>,
 }
 
 #[derive(Clone)]
@@ -351,6 +353,8 @@ pub(crate) struct Shared {
     /// The session token the server gave, offered again on reconnect (session resume).
     session: std::sync::Mutex<String>,
     pub(crate) next_sid: std::sync::atomic::AtomicU32,
+    /// Subjects whose Rust type this client already declared to an in-process broker.
+    pub(crate) bound_types: std::sync::Mutex<std::collections::HashSet<(String, std::any::TypeId)>>,
 }
 
 struct ClientReactor {
@@ -665,6 +669,10 @@ async fn open(
         })??;
     let (cmds_tx, cmds_rx) = mpsc::channel(opts.queue_capacity);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let port = match &io {
+        transport::Io::Link(l) => l.port(),
+        _ => None,
+    };
     let keepalive =
         (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
     let cfg = DriverConfig {
@@ -691,6 +699,7 @@ async fn open(
             cmds: cmds_tx,
             ctl: ctl_tx,
             agreed: Arc::new(agreed),
+            port,
         },
         resumed,
     ))
@@ -814,6 +823,7 @@ impl Client {
             subs: table,
             session,
             next_sid: std::sync::atomic::AtomicU32::new(1),
+            bound_types: Default::default(),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {

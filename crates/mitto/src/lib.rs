@@ -34,6 +34,7 @@ pub mod local;
 mod pubsub;
 mod server;
 pub mod transport;
+mod typed;
 
 pub use client::{
     CallOptions, Client, ClientMiddleware, ClientNext, ClientOptions, OutgoingCall, PendingReply,
@@ -54,6 +55,7 @@ pub use server::{
     ServerOptions, StreamSender,
 };
 pub use transport::{TlsClientConfig, TlsServerConfig};
+pub use typed::{Event, TypedSubscription};
 
 /// Stream items each side may send on a streaming call before the receiver grants more with
 /// CREDIT frames (see `spec/PROTOCOL.md`).

@@ -104,7 +104,11 @@ pub(crate) fn take_typed<T: Send + Sync + 'static>(
     if let Some(t) = a.0.as_any().downcast_ref::<Typed<T>>() {
         return Ok(Some(t.value.clone()));
     }
-    Err(type_mismatch(subject, a.0.type_name(), std::any::type_name::<T>()))
+    Err(type_mismatch(
+        subject,
+        a.0.type_name(),
+        std::any::type_name::<T>(),
+    ))
 }
 
 /// The error of a value of type `got` reaching a place that expects `want`.

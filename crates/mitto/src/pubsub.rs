@@ -4,14 +4,20 @@
 //! this process buffering without bound; they are made again after a reconnect.
 
 use crate::client::{Client, Cmd, Shared, Slot, State};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::local::{LocalPort, LocalQueue, Published};
 use bytes::Bytes;
 use futures_core::Stream;
+use mitto_proto::local::Attachment;
 use mitto_proto::{Flags, Frame, Headers, MsgKind, Subject, SubscribeOptions, WellKnown};
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +38,10 @@ pub struct Message {
     flags: Flags,
     sid: u32,
     delivery: u64,
+    /// The publisher's value, when it was published typed in this process.
+    value: Option<Attachment>,
+    /// The value's encoded form, made on first [`Message::payload`] call.
+    encoded: OnceLock<Bytes>,
 }
 
 impl fmt::Debug for Message {
@@ -54,6 +64,8 @@ impl Message {
             flags: f.flags,
             sid: f.aux,
             delivery: f.id,
+            value: f.value,
+            encoded: OnceLock::new(),
         }
     }
     /// The subject it was published to.
@@ -64,9 +76,56 @@ impl Message {
     pub fn headers(&self) -> &Headers {
         &self.headers
     }
-    /// Its payload.
+    /// Its payload. For a value published typed in this process, its encoding with the
+    /// publisher's codec, made on first use and shared with every other receiver.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        match &self.value {
+            Some(v) if self.payload.is_empty() => self.encoded.get_or_init(|| {
+                v.0.encoded().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot encode a published value");
+                    Bytes::new()
+                })
+            }),
+            _ => &self.payload,
+        }
+    }
+
+    /// The value itself when the message was published typed in this process as a `T`
+    /// (no decoding); `None` otherwise (decode [`Message::payload`] instead).
+    pub fn value<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        crate::local::take_typed::<T>(self.value.as_ref(), self.subject())
+            .ok()
+            .flatten()
+    }
+
+    /// The value as a `T`: the publisher's own value when it was published typed in this
+    /// process, else the payload decoded with the codec its `content-type` names (or `codec`
+    /// when it names none). A value of another type is an error naming both types.
+    pub fn decode<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        codec: Codec,
+    ) -> Result<Arc<T>> {
+        if let Some(v) = crate::local::take_typed::<T>(self.value.as_ref(), self.subject())? {
+            return Ok(v);
+        }
+        let codec = match self.headers.content_type() {
+            Some(ct) => Codec::from_content_type(Some(ct))?,
+            None => codec,
+        };
+        codec
+            .decode::<T>(self.payload())
+            .map(Arc::new)
+            .map_err(|e| {
+                Error::new(
+                    e.status(),
+                    format!(
+                        "{} does not carry a {}: {}",
+                        self.subject(),
+                        std::any::type_name::<T>(),
+                        e.message()
+                    ),
+                )
+            })
     }
     /// Its message kind.
     pub fn kind(&self) -> MsgKind {
@@ -171,6 +230,9 @@ pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>, res
     }
 }
 
+/// Messages an in-process subscriber takes from its queue at once.
+const LOCAL_BATCH: usize = 64;
+
 /// A live subscription: a [`Stream`] of [`Message`]s. Dropping it unsubscribes.
 pub struct Subscription {
     sid: u32,
@@ -179,6 +241,9 @@ pub struct Subscription {
     credit: u32,
     consumed: u32,
     closed: bool,
+    /// The broker's queue of this subscription, read directly when the broker is in-process.
+    local: Option<Arc<dyn LocalQueue>>,
+    batch: VecDeque<Frame>,
 }
 
 impl fmt::Debug for Subscription {
@@ -245,6 +310,19 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let this = &mut *self;
+        if let Some(q) = &this.local {
+            loop {
+                if let Some(f) = this.batch.pop_front() {
+                    return Poll::Ready(Some(Message::from_event(f)));
+                }
+                match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
+                    Poll::Ready(true) => {}
+                    Poll::Ready(false) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(m)) => {
                 self.consumed += 1;
@@ -265,6 +343,13 @@ impl Drop for Subscription {
     }
 }
 
+fn too_large(len: usize, max: u32) -> Error {
+    Error::new(
+        mitto_proto::Status::PAYLOAD_TOO_LARGE,
+        format!("payload of {len} bytes exceeds the negotiated limit of {max}"),
+    )
+}
+
 impl Client {
     /// Publishes `payload` to the literal `subject` (fire and forget: returns once queued for
     /// the connection; waits while the connection's queue is full).
@@ -281,8 +366,6 @@ impl Client {
         opts: PublishOptions,
     ) -> Result<()> {
         let timeout = opts.timeout.unwrap_or(self.opts().timeout);
-        // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
-        let conn = self.conn_fast(timeout).await?;
         let mut f = Frame::publish(Subject::literal(subject)?, payload).with_kind(opts.kind);
         if let Some(h) = opts.headers {
             f = f.with_headers(h);
@@ -290,18 +373,67 @@ impl Client {
         if opts.urgent {
             f.flags.insert(Flags::URGENT);
         }
+        self.send_publish(f, opts.ack, timeout).await
+    }
+
+    /// The broker's direct entry points when it runs in this process.
+    pub(crate) fn local_port_only(&self) -> Option<Arc<dyn LocalPort>> {
+        self.local_port().map(|(p, _)| p)
+    }
+
+    /// Publishes a frame built by the caller (fire and forget).
+    pub(crate) async fn send_frame_publish(&self, f: Frame, timeout: Duration) -> Result<()> {
+        self.send_publish(f, false, timeout).await
+    }
+
+    /// The broker's direct entry points when it runs in this process, with the payload limit.
+    fn local_port(&self) -> Option<(Arc<dyn LocalPort>, u32)> {
+        match &*self.inner.shared.state.borrow() {
+            State::Up(c) => c
+                .port
+                .as_ref()
+                .map(|p| (p.clone(), c.agreed.limits.max_payload)),
+            _ => None,
+        }
+    }
+
+    async fn send_publish(&self, mut f: Frame, ack: bool, timeout: Duration) -> Result<()> {
+        if let Some((port, max)) = self.local_port() {
+            // In-process broker: routed now, in this task; its answer is the ACK.
+            if f.payload.len() > max as usize {
+                return Err(too_large(f.payload.len(), max));
+            }
+            let subject = f.subject.clone();
+            return match port.publish(f)? {
+                Published::Done => Ok(()),
+                Published::Blocked(wait) => match tokio::time::timeout(timeout, wait).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::new(
+                        mitto_proto::Status::BACKPRESSURE_REJECTION,
+                        format!(
+                            "subscribers of {} stayed full for {timeout:?}",
+                            subject.as_str()
+                        ),
+                    )
+                    .retryable()),
+                },
+            };
+        }
+        // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
+        let conn = self.conn_fast(timeout).await?;
+        if f.value.is_some() {
+            // A value for a byte transport: encoded here, once.
+            f.materialize()
+                .map_err(|e| Error::new(mitto_proto::Status::INTERNAL, e))?;
+            f.value = None;
+        }
+        let opts_ack = ack;
         let max = conn.agreed.limits.max_payload;
         if f.payload.len() > max as usize {
-            return Err(Error::new(
-                mitto_proto::Status::PAYLOAD_TOO_LARGE,
-                format!(
-                    "payload of {} bytes exceeds the negotiated limit of {max}",
-                    f.payload.len()
-                ),
-            ));
+            return Err(too_large(f.payload.len(), max));
         }
         let closed = |_| Error::connection_lost("connection closed before the publish was sent");
-        if !opts.ack {
+        if !opts_ack {
             // No wait (and no await point) while the connection's queue has room.
             return match conn.cmds.try_send(Cmd::Send(f)) {
                 Ok(()) => Ok(()),
@@ -394,13 +526,15 @@ impl Client {
             );
         }
         let (done_tx, done_rx) = oneshot::channel();
-        let sub = Subscription {
+        let mut sub = Subscription {
             sid,
             rx,
             shared: shared.clone(),
             credit: opts.credit,
             consumed: 0,
             closed: false,
+            local: None,
+            batch: VecDeque::new(),
         };
         conn.cmds
             .send(Cmd::Call {
@@ -412,7 +546,10 @@ impl Client {
             .await
             .map_err(closed)?;
         match tokio::time::timeout_at(deadline, done_rx).await {
-            Ok(Ok(Ok(_))) => Ok(sub),
+            Ok(Ok(Ok(_))) => {
+                sub.local = conn.port.as_ref().and_then(|p| p.subscription(sid));
+                Ok(sub)
+            }
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(Error::connection_lost(
                 "connection closed while subscribing",

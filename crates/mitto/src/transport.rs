@@ -10,11 +10,11 @@
 //! User code names a URL; nothing else changes between transports.
 
 use crate::error::{Error, Result};
+use crate::local::LocalPort;
+use mitto_proto::Frame;
 use mitto_proto::Status;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use crate::local::LocalPort;
-use mitto_proto::Frame;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
@@ -261,14 +261,32 @@ impl Link {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Offers the peer direct calls (set by the accepting side before its handshake reply).
-    pub fn offer_port(&self, port: Arc<dyn LocalPort>) {
-        let _ = self.port.set(port);
+    /// Where the accepting side offers the peer direct calls; offer before the handshake
+    /// reply, so that the client finds it as soon as it is connected.
+    pub fn port_slot(&self) -> PortSlot {
+        PortSlot(self.port.clone())
     }
 
     /// The port the peer offered, if any.
     pub fn port(&self) -> Option<Arc<dyn LocalPort>> {
         self.port.get().cloned()
+    }
+}
+
+/// The place on a [`Link`] where the accepting side offers a [`LocalPort`].
+#[derive(Clone)]
+pub struct PortSlot(Arc<OnceLock<Arc<dyn LocalPort>>>);
+
+impl PortSlot {
+    /// Offers `port` (the first offer stands).
+    pub fn offer(&self, port: Arc<dyn LocalPort>) {
+        let _ = self.0.set(port);
+    }
+}
+
+impl fmt::Debug for PortSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PortSlot")
     }
 }
 

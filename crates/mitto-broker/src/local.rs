@@ -1,0 +1,122 @@
+//! Direct entry points for clients in the broker's own process (`inproc://`/`mem://`): they
+//! publish by routing in their own task and read their subscriptions straight from their
+//! mailbox, with the same checks and policies as a connection from a socket.
+
+use crate::conn::Permissions;
+use crate::core::{bump, Core, Routed, SubRef};
+use crate::mailbox::{LocalPop, Mailbox};
+use mitto::local::{LocalPort, LocalQueue, Published};
+use mitto::proto::{Flags, Frame, Status};
+use mitto::{Error, Result};
+use std::any::TypeId;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// One in-process connection's port.
+pub(crate) struct Port {
+    pub(crate) core: Arc<Core>,
+    pub(crate) conn: u64,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) perms: Permissions,
+}
+
+impl LocalPort for Port {
+    fn publish(&self, f: Frame) -> Result<Published> {
+        let subject = f.subject.as_str();
+        if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
+            bump(&self.core.stats.permission_denials);
+            return Err(Error::new(
+                Status::FORBIDDEN,
+                format!("may not publish to {subject}"),
+            ));
+        }
+        if self.core.draining() && !self.core.is_inbox(subject) {
+            return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
+        }
+        let routed = self.core.publish(&f);
+        match routed {
+            Routed {
+                event: Some(event),
+                blocked,
+                ..
+            } if !blocked.is_empty() => Ok(Published::Blocked(Box::pin(wait_for_room(
+                self.core.clone(),
+                blocked,
+                event,
+                f.flags.contains(Flags::ACK_REQUIRED),
+            )))),
+            _ => Ok(Published::Done),
+        }
+    }
+
+    fn subscription(&self, sid: u32) -> Option<Arc<dyn LocalQueue>> {
+        self.mailbox.has_sub(sid).then(|| {
+            Arc::new(Queue {
+                core: self.core.clone(),
+                conn: self.conn,
+                mailbox: self.mailbox.clone(),
+                sid,
+            }) as Arc<dyn LocalQueue>
+        })
+    }
+
+    fn bind_type(&self, filter: &str, ty: TypeId, name: &'static str) -> Result<()> {
+        self.core.bind_type(filter, ty, name)
+    }
+}
+
+/// Delivers `event` to subscriptions that block publishers, as each makes room. The caller
+/// bounds the wait (its publish timeout).
+async fn wait_for_room(
+    core: Arc<Core>,
+    blocked: Vec<SubRef>,
+    event: Frame,
+    _ack: bool,
+) -> Result<()> {
+    for t in &blocked {
+        loop {
+            let room = t.mailbox.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let mut r = Routed::default();
+            if !core.deliver_one(t, &event, &mut r) {
+                break;
+            }
+            room.await;
+        }
+    }
+    Ok(())
+}
+
+/// One in-process subscription's queue.
+struct Queue {
+    core: Arc<Core>,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    sid: u32,
+}
+
+impl LocalQueue for Queue {
+    fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Frame>,
+        max: usize,
+    ) -> Poll<bool> {
+        match self.mailbox.pop_local(self.sid, cx, out, max) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(LocalPop::Ended) => Poll::Ready(false),
+            Poll::Ready(LocalPop::Got(n, bytes, finished)) => {
+                let s = &self.core.stats;
+                s.msgs_out.fetch_add(n, Ordering::Relaxed);
+                s.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+                if let Some(filter) = finished {
+                    self.core.unsubscribe(&filter, self.conn, self.sid);
+                }
+                Poll::Ready(true)
+            }
+        }
+    }
+}
