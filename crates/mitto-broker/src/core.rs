@@ -525,9 +525,9 @@ impl Core {
         Ok(())
     }
 
-    /// Offers `event` to one subscription; true if its queue was full and it blocks publishers.
-    pub(crate) fn deliver_one(&self, t: &SubRef, event: &Frame, r: &mut Routed) -> bool {
-        let mut f = event.clone();
+    /// Offers `f` to one subscription; gives it back if the subscription's queue is full and
+    /// it blocks publishers.
+    pub(crate) fn offer(&self, t: &SubRef, mut f: Frame, r: &mut Routed) -> Option<Frame> {
         f.aux = t.sid;
         match t.mailbox.push_event(t.sid, f) {
             Pushed::Queued => r.delivered += 1,
@@ -536,7 +536,7 @@ impl Core {
                 bump(&self.stats.slow_consumer_drops);
             }
             Pushed::DroppedNewest => bump(&self.stats.slow_consumer_drops),
-            Pushed::Rejected => return true,
+            Pushed::Rejected(f) => return Some(f),
             Pushed::Disconnected(filter) => {
                 bump(&self.stats.slow_consumer_disconnects);
                 self.unsubscribe(&filter, t.conn, t.sid);
@@ -550,19 +550,26 @@ impl Core {
             }
             Pushed::Gone => {}
         }
-        false
+        None
     }
 
-    fn deliver(&self, targets: &[SubRef], event: &Frame) -> Routed {
+    /// Offers `event` to every target: copies for all but the last, which takes it.
+    fn deliver(&self, targets: &[SubRef], event: Frame) -> Routed {
         let mut r = Routed::default();
-        for t in targets {
-            if self.deliver_one(t, event, &mut r) {
+        let Some((last, rest)) = targets.split_last() else {
+            return r;
+        };
+        for t in rest {
+            if let Some(back) = self.offer(t, event.clone(), &mut r) {
                 r.rejected += 1;
                 r.blocked.push(t.clone());
+                r.event.get_or_insert(back);
             }
         }
-        if !r.blocked.is_empty() {
-            r.event = Some(event.clone());
+        if let Some(back) = self.offer(last, event, &mut r) {
+            r.rejected += 1;
+            r.blocked.push(last.clone());
+            r.event.get_or_insert(back);
         }
         r
     }
@@ -598,7 +605,38 @@ impl Core {
         if targets.is_empty() {
             return Routed::default();
         }
-        self.deliver(&targets, &self.event_of(f, f.headers.clone()))
+        self.deliver(&targets, self.event_of(f, f.headers.clone()))
+    }
+
+    /// Routes a PUBLISH handed over by value (an in-process publisher): the frame itself
+    /// becomes the EVENT, moved into the last target's queue.
+    pub(crate) fn publish_owned(&self, mut f: Frame) -> Routed {
+        bump(&self.stats.msgs_in);
+        self.stats
+            .bytes_in
+            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+        if let Some(token) = f.subject.as_str().strip_prefix(&self.inbox_prefix) {
+            self.reply(token, &f);
+            return Routed {
+                delivered: 1,
+                ..Routed::default()
+            };
+        }
+        let targets = self.targets(&f.subject, f.payload.len());
+        if targets.is_empty() {
+            return Routed::default();
+        }
+        f.frame_type = FrameType::Event;
+        f.id = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut keep = Flags::empty();
+        for flag in [Flags::URGENT, Flags::COMPRESSED] {
+            if f.flags.contains(flag) {
+                keep.insert(flag);
+            }
+        }
+        f.flags = keep;
+        f.status = Status::OK;
+        self.deliver(&targets, f)
     }
 
     pub(crate) fn is_inbox(&self, subject: &str) -> bool {
@@ -697,7 +735,7 @@ impl Core {
             );
             r.by_caller.insert((conn, f.id), token);
         }
-        let routed = self.deliver(&targets, &self.event_of(f, headers));
+        let routed = self.deliver(&targets, self.event_of(f, headers));
         self.stats
             .publish_rejections
             .fetch_add(routed.rejected as u64, Ordering::Relaxed);

@@ -35,7 +35,8 @@ impl LocalPort for Port {
         if self.core.draining() && !self.core.is_inbox(subject) {
             return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
         }
-        let routed = self.core.publish(&f);
+        let ack = f.flags.contains(Flags::ACK_REQUIRED);
+        let routed = self.core.publish_owned(f);
         match routed {
             Routed {
                 event: Some(event),
@@ -45,7 +46,7 @@ impl LocalPort for Port {
                 self.core.clone(),
                 blocked,
                 event,
-                f.flags.contains(Flags::ACK_REQUIRED),
+                ack,
             )))),
             _ => Ok(Published::Done),
         }
@@ -81,7 +82,7 @@ async fn wait_for_room(
             tokio::pin!(room);
             room.as_mut().enable();
             let mut r = Routed::default();
-            if !core.deliver_one(t, &event, &mut r) {
+            if core.offer(t, event.clone(), &mut r).is_none() {
                 break;
             }
             room.await;

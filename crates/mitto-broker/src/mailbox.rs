@@ -24,8 +24,9 @@ pub(crate) enum Pushed {
     DroppedOldest,
     /// Not queued: the subscription is full and drops new messages.
     DroppedNewest,
-    /// Not queued: the subscription is full and pushes back on publishers.
-    Rejected,
+    /// Not queued: the subscription is full and pushes back on publishers (the message is
+    /// given back).
+    Rejected(Frame),
     /// Not queued: the subscription was full and has been ended (its filter is returned).
     Disconnected(String),
     /// The subscription no longer exists.
@@ -430,7 +431,7 @@ impl Mailbox {
                     s.dropped += 1;
                     return Pushed::DroppedNewest;
                 }
-                SlowConsumerPolicy::Block => return Pushed::Rejected,
+                SlowConsumerPolicy::Block => return Pushed::Rejected(f),
                 SlowConsumerPolicy::Disconnect => {
                     let filter = s.filter.clone();
                     drop(guard);
