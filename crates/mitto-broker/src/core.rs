@@ -178,6 +178,9 @@ pub(crate) struct Core {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Rust types bound to subject filters by typed in-process publishers and subscribers.
     types: Mutex<Vec<(String, std::any::TypeId, &'static str)>>,
+    /// Bumped (under the `subjects` lock) whenever the subscriptions change: a match computed
+    /// before a change is not cached after it.
+    generation: AtomicU64,
 }
 
 /// Result of a publish.
@@ -230,6 +233,7 @@ impl Core {
             rr: AtomicUsize::new(0),
             shutdown,
             types: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -240,6 +244,7 @@ impl Core {
     /// The subscriptions changed: every cached match is stale (the counts stay).
     fn invalidate(&self) {
         if let Ok(mut m) = self.subjects.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             for e in m.values_mut() {
                 e.targets = None;
             }
@@ -455,14 +460,18 @@ impl Core {
         let all = match cached {
             Some(hit) => hit,
             None => {
+                let seen = self.generation.load(Ordering::SeqCst);
                 let mut v = Vec::new();
                 if let Ok(idx) = self.index.read() {
                     idx.matches(subject.as_str(), &mut v);
                 }
                 let v: Arc<[SubRef]> = v.into();
                 if let Ok(mut m) = self.subjects.lock() {
-                    if let Some(e) = m.get_mut(subject.as_bytes()) {
-                        e.targets = Some(v.clone());
+                    // Not if the subscriptions changed since the index was read.
+                    if self.generation.load(Ordering::SeqCst) == seen {
+                        if let Some(e) = m.get_mut(subject.as_bytes()) {
+                            e.targets = Some(v.clone());
+                        }
                     }
                 }
                 v
@@ -610,21 +619,40 @@ impl Core {
 
     /// Routes a PUBLISH handed over by value (an in-process publisher): the frame itself
     /// becomes the EVENT, moved into the last target's queue.
-    pub(crate) fn publish_owned(&self, mut f: Frame) -> Routed {
-        bump(&self.stats.msgs_in);
-        self.stats
-            .bytes_in
-            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+    /// A value attached in-process is encoded here (once) when a subscriber over a socket
+    /// needs it, so that one too large for the wire is refused to the publisher, not lost.
+    pub(crate) fn publish_owned(&self, mut f: Frame) -> Result<Routed, mitto::Error> {
         if let Some(token) = f.subject.as_str().strip_prefix(&self.inbox_prefix) {
+            self.count_in(&f);
             self.reply(token, &f);
-            return Routed {
+            return Ok(Routed {
                 delivered: 1,
                 ..Routed::default()
-            };
+            });
         }
         let targets = self.targets(&f.subject, f.payload.len());
+        if f.value.is_some() && targets.iter().any(|t| !t.mailbox.is_local()) {
+            f.materialize().map_err(|e| {
+                mitto::Error::new(
+                    Status::INTERNAL,
+                    format!("cannot encode the value for remote subscribers: {e}"),
+                )
+            })?;
+            let max = self.cfg.max_payload as usize;
+            if f.payload.len() > max {
+                return Err(mitto::Error::new(
+                    Status::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the value encodes to {} bytes, over the limit of {max} for subscribers of {} over the network",
+                        f.payload.len(),
+                        f.subject.as_str()
+                    ),
+                ));
+            }
+        }
+        self.count_in(&f);
         if targets.is_empty() {
-            return Routed::default();
+            return Ok(Routed::default());
         }
         f.frame_type = FrameType::Event;
         f.id = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -636,7 +664,14 @@ impl Core {
         }
         f.flags = keep;
         f.status = Status::OK;
-        self.deliver(&targets, f)
+        Ok(self.deliver(&targets, f))
+    }
+
+    fn count_in(&self, f: &Frame) {
+        bump(&self.stats.msgs_in);
+        self.stats
+            .bytes_in
+            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn is_inbox(&self, subject: &str) -> bool {

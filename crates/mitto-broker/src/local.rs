@@ -36,7 +36,7 @@ impl LocalPort for Port {
             return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
         }
         let ack = f.flags.contains(Flags::ACK_REQUIRED);
-        let routed = self.core.publish_owned(f);
+        let routed = self.core.publish_owned(f)?;
         match routed {
             Routed {
                 event: Some(event),

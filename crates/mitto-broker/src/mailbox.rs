@@ -202,6 +202,8 @@ pub(crate) struct Mailbox {
     /// Publishers blocked by a full subscription wait here for room.
     space: tokio::sync::Notify,
     space_wanted: std::sync::atomic::AtomicBool,
+    /// Mirrors `Queues::local` for lock-free reads.
+    local: std::sync::atomic::AtomicBool,
 }
 
 impl Mailbox {
@@ -215,6 +217,7 @@ impl Mailbox {
             max_bytes,
             space: tokio::sync::Notify::new(),
             space_wanted: std::sync::atomic::AtomicBool::new(false),
+            local: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -226,6 +229,8 @@ impl Mailbox {
             return;
         }
         q.local = local;
+        self.local
+            .store(local, std::sync::atomic::Ordering::Relaxed);
         if !local {
             for (sid, s) in q.subs.iter_mut() {
                 if !s.ready && s.sendable() {
@@ -239,7 +244,7 @@ impl Mailbox {
 
     /// Whether the subscriptions are read in-process.
     pub(crate) fn is_local(&self) -> bool {
-        self.lock().local
+        self.local.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A future that completes when a subscription of this mailbox makes room (or goes away).

@@ -57,6 +57,30 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame. A frame whose attached value encodes over `max_payload` is dropped
+    /// (and logged): the peer's decoder would refuse it.
+    pub(crate) fn push_checked(&mut self, f: &Frame, max_payload: u32) -> Result<(), EncodeError> {
+        if f.value.is_some() && !self.link {
+            let mut m = f.clone();
+            if let Err(e) = m.materialize() {
+                tracing::warn!(error = %e, subject = m.subject.as_str(), "cannot encode an attached value; frame dropped");
+                return Ok(());
+            }
+            if m.payload.len() > max_payload as usize {
+                tracing::warn!(
+                    len = m.payload.len(),
+                    max_payload,
+                    subject = m.subject.as_str(),
+                    "an attached value encodes over the peer's payload limit; frame dropped"
+                );
+                return Ok(());
+            }
+            m.value = None;
+            return self.push(&m);
+        }
+        self.push(f)
+    }
+
     /// Queues a frame.
     pub(crate) fn push(&mut self, f: &Frame) -> Result<(), EncodeError> {
         if self.link {
@@ -220,7 +244,7 @@ impl Ctx<'_> {
 
     /// Queues a frame for sending.
     pub fn send(&mut self, f: &Frame) {
-        if let Err(e) = self.out.push(f) {
+        if let Err(e) = self.out.push_checked(f, self.limits.max_payload) {
             // Frames built here always fit the header; a caller's oversize frame was refused
             // before it reached the driver. Report instead of panicking all the same.
             tracing::error!(error = %e, "dropping a frame that cannot be encoded");

@@ -230,6 +230,8 @@ pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>, res
     }
 }
 
+const NO_LIMIT: u32 = u32::MAX;
+
 /// Messages an in-process subscriber takes from its queue at once.
 const LOCAL_BATCH: usize = 64;
 
@@ -244,6 +246,10 @@ pub struct Subscription {
     /// The broker's queue of this subscription, read directly when the broker is in-process.
     local: Option<Arc<dyn LocalQueue>>,
     batch: VecDeque<Frame>,
+    /// Messages still to yield after [`Subscription::unsubscribe_after`]; `u32::MAX`: no limit.
+    remaining: std::sync::atomic::AtomicU32,
+    /// The limit was reached: the stream has ended.
+    finished: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -286,9 +292,38 @@ impl Subscription {
         }
     }
 
-    /// Asks the broker to end the subscription after `n` more messages.
+    /// Ends the subscription after `n` more messages: the stream yields `n` more (if they
+    /// come) and then `None`; the broker stops delivering after as many.
     pub fn unsubscribe_after(&self, n: u32) {
+        if n == 0 {
+            self.remaining.store(0, Ordering::Relaxed);
+            self.send(Frame::unsubscribe(self.sid, None));
+            return;
+        }
+        self.remaining.store(n.min(NO_LIMIT - 1), Ordering::Relaxed);
         self.send(Frame::unsubscribe(self.sid, Some(n)));
+    }
+
+    /// Counts a yielded message against [`Subscription::unsubscribe_after`]'s limit; ends the
+    /// subscription here when it is reached.
+    fn count_yield(&mut self) {
+        let left = self.remaining.load(Ordering::Relaxed);
+        if left == NO_LIMIT {
+            return;
+        }
+        let left = left.saturating_sub(1);
+        self.remaining.store(left, Ordering::Relaxed);
+        if left == 0 {
+            self.finished = true;
+            // The broker ends it on its own count; only the local ends are dropped.
+            self.closed = true;
+            if let Ok(mut subs) = self.shared.subs.lock() {
+                subs.remove(&self.sid);
+            }
+            if let Some(ctl) = current_ctl(&self.shared) {
+                let _ = ctl.send(Cmd::DropSub(self.sid));
+            }
+        }
     }
 
     /// Ends the subscription now. Messages already received stay readable.
@@ -310,10 +345,14 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if self.finished || self.remaining.load(Ordering::Relaxed) == 0 {
+            return Poll::Ready(None);
+        }
         let this = &mut *self;
         if let Some(q) = &this.local {
             loop {
                 if let Some(f) = this.batch.pop_front() {
+                    this.count_yield();
                     return Poll::Ready(Some(Message::from_event(f)));
                 }
                 match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
@@ -330,6 +369,7 @@ impl Stream for Subscription {
                     let n = std::mem::take(&mut self.consumed);
                     self.send(Frame::credit_subscription(self.sid, n));
                 }
+                self.count_yield();
                 Poll::Ready(Some(m))
             }
             other => other,
@@ -535,6 +575,8 @@ impl Client {
             closed: false,
             local: None,
             batch: VecDeque::new(),
+            remaining: std::sync::atomic::AtomicU32::new(NO_LIMIT),
+            finished: false,
         };
         conn.cmds
             .send(Cmd::Call {
