@@ -86,6 +86,10 @@ pub struct BrokerConfig {
     pub slow_consumer: PolicyName,
     /// Deadline of requests that carry none, milliseconds.
     pub request_timeout_ms: u64,
+    /// How long a publisher may be held back by full `block` subscriptions before its
+    /// message is refused with BACKPRESSURE_REJECTION, milliseconds. While held, the broker
+    /// reads nothing more from that connection, so TCP slows the publisher down.
+    pub max_block_ms: u64,
     /// How long a disconnected client's session (subscriptions, queued and unacknowledged
     /// messages) is kept for it to resume, milliseconds.
     pub session_ttl_ms: u64,
@@ -114,6 +118,7 @@ impl Default for BrokerConfig {
             max_pending_msgs: 65_536,
             slow_consumer: PolicyName::DropOldest,
             request_timeout_ms: 30_000,
+            max_block_ms: 5_000,
             session_ttl_ms: 60_000,
             keepalive_ms: 30_000,
             handshake_timeout_ms: 10_000,

@@ -20,6 +20,7 @@ use mitto::proto::{
 use mitto::transport::{Incoming, Io};
 use mitto::Error;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,6 +245,8 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         draining: false,
         services: HashMap::new(),
         session,
+        parked: None,
+        held: Default::default(),
     };
     let driver = Driver::new(
         io,
@@ -281,6 +284,23 @@ struct BrokerReactor {
     services: HashMap<u32, String>,
     /// Client id and session token, when the client can resume its session.
     session: Option<(String, String)>,
+    /// A PUBLISH waiting for full `block` subscriptions to make room.
+    parked: Option<Parked>,
+    /// PUBLISH and REQUEST frames read behind the held one (reading is paused meanwhile, so
+    /// only what one read brought in).
+    held: std::collections::VecDeque<Frame>,
+}
+
+/// A message held for subscriptions that block publishers while full.
+struct Parked {
+    /// Those still to take it (the last first).
+    targets: Vec<SubRef>,
+    event: Frame,
+    id: u64,
+    ack: bool,
+    subject: String,
+    room: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl BrokerReactor {
@@ -305,7 +325,23 @@ impl BrokerReactor {
                 &format!("may not publish to {subject}"),
             );
         }
-        let routed = self.core.publish(&f);
+        let mut routed = self.core.publish(&f);
+        if let Some(event) = routed.event.take() {
+            // Full `block` subscriptions: hold the publisher (stop reading its connection)
+            // until they make room, instead of refusing.
+            self.parked = Some(Parked {
+                targets: std::mem::take(&mut routed.blocked),
+                event,
+                id: f.id,
+                ack: f.flags.contains(Flags::ACK_REQUIRED),
+                subject: f.subject.as_str().to_owned(),
+                room: None,
+                deadline: Box::pin(tokio::time::sleep(Duration::from_millis(
+                    self.core.cfg.max_block_ms,
+                ))),
+            });
+            return;
+        }
         self.core
             .stats
             .publish_rejections
@@ -508,6 +544,12 @@ impl Reactor for BrokerReactor {
     type Cmd = BrokerCmd;
 
     fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        if self.parked.is_some() && matches!(f.frame_type, FrameType::Publish | FrameType::Request)
+        {
+            // In order, after the message being held.
+            self.held.push_back(f);
+            return;
+        }
         match f.frame_type {
             FrameType::Publish => {
                 if f.flags.contains(Flags::ACK_REQUIRED) && !self.acks {
@@ -656,15 +698,84 @@ impl Reactor for BrokerReactor {
         }
     }
 
+    fn read_paused(&self) -> bool {
+        self.parked.is_some()
+    }
+
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let unparked = self.retry_parked(cx);
         let mut d = Drained::default();
         let progress = self.mailbox.drain_into(cx, 256, &mut d);
         self.account(&d);
-        progress
+        progress || unparked
     }
 }
 
 impl BrokerReactor {
+    /// Offers the held message again to the subscriptions that were full; true once it is
+    /// delivered (or given up), so that reading resumes.
+    fn retry_parked(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let Some(p) = self.parked.as_mut() else {
+            return false;
+        };
+        let waker = cx.waker().clone();
+        let mut task = std::task::Context::from_waker(&waker);
+        loop {
+            let Some(t) = p.targets.last().cloned() else {
+                break;
+            };
+            if let Some(room) = p.room.as_mut() {
+                if room.as_mut().poll(&mut task).is_pending() {
+                    if p.deadline.as_mut().poll(&mut task).is_pending() {
+                        return false;
+                    }
+                    // Held too long: refuse, as a publisher would be without blocking.
+                    let why = format!(
+                        "{} subscriber(s) of {} stayed full for {} ms",
+                        p.targets.len(),
+                        p.subject,
+                        self.core.cfg.max_block_ms
+                    );
+                    let (id, n) = (p.id, p.targets.len());
+                    self.parked = None;
+                    self.core
+                        .stats
+                        .publish_rejections
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    cx.send(&Frame::error(id, Status::BACKPRESSURE_REJECTION, &why));
+                    self.resume_held(cx);
+                    return true;
+                }
+            }
+            // Armed before the attempt, so that room made right after it wakes this task.
+            p.room = Some(t.mailbox.room_owned());
+            let mut r = crate::core::Routed::default();
+            if self.core.offer(&t, p.event.clone(), &mut r).is_some() {
+                continue;
+            }
+            p.targets.pop();
+            p.room = None;
+        }
+        let done = self.parked.take();
+        if let Some(p) = done {
+            if p.ack {
+                cx.send(&Frame::ack(p.id, 0));
+            }
+        }
+        self.resume_held(cx);
+        true
+    }
+
+    /// Handles the messages that arrived behind a held one, until one is held again.
+    fn resume_held(&mut self, cx: &mut Ctx<'_>) {
+        while self.parked.is_none() {
+            let Some(f) = self.held.pop_front() else {
+                return;
+            };
+            self.on_frame(f, cx);
+        }
+    }
+
     fn account(&self, d: &Drained) {
         let s = &self.core.stats;
         s.msgs_out.fetch_add(d.events, Ordering::Relaxed);

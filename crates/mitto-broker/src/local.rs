@@ -6,13 +6,14 @@ use crate::conn::Permissions;
 use crate::core::{bump, Core, Routed, SubRef};
 use crate::mailbox::{LocalPop, Mailbox};
 use mitto::local::{LocalPort, LocalQueue, Published};
-use mitto::proto::{Flags, Frame, Status};
+use mitto::proto::{Frame, Status};
 use mitto::{Error, Result};
 use std::any::TypeId;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// One in-process connection's port.
 pub(crate) struct Port {
@@ -35,7 +36,6 @@ impl LocalPort for Port {
         if self.core.draining() && !self.core.is_inbox(subject) {
             return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
         }
-        let ack = f.flags.contains(Flags::ACK_REQUIRED);
         let routed = self.core.publish_owned(f)?;
         match routed {
             Routed {
@@ -46,7 +46,6 @@ impl LocalPort for Port {
                 self.core.clone(),
                 blocked,
                 event,
-                ack,
             )))),
             _ => Ok(Published::Done),
         }
@@ -68,27 +67,39 @@ impl LocalPort for Port {
     }
 }
 
-/// Delivers `event` to subscriptions that block publishers, as each makes room. The caller
-/// bounds the wait (its publish timeout).
-async fn wait_for_room(
-    core: Arc<Core>,
-    blocked: Vec<SubRef>,
-    event: Frame,
-    _ack: bool,
-) -> Result<()> {
-    for t in &blocked {
-        loop {
+/// Delivers `event` to subscriptions that block publishers, as each makes room; gives up after
+/// the broker's `max_block_ms` (as for a publisher over a socket).
+async fn wait_for_room(core: Arc<Core>, mut blocked: Vec<SubRef>, event: Frame) -> Result<()> {
+    let limit = Duration::from_millis(core.cfg.max_block_ms);
+    let wait = async {
+        while let Some(t) = blocked.last().cloned() {
             let room = t.mailbox.room();
             tokio::pin!(room);
             room.as_mut().enable();
             let mut r = Routed::default();
-            if core.offer(t, event.clone(), &mut r).is_none() {
-                break;
+            if core.offer(&t, event.clone(), &mut r).is_none() {
+                blocked.pop();
+                continue;
             }
             room.await;
         }
+    };
+    if tokio::time::timeout(limit, wait).await.is_ok() {
+        return Ok(());
     }
-    Ok(())
+    let n = blocked.len();
+    core.stats
+        .publish_rejections
+        .fetch_add(n as u64, Ordering::Relaxed);
+    Err(Error::new(
+        Status::BACKPRESSURE_REJECTION,
+        format!(
+            "{n} subscriber(s) of {} stayed full for {} ms",
+            event.subject.as_str(),
+            core.cfg.max_block_ms
+        ),
+    )
+    .retryable())
 }
 
 /// One in-process subscription's queue.

@@ -200,7 +200,7 @@ pub(crate) struct Mailbox {
     wake: Mutex<Waker>,
     max_bytes: usize,
     /// Publishers blocked by a full subscription wait here for room.
-    space: tokio::sync::Notify,
+    space: std::sync::Arc<tokio::sync::Notify>,
     space_wanted: std::sync::atomic::AtomicBool,
     /// Mirrors `Queues::local` for lock-free reads.
     local: std::sync::atomic::AtomicBool,
@@ -215,7 +215,7 @@ impl Mailbox {
             }),
             wake: Mutex::new(wake),
             max_bytes,
-            space: tokio::sync::Notify::new(),
+            space: std::sync::Arc::new(tokio::sync::Notify::new()),
             space_wanted: std::sync::atomic::AtomicBool::new(false),
             local: std::sync::atomic::AtomicBool::new(false),
         }
@@ -251,6 +251,15 @@ impl Mailbox {
     /// Create it, then try again, then await it.
     pub(crate) fn room(&self) -> tokio::sync::futures::Notified<'_> {
         let n = self.space.notified();
+        self.space_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        n
+    }
+
+    /// [`Mailbox::room`], owned (for a connection task to keep across turns), armed.
+    pub(crate) fn room_owned(&self) -> std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>> {
+        let mut n = Box::pin(self.space.clone().notified_owned());
+        n.as_mut().enable();
         self.space_wanted
             .store(true, std::sync::atomic::Ordering::SeqCst);
         n

@@ -181,6 +181,7 @@ on_both_transports! {
     case_drop_oldest => slow_consumer_drop_oldest_inproc, slow_consumer_drop_oldest_tcp;
     case_disconnect => slow_consumer_disconnect_inproc, slow_consumer_disconnect_tcp;
     case_block => slow_consumer_block_inproc, slow_consumer_block_tcp;
+    case_block_gives_up with short_block => block_gives_up_inproc, block_gives_up_tcp;
     case_unsubscribe_on_drop => unsubscribe_on_drop_inproc, unsubscribe_on_drop_tcp;
     case_unsubscribe_after => unsubscribe_after_inproc, unsubscribe_after_tcp;
     case_subscribe_while_publishing => subscribe_while_publishing_inproc, subscribe_while_publishing_tcp;
@@ -577,80 +578,77 @@ async fn case_block(env: &Env) {
     let mut sub = s.subscribe_with("metrics.cpu", so).await.unwrap();
     let p = env.client().await;
     let ack = PublishOptions::new().ack();
-    // The one place this suite branches on the transport: a full Block subscription pushes
-    // back on publishers differently on each.
-    match env.transport {
-        Transport::Inproc => {
-            // In-process the publisher routes in its own task: it waits for room (up to its
-            // publish timeout) and nothing is lost.
-            let done = Arc::new(AtomicUsize::new(0));
-            let d2 = done.clone();
-            let publisher = tokio::spawn(async move {
-                for i in 0..10 {
-                    p.publish_with("metrics.cpu", i.to_string(), ack.clone())
-                        .await?;
-                    d2.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok::<_, Error>(())
-            });
-            eventually("two publishes filling the queue", || {
-                done.load(Ordering::SeqCst) >= 2
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(
-                done.load(Ordering::SeqCst),
-                2,
-                "the third publish waits while the queue is full"
-            );
-            assert!(!publisher.is_finished());
-            for i in 0..10 {
-                assert_eq!(
-                    text(&next(&mut sub).await),
-                    i.to_string(),
-                    "no loss, in order"
-                );
-            }
-            tokio::time::timeout(WAIT, publisher)
-                .await
-                .expect("the publisher finishes once the subscriber reads")
-                .unwrap()
-                .unwrap();
-            assert_eq!(done.load(Ordering::SeqCst), 10);
-            assert_eq!(env.stat("slow_consumer_drops"), 0);
+    // The publisher is held while the queue is full (in-process it waits in its own task; over
+    // a socket the broker stops reading its connection) and nothing is lost.
+    let done = Arc::new(AtomicUsize::new(0));
+    let d2 = done.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..10 {
+            p.publish_with("metrics.cpu", i.to_string(), ack.clone())
+                .await?;
+            d2.fetch_add(1, Ordering::SeqCst);
         }
-        Transport::Tcp => {
-            // Over a socket the broker does not hold a publisher's frame: `on_publish` in
-            // conn.rs refuses a PUBLISH that only full Block subscriptions would take with
-            // BACKPRESSURE_REJECTION. An acknowledged publish gets it as its error; a
-            // fire-and-forget one is dropped (the refusal is only logged by the client).
-            p.publish_with("metrics.cpu", "0", ack.clone())
-                .await
-                .unwrap();
-            // "0" goes out on the subscription's one credit; "1" and "2" fill the queue.
-            eventually("the first message sent", || env.stat("msgs_out") >= 1).await;
-            for i in 1..3 {
-                p.publish_with("metrics.cpu", i.to_string(), ack.clone())
-                    .await
-                    .unwrap();
-            }
-            let e = p
-                .publish_with("metrics.cpu", "3", ack.clone())
-                .await
-                .unwrap_err();
-            assert_eq!(e.status(), Status::BACKPRESSURE_REJECTION, "{e}");
-            assert!(e.is_retryable());
-            p.publish("metrics.cpu", "lost").await.unwrap();
-            p.flush().await.unwrap();
-            for i in 0..3 {
-                assert_eq!(text(&next(&mut sub).await), i.to_string());
-            }
-            // Room again: accepted and delivered (and "lost" never shows up).
-            p.publish_with("metrics.cpu", "4", ack).await.unwrap();
-            assert_eq!(text(&next(&mut sub).await), "4");
-            assert_eq!(env.stat("publish_rejections"), 2);
+        Ok::<_, Error>(())
+    });
+    eventually("publishes filling the queue", || {
+        done.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two fill the queue; over a socket one more may be on its way to the subscriber (its
+    // one credit).
+    let held_at = done.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&held_at),
+        "the publisher waits while the queue is full ({held_at} acknowledged)"
+    );
+    assert!(!publisher.is_finished());
+    for i in 0..10 {
+        assert_eq!(
+            text(&next(&mut sub).await),
+            i.to_string(),
+            "no loss, in order"
+        );
+    }
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("the publisher finishes once the subscriber reads")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), 10);
+    assert_eq!(env.stat("slow_consumer_drops"), 0);
+    assert_eq!(env.stat("publish_rejections"), 0);
+}
+
+fn short_block(cfg: &mut BrokerConfig) {
+    cfg.max_block_ms = 150;
+}
+
+async fn case_block_gives_up(env: &Env) {
+    let s = env.client().await;
+    let so = SubscribeOptions {
+        policy: Policy::Block,
+        max_pending: 1,
+        credit: 1,
+        ..SubscribeOptions::default()
+    };
+    let _sub = s.subscribe_with("stuck", so).await.unwrap();
+    let p = env.client().await;
+    let ack = PublishOptions::new().ack();
+    // Nobody reads: after the broker's max_block_ms the publisher gets a clear refusal.
+    let mut refused = None;
+    for i in 0..4 {
+        if let Err(e) = p.publish_with("stuck", i.to_string(), ack.clone()).await {
+            refused = Some(e);
+            break;
         }
     }
+    let e = refused.expect("a publish is refused once the wait is over");
+    assert_eq!(e.status(), Status::BACKPRESSURE_REJECTION, "{e}");
+    assert!(e.is_retryable());
+    assert!(env.stat("publish_rejections") >= 1);
+    // The publisher's connection still works.
+    p.flush().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -202,7 +202,11 @@ async fn request_reply_no_responders_deadline_and_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_publish_and_block_policy_push_back() {
-    let (b, url) = start(config()).await;
+    let (b, url) = start(BrokerConfig {
+        max_block_ms: 200,
+        ..config()
+    })
+    .await;
     let slow = client(&url).await;
     let so = SubscribeOptions {
         policy: Policy::Block,
@@ -213,7 +217,8 @@ async fn acked_publish_and_block_policy_push_back() {
     let mut sub = slow.subscribe_with("metrics.cpu", so).await.unwrap();
     let p = client(&url).await;
     let ack = PublishOptions::new().ack();
-    // One goes out on the credit, two wait in the queue, the fourth is pushed back.
+    // One goes out on the credit, two wait in the queue, the fourth is held for max_block_ms
+    // and then refused.
     p.publish_with("metrics.cpu", "0", ack.clone())
         .await
         .unwrap();

@@ -276,6 +276,13 @@ pub trait Reactor: Send + 'static {
     fn poll_outbound(&mut self, _cx: &mut Ctx<'_>) -> bool {
         false
     }
+
+    /// Whether the driver should stop reading from the peer for now (a broker holding back a
+    /// publisher). The driver asks on every turn; a reactor that pauses must wake it (from
+    /// [`Reactor::poll_outbound`], with [`Ctx::waker`]) when reading may resume.
+    fn read_paused(&self) -> bool {
+        false
+    }
 }
 
 /// Settings of one driver.
@@ -394,7 +401,14 @@ impl<R: Reactor> Driver<R> {
                 let (r, mut ctx) = self.ctx(cx.waker());
                 progress |= r.poll_outbound(&mut ctx);
             }
-            match self.poll_read(cx) {
+            let read = if self.reactor.read_paused() {
+                // Held back on purpose: not the peer's silence.
+                self.last_rx = Instant::now();
+                Poll::Pending
+            } else {
+                self.poll_read(cx)
+            };
+            match read {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(true)) => progress = true,
                 Poll::Ready(Ok(false)) => {
