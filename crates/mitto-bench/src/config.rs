@@ -46,6 +46,13 @@ pub struct Config {
     pub in_flight: usize,
     /// Request and response payload size of the RPC scenarios (and `reqrep`), in bytes.
     pub rpc_payload: usize,
+    /// Messages published per repetition of `bus` (upper bound; in `1->8` each is delivered
+    /// eight times).
+    pub bus_count: u64,
+    /// Time per `bus` repetition (upper bound on publishing).
+    pub bus_time: Duration,
+    /// Messages of warm-up per system and case of `bus` (not measured).
+    pub bus_warmup: u64,
     /// Idle connections opened in `conn-memory`.
     pub idle_connections: usize,
     /// Time to open them (upper bound; fewer are measured if it runs out).
@@ -72,6 +79,9 @@ impl Config {
             slices: 4,
             in_flight: 256,
             rpc_payload: 32,
+            bus_count: 2_000_000,
+            bus_time: Duration::from_secs(2),
+            bus_warmup: 50_000,
             idle_connections: 10_000,
             connect_time: Duration::from_secs(60),
             broker_exe: None,
@@ -92,6 +102,9 @@ impl Config {
             throughput_time: Duration::from_secs(1),
             throughput_warmup: 4_000,
             slices: 2,
+            bus_count: 300_000,
+            bus_time: Duration::from_millis(500),
+            bus_warmup: 10_000,
             idle_connections: 2_000,
             connect_time: Duration::from_secs(20),
             ..Config::full()
@@ -112,6 +125,9 @@ impl Config {
             throughput_time: Duration::from_secs(1),
             throughput_warmup: 50,
             slices: 1,
+            bus_count: 2_000,
+            bus_time: Duration::from_secs(1),
+            bus_warmup: 100,
             idle_connections: 50,
             connect_time: Duration::from_secs(10),
             ..Config::full()

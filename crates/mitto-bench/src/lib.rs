@@ -6,7 +6,8 @@
 //! ratios mean something even on a noisy machine. The broker scenarios (`pubsub`, `fanout`,
 //! `reqrep`, `conn-memory`) put mitto's broker beside the nats-server and mosquitto already
 //! running on 127.0.0.1, each driven by its own client library; a peer that cannot be reached
-//! is left out with a note.
+//! is left out with a note. The `bus` scenario puts mitto's broker embedded in the process
+//! (`inproc://`) beside bounded `tokio::sync::mpsc` and `flume` channels.
 //!
 //! The binary (`cargo run --release -p mitto-bench -- all`) is a thin wrapper over this library:
 //! [`scenarios::REGISTRY`] lists the scenarios, [`Config`] says how long to run them, and
@@ -15,7 +16,8 @@
 //!
 //! Threads: every server runs on one dedicated server thread (a current-thread tokio runtime,
 //! see `runtime::ServerRuntime`), every client on the calling thread's own current-thread
-//! runtime. Each system gets the same split: one core's worth of runtime each side.
+//! runtime. Each system gets the same split: one core's worth of runtime each side. `bus` is
+//! the exception: every system runs on one tokio multi-thread runtime with two workers.
 
 pub mod config;
 mod measure;

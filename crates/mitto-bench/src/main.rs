@@ -7,13 +7,13 @@ use mitto_bench::{report, scenarios, Config, Progress};
 use std::path::PathBuf;
 
 /// Benchmark comparison suite: mitto beside memcpy, raw sockets, tarpc, tonic,
-/// protosocket-rpc, nats-server and mosquitto. Full mode runs several repetitions and reports
+/// protosocket-rpc, nats-server, mosquitto, and tokio mpsc and flume channels. Full mode runs several repetitions and reports
 /// the median and min–max.
 #[derive(Debug, Parser)]
 #[command(name = "mitto-bench", version)]
 struct Cli {
     /// Scenarios to run: codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep,
-    /// conn-memory, or all.
+    /// conn-memory, bus, or all.
     #[arg(
         required_unless_present = "serve_broker",
         value_name = "SCENARIO",

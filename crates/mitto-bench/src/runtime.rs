@@ -1,5 +1,7 @@
 //! The two sides of every RPC measurement: servers on one dedicated thread running a
-//! current-thread tokio runtime, clients on the caller's own current-thread runtime.
+//! current-thread tokio runtime, clients on the caller's own current-thread runtime. The
+//! in-process `bus` scenario has no server side: every system runs on one shared multi-thread
+//! runtime with [`BUS_WORKERS`] workers.
 
 use anyhow::Context as _;
 use std::future::Future;
@@ -71,4 +73,19 @@ pub(crate) fn client_runtime() -> anyhow::Result<Runtime> {
         .enable_all()
         .build()
         .context("building the client runtime")
+}
+
+/// Worker threads of the `bus` runtime.
+pub(crate) const BUS_WORKERS: usize = 2;
+
+/// The `bus` scenario's runtime: multi-thread with [`BUS_WORKERS`] workers, the same for every
+/// system. Its publishers and subscribers are spawned tasks (so they run on the workers, never
+/// on the thread that calls `block_on`).
+pub(crate) fn bus_runtime() -> anyhow::Result<Runtime> {
+    Builder::new_multi_thread()
+        .worker_threads(BUS_WORKERS)
+        .thread_name("bench-bus")
+        .enable_all()
+        .build()
+        .context("building the bus runtime")
 }

@@ -70,6 +70,36 @@ fn codec_decode_is_zero_copy() {
 }
 
 #[test]
+fn bus_reports_every_system_in_both_cases_and_loses_nothing() {
+    let bus = mitto_bench::find("bus").unwrap_or_else(|| panic!("bus is registered"));
+    let report = run_scenario(bus, &Config::tiny(), &Progress::hidden())
+        .unwrap_or_else(|e| panic!("bus failed: {e:#}"));
+    for (case, _) in mitto_bench::scenarios::bus::CASES {
+        for system in bus.systems {
+            let row = report
+                .rows
+                .iter()
+                .find(|r| r.case == case && r.system == *system)
+                .unwrap_or_else(|| panic!("bus: no {case} row for {system}"));
+            assert_eq!(
+                row.payload_bytes,
+                mitto_bench::scenarios::bus::PAYLOAD as u64
+            );
+            assert!(row.value > 0.0, "bus {case} {system}: {}", row.value);
+        }
+    }
+    // The run fails on a short count; the note also states the broker dropped nothing.
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("slow_consumer_drops: 0")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
 fn json_has_the_documented_fields() {
     let report = run_scenario(
         mitto_bench::find("codec").unwrap_or_else(|| panic!("codec is registered")),

@@ -1,7 +1,7 @@
 //! The scenario registry. A scenario is a name, a one-line description, the systems it reports
 //! on, and a function from a [`Config`] to a [`ScenarioReport`].
 //!
-//! To add one (`bus` is planned as the bus lands): write a module with a
+//! To add one: write a module with a
 //! `run(&Config, &Progress) -> anyhow::Result<ScenarioReport>`, and add a [`Scenario`] entry to
 //! [`REGISTRY`]. The CLI, `all`, the JSON output and the quick test (`tests/quick.rs`) pick it
 //! up from there.
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::report::ScenarioReport;
 
+pub mod bus;
 pub mod codec;
 pub mod conn_memory;
 pub mod fanout;
@@ -89,6 +90,14 @@ pub const REGISTRY: &[Scenario] = &[
         systems: &["mitto", "nats"],
         external: &["nats"],
         run: conn_memory::run,
+    },
+    Scenario {
+        name: "bus",
+        about: "in-process 16 B messages, 1 -> 1 and 1 -> 8, delivered msgs/s: mitto's embedded \
+                broker (bytes and typed) beside bounded tokio mpsc and flume channels",
+        systems: &["mitto", "mitto-typed", "tokio-mpsc", "flume"],
+        external: &[],
+        run: bus::run,
     },
 ];
 
@@ -177,11 +186,11 @@ mod tests {
         assert_eq!(all.len(), REGISTRY.len());
         let one = resolve(&["rpc-latency", "rpc-latency"]).unwrap_or_default();
         assert_eq!(one.len(), 1);
-        let err = resolve(&["bus"]).err().unwrap_or_default();
-        assert!(err.contains("unknown scenario 'bus'"), "{err}");
+        let err = resolve(&["nope"]).err().unwrap_or_default();
+        assert!(err.contains("unknown scenario 'nope'"), "{err}");
         assert!(
             err.contains(
-                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, all"
+                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, bus, all"
             ),
             "{err}"
         );

@@ -3,9 +3,11 @@
 //! and gives a client whose calls echo a payload and check the echo. The broker scenarios use
 //! mitto's broker (`broker_sys`), the nats-server and mosquitto already running on 127.0.0.1
 //! (`nats_peer`, `mqtt_peer`), their publishing and subscribing ends (`ends`), and `/proc`
-//! (`procfs`).
+//! (`procfs`). The in-process `bus` scenario's ends (embedded broker, tokio mpsc, flume) are in
+//! `bus_sys`.
 
 pub(crate) mod broker_sys;
+pub(crate) mod bus_sys;
 pub(crate) mod ends;
 pub(crate) mod mitto_sys;
 pub(crate) mod mqtt_peer;
