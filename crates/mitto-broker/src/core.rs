@@ -23,11 +23,24 @@ pub(crate) struct SubRef {
     pub(crate) mailbox: Arc<Mailbox>,
 }
 
+/// A counter on a cache line of its own, so that a publisher and a subscriber on different
+/// cores counting different things do not fight over one line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Counter(AtomicU64);
+
+impl std::ops::Deref for Counter {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// Broker-wide counters, as STATS and monitoring report them.
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+        pub(crate) struct Stats { $(pub(crate) $name: Counter,)* }
         impl Stats {
             pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
                 let mut m = BTreeMap::new();
@@ -176,6 +189,8 @@ pub(crate) struct Core {
     inbox_prefix: String,
     rr: AtomicUsize,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Mirrors `shutdown` for lock-free reads on the publish path.
+    stopping: std::sync::atomic::AtomicBool,
     /// Rust types bound to subject filters by typed in-process publishers and subscribers.
     types: Mutex<Vec<(String, std::any::TypeId, &'static str)>>,
     /// Bumped (under the `subjects` lock) whenever the subscriptions change: a match computed
@@ -232,13 +247,20 @@ impl Core {
             inbox_prefix: format!("_INBOX.{:016x}.", fastrand::u64(..)),
             rr: AtomicUsize::new(0),
             shutdown,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             types: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn draining(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Starts the shutdown: no new connections or publishes, connections drain.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
     }
 
     /// The subscriptions changed: every cached match is stale (the counts stay).
@@ -449,13 +471,24 @@ impl Core {
     /// `bytes` for monitoring.
     fn targets(&self, subject: &Subject, bytes: usize) -> Arc<[SubRef]> {
         let cached = self.subjects.lock().ok().and_then(|mut m| {
-            if !m.contains_key(subject.as_bytes()) && m.len() >= MAX_TRACKED_SUBJECTS {
+            // One hash and no key copy on the common path: a subject seen before.
+            if let Some(e) = m.get_mut(subject.as_bytes()) {
+                e.msgs += 1;
+                e.bytes += bytes as u64;
+                return e.targets.clone();
+            }
+            if m.len() >= MAX_TRACKED_SUBJECTS {
                 return None;
             }
-            let e = m.entry(subject.as_bytes().clone()).or_default();
-            e.msgs += 1;
-            e.bytes += bytes as u64;
-            e.targets.clone()
+            m.insert(
+                subject.as_bytes().clone(),
+                SubjectEntry {
+                    targets: None,
+                    msgs: 1,
+                    bytes: bytes as u64,
+                },
+            );
+            None
         });
         let all = match cached {
             Some(hit) => hit,

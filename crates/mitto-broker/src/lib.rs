@@ -131,7 +131,7 @@ impl Broker {
     /// 10 s) for the connections to end.
     pub async fn shutdown(self) {
         let core = &self.core;
-        core.shutdown.send_replace(true);
+        core.stop();
         let conns: Vec<_> = core
             .conns
             .lock()

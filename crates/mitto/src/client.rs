@@ -355,6 +355,8 @@ pub(crate) struct Shared {
     pub(crate) next_sid: std::sync::atomic::AtomicU32,
     /// Subjects whose Rust type this client already declared to an in-process broker.
     pub(crate) bound_types: std::sync::Mutex<std::collections::HashSet<(String, std::any::TypeId)>>,
+    /// The subject last published to (see `Client::subject_of`).
+    pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
 }
 
 struct ClientReactor {
@@ -824,6 +826,7 @@ impl Client {
             session,
             next_sid: std::sync::atomic::AtomicU32::new(1),
             bound_types: Default::default(),
+            last_subject: Default::default(),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {

@@ -52,7 +52,9 @@ pub trait LocalPort: Send + Sync + 'static {
 
 /// A subscription's queue at an in-process server, read by the subscriber's own task.
 pub trait LocalQueue: Send + Sync + 'static {
-    /// Moves up to `max` queued EVENT frames to `out`. `Ready(true)`: some were moved;
+    /// Moves queued EVENT frames to `out`: up to `max`, or all of them at once where no
+    /// per-message bookkeeping is needed (`out` is then swapped with the queue, so pass it
+    /// empty). `Ready(true)`: some were moved;
     /// `Ready(false)`: the subscription has ended; `Pending`: nothing queued, `cx` is woken when
     /// something arrives.
     fn poll_batch(&self, cx: &mut Context<'_>, out: &mut VecDeque<Frame>, max: usize)

@@ -3,7 +3,7 @@
 //! subscriber makes the broker queue (under the subscription's slow-consumer policy) instead of
 //! this process buffering without bound; they are made again after a reconnect.
 
-use crate::client::{Client, Cmd, Shared, Slot, State};
+use crate::client::{Client, Cmd, Conn, Shared, Slot, State};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::local::{LocalPort, LocalQueue, Published};
@@ -406,7 +406,7 @@ impl Client {
         opts: PublishOptions,
     ) -> Result<()> {
         let timeout = opts.timeout.unwrap_or(self.opts().timeout);
-        let mut f = Frame::publish(Subject::literal(subject)?, payload).with_kind(opts.kind);
+        let mut f = Frame::publish(self.subject_of(subject)?, payload).with_kind(opts.kind);
         if let Some(h) = opts.headers {
             f = f.with_headers(h);
         }
@@ -414,6 +414,23 @@ impl Client {
             f.flags.insert(Flags::URGENT);
         }
         self.send_publish(f, opts.ack, timeout).await
+    }
+
+    /// `subject` as a checked literal subject; the last one is kept, so that a publisher
+    /// repeating its subject neither validates nor allocates it again.
+    pub(crate) fn subject_of(&self, subject: &str) -> Result<Subject> {
+        let cache = &self.inner.shared.last_subject;
+        if let Ok(mut last) = cache.try_lock() {
+            if let Some(s) = &*last {
+                if s.as_str() == subject {
+                    return Ok(s.clone());
+                }
+            }
+            let s = Subject::literal(subject)?;
+            *last = Some(s.clone());
+            return Ok(s);
+        }
+        Ok(Subject::literal(subject)?)
     }
 
     /// The broker's direct entry points when it runs in this process.
@@ -437,28 +454,43 @@ impl Client {
         }
     }
 
-    async fn send_publish(&self, mut f: Frame, ack: bool, timeout: Duration) -> Result<()> {
-        if let Some((port, max)) = self.local_port() {
-            // In-process broker: routed now, in this task; its answer is the ACK.
-            if f.payload.len() > max as usize {
-                return Err(too_large(f.payload.len(), max));
-            }
-            let subject = f.subject.clone();
-            return match port.publish(f)? {
+    async fn send_publish(&self, f: Frame, ack: bool, timeout: Duration) -> Result<()> {
+        let mut pending = Some(f);
+        // In-process broker: routed now, in this task (under the state's read lock, without
+        // taking a reference to the port); its answer is the ACK.
+        let routed = match &*self.inner.shared.state.borrow() {
+            State::Up(Conn {
+                port: Some(port),
+                agreed,
+                ..
+            }) => match pending.take() {
+                Some(f) => {
+                    let max = agreed.limits.max_payload;
+                    if f.payload.len() > max as usize {
+                        return Err(too_large(f.payload.len(), max));
+                    }
+                    Some(port.publish(f))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(routed) = routed {
+            return match routed? {
                 Published::Done => Ok(()),
                 Published::Blocked(wait) => match tokio::time::timeout(timeout, wait).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::new(
                         mitto_proto::Status::BACKPRESSURE_REJECTION,
-                        format!(
-                            "subscribers of {} stayed full for {timeout:?}",
-                            subject.as_str()
-                        ),
+                        format!("the subscribers stayed full for {timeout:?}"),
                     )
                     .retryable()),
                 },
             };
         }
+        let Some(mut f) = pending else {
+            return Err(Error::new(mitto_proto::Status::INTERNAL, "publish lost"));
+        };
         // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
         let conn = self.conn_fast(timeout).await?;
         if f.value.is_some() {
