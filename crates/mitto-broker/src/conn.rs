@@ -75,6 +75,11 @@ impl Permissions {
         })
         .unwrap_or_default()
     }
+    /// Whether publishing is limited to some subjects.
+    pub(crate) fn restricts_publish(&self) -> bool {
+        !self.publish.is_empty()
+    }
+
     pub(crate) fn may_publish(&self, subject: &str) -> bool {
         self.publish.is_empty() || self.publish.iter().any(|f| matches(f, subject))
     }

@@ -655,7 +655,14 @@ impl Core {
     /// A value attached in-process is encoded here (once) when a subscriber over a socket
     /// needs it, so that one too large for the wire is refused to the publisher, not lost.
     pub(crate) fn publish_owned(&self, mut f: Frame) -> Result<Routed, mitto::Error> {
-        if let Some(token) = f.subject.as_str().strip_prefix(&self.inbox_prefix) {
+        let inbox = f
+            .subject
+            .as_bytes()
+            .starts_with(self.inbox_prefix.as_bytes());
+        if let Some(token) = inbox
+            .then(|| f.subject.as_str().strip_prefix(&self.inbox_prefix))
+            .flatten()
+        {
             self.count_in(&f);
             self.reply(token, &f);
             return Ok(Routed {

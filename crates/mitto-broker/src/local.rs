@@ -25,16 +25,19 @@ pub(crate) struct Port {
 
 impl LocalPort for Port {
     fn publish(&self, f: Frame) -> Result<Published> {
-        let subject = f.subject.as_str();
-        if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
-            bump(&self.core.stats.permission_denials);
-            return Err(Error::new(
-                Status::FORBIDDEN,
-                format!("may not publish to {subject}"),
-            ));
-        }
-        if self.core.draining() && !self.core.is_inbox(subject) {
-            return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
+        if self.perms.restricts_publish() || self.core.draining() {
+            let subject = f.subject.as_str();
+            let inbox = self.core.is_inbox(subject);
+            if !inbox && !self.perms.may_publish(subject) {
+                bump(&self.core.stats.permission_denials);
+                return Err(Error::new(
+                    Status::FORBIDDEN,
+                    format!("may not publish to {subject}"),
+                ));
+            }
+            if !inbox && self.core.draining() {
+                return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
+            }
         }
         let routed = self.core.publish_owned(f)?;
         match routed {

@@ -383,6 +383,28 @@ impl Drop for Subscription {
     }
 }
 
+/// Queues a fire-and-forget PUBLISH for the connection, waiting (boxed) only when its queue
+/// is full.
+fn queue_now(c: &Conn, f: Frame) -> Now<'static> {
+    let lost = || Error::connection_lost("connection closed before the publish was sent");
+    match c.cmds.try_send(Cmd::Send(f)) {
+        Ok(()) => Now::Done(Ok(())),
+        Err(mpsc::error::TrySendError::Full(cmd)) => {
+            let cmds = c.cmds.clone();
+            Now::Later(Box::pin(
+                async move { cmds.send(cmd).await.map_err(|_| lost()) },
+            ))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Now::Done(Err(lost())),
+    }
+}
+
+/// What [`Client::publish_now`] did.
+enum Now<'a> {
+    Done(Result<()>),
+    Later(Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>),
+}
+
 fn too_large(len: usize, max: u32) -> Error {
     Error::new(
         mitto_proto::Status::PAYLOAD_TOO_LARGE,
@@ -394,8 +416,11 @@ impl Client {
     /// Publishes `payload` to the literal `subject` (fire and forget: returns once queued for
     /// the connection; waits while the connection's queue is full).
     pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
-        self.publish_with(subject, payload, PublishOptions::default())
-            .await
+        let f = Frame::publish(self.subject_of(subject)?, payload);
+        match self.publish_now(f, false, self.opts().timeout) {
+            Now::Done(r) => r,
+            Now::Later(wait) => wait.await,
+        }
     }
 
     /// Publishes with options (headers, kind, URGENT, broker ACK).
@@ -413,7 +438,61 @@ impl Client {
         if opts.urgent {
             f.flags.insert(Flags::URGENT);
         }
-        self.send_publish(f, opts.ack, timeout).await
+        match self.publish_now(f, opts.ack, timeout) {
+            Now::Done(r) => r,
+            Now::Later(wait) => wait.await,
+        }
+    }
+
+    /// Publishes without waiting when it can (in-process broker, or room in the connection's
+    /// queue for a fire-and-forget publish); otherwise returns the (boxed) rest of the work,
+    /// so that the common path builds no large future.
+    fn publish_now(&self, f: Frame, ack: bool, timeout: Duration) -> Now<'_> {
+        let mut pending = Some(f);
+        let fast = match &*self.inner.shared.state.borrow() {
+            State::Up(Conn {
+                port: Some(port),
+                agreed,
+                ..
+            }) => pending.take().map(|f| {
+                let max = agreed.limits.max_payload;
+                if f.payload.len() > max as usize {
+                    return Now::Done(Err(too_large(f.payload.len(), max)));
+                }
+                match port.publish(f) {
+                    Ok(Published::Done) => Now::Done(Ok(())),
+                    Ok(Published::Blocked(wait)) => Now::Later(Box::pin(async move {
+                        match tokio::time::timeout(timeout, wait).await {
+                            Ok(r) => r,
+                            Err(_) => Err(Error::new(
+                                mitto_proto::Status::BACKPRESSURE_REJECTION,
+                                format!("the subscribers stayed full for {timeout:?}"),
+                            )
+                            .retryable()),
+                        }
+                    })),
+                    Err(e) => Now::Done(Err(e)),
+                }
+            }),
+            State::Up(c)
+                if !ack
+                    && !c.cmds.is_closed()
+                    && pending.as_ref().is_some_and(|f| {
+                        f.value.is_none() && f.payload.len() <= c.agreed.limits.max_payload as usize
+                    }) =>
+            {
+                pending.take().map(|f| queue_now(c, f))
+            }
+            _ => None,
+        };
+        match (fast, pending) {
+            (Some(now), _) => now,
+            (None, Some(f)) => Now::Later(Box::pin(self.send_publish(f, ack, timeout))),
+            (None, None) => Now::Done(Err(Error::new(
+                mitto_proto::Status::INTERNAL,
+                "publish lost",
+            ))),
+        }
     }
 
     /// `subject` as a checked literal subject; the last one is kept, so that a publisher
@@ -440,7 +519,10 @@ impl Client {
 
     /// Publishes a frame built by the caller (fire and forget).
     pub(crate) async fn send_frame_publish(&self, f: Frame, timeout: Duration) -> Result<()> {
-        self.send_publish(f, false, timeout).await
+        match self.publish_now(f, false, timeout) {
+            Now::Done(r) => r,
+            Now::Later(wait) => wait.await,
+        }
     }
 
     /// The broker's direct entry points when it runs in this process, with the payload limit.
