@@ -354,7 +354,9 @@ pub(crate) struct Shared {
     session: std::sync::Mutex<String>,
     pub(crate) next_sid: std::sync::atomic::AtomicU32,
     /// Subjects whose Rust type this client already declared to an in-process broker.
-    pub(crate) bound_types: std::sync::Mutex<std::collections::HashSet<(String, std::any::TypeId)>>,
+    pub(crate) bound_types: std::sync::Mutex<
+        std::collections::HashMap<std::any::TypeId, std::collections::HashSet<String>>,
+    >,
     /// The subject last published to (see `Client::subject_of`).
     pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
 }

@@ -14,7 +14,7 @@ use crate::pubsub::{Message, PublishOptions, Subscription};
 use bytes::Bytes;
 use futures_core::Stream;
 use mitto_proto::local::Attachment;
-use mitto_proto::{Frame, Headers, Subject, WellKnown};
+use mitto_proto::{Frame, Headers, WellKnown};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::TypeId;
@@ -60,14 +60,14 @@ impl Client {
         value: Arc<T>,
     ) -> Result<()> {
         let codec = self.opts().codec;
-        let subject_ = Subject::literal(subject)?;
         let Some(port) = self.local_port_only() else {
             let payload = codec.encode(&*value)?;
             let opts = PublishOptions::new().headers(codec_headers(codec));
             return self.publish_with(subject, payload, opts).await;
         };
         self.bind_type::<T>(&port, subject)?;
-        let mut f = Frame::publish(subject_, Bytes::new()).with_headers(codec_headers(codec));
+        let mut f = Frame::publish(self.subject_of(subject)?, Bytes::new())
+            .with_headers(codec_headers(codec));
         f.value = Some(Attachment::new(Typed::new(value, codec)));
         let timeout = self.opts().timeout;
         self.send_frame_publish(f, timeout).await
@@ -93,14 +93,17 @@ impl Client {
     }
 
     fn bind_type<T: 'static>(&self, port: &Arc<dyn LocalPort>, filter: &str) -> Result<()> {
-        let key = (filter.to_owned(), TypeId::of::<T>());
+        let ty = TypeId::of::<T>();
         let shared = &self.inner.shared;
-        if shared.bound_types.lock().is_ok_and(|b| b.contains(&key)) {
+        let known = |b: &std::collections::HashMap<TypeId, std::collections::HashSet<String>>| {
+            b.get(&ty).is_some_and(|filters| filters.contains(filter))
+        };
+        if shared.bound_types.lock().is_ok_and(|b| known(&b)) {
             return Ok(());
         }
-        port.bind_type(filter, key.1, std::any::type_name::<T>())?;
+        port.bind_type(filter, ty, std::any::type_name::<T>())?;
         if let Ok(mut b) = shared.bound_types.lock() {
-            b.insert(key);
+            b.entry(ty).or_default().insert(filter.to_owned());
         }
         Ok(())
     }
