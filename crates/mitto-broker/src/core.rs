@@ -569,6 +569,7 @@ impl Core {
 
     /// Offers `f` to one subscription; gives it back if the subscription's queue is full and
     /// it blocks publishers.
+    #[inline]
     pub(crate) fn offer(&self, t: &SubRef, mut f: Frame, r: &mut Routed) -> Option<Frame> {
         f.aux = t.sid;
         match t.mailbox.push_event(t.sid, f) {
@@ -596,6 +597,7 @@ impl Core {
     }
 
     /// Offers `event` to every target: copies for all but the last, which takes it.
+    #[inline]
     fn deliver(&self, targets: &[SubRef], event: Frame) -> Routed {
         let mut r = Routed::default();
         let Some((last, rest)) = targets.split_last() else {

@@ -450,6 +450,7 @@ impl Mailbox {
     }
 
     /// Queues an EVENT for subscription `sid`, applying its policy when it is full.
+    #[inline]
     pub(crate) fn push_event(&self, sid: u32, f: Frame) -> Pushed {
         let mut guard = self.lock();
         let q = &mut *guard;

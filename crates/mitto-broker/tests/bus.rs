@@ -1295,3 +1295,52 @@ async fn typed_values_too_large_for_the_wire_are_not_lost_silently() {
     .await;
     env.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// in-process publishing stays cooperative
+
+/// A loop of in-process publishes (which never wait while the subscribers have room) still
+/// lets other tasks on the same thread run: on a single-threaded runtime, a task spawned before
+/// the loop runs while the loop is still going.
+#[tokio::test(flavor = "current_thread")]
+async fn in_process_publish_loops_let_other_tasks_run() {
+    let env = Env::start_with(Transport::Inproc, defaults).await;
+    let c = env.client().await;
+    let mut sub = c.subscribe("coop.x").await.unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r2 = ran.clone();
+    tokio::spawn(async move { r2.store(true, Ordering::SeqCst) });
+    let mut seen_during_loop = false;
+    for i in 0..2_000u32 {
+        c.publish("coop.x", i.to_string()).await.unwrap();
+        seen_during_loop |= ran.load(Ordering::SeqCst);
+    }
+    assert!(
+        seen_during_loop,
+        "the spawned task ran while the loop published"
+    );
+    assert_eq!(text(&next(&mut sub).await), "0");
+    env.shutdown().await;
+}
+
+/// Many distinct subjects from one publisher: every one is delivered (the reuse of the last
+/// subject and the process-wide subject copies never mix two subjects up, and stop growing at
+/// their bound without failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_distinct_subjects_are_each_delivered_to_the_right_subscription() {
+    let env = Env::start_with(Transport::Inproc, defaults).await;
+    let c = env.client().await;
+    let mut all = c.subscribe("many.>").await.unwrap();
+    // 6,000 subjects of about 200 bytes: more than the 1 MiB kept for subjects.
+    let pad = "p".repeat(190);
+    for i in 0..6_000u32 {
+        let subject = format!("many.{pad}.{i}");
+        c.publish(&subject, i.to_string()).await.unwrap();
+        let m = next(&mut all).await;
+        assert_eq!(m.subject(), subject);
+        assert_eq!(text(&m), i.to_string());
+    }
+    let e = c.publish("many.*", "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::INVALID_SUBJECT, "{e}");
+    env.shutdown().await;
+}

@@ -399,6 +399,35 @@ fn queue_now(c: &Conn, f: Frame) -> Now<'static> {
     }
 }
 
+/// Bytes of subjects kept for the life of the process by [`interned`], at most.
+const INTERN_BYTES: usize = 1 << 20;
+
+/// `subject` backed by a process-lifetime copy, so that its clones and drops touch no shared
+/// counter (a publisher and its subscribers on different cores would otherwise contend on it for
+/// every message). The copies are bounded by [`INTERN_BYTES`]; past that, subjects are plain.
+fn interned(subject: &str) -> Result<Subject> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static TABLE: OnceLock<Mutex<(HashMap<&'static str, Subject>, usize)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
+    let Ok(mut t) = table.lock() else {
+        return Ok(Subject::literal(subject)?);
+    };
+    if let Some(s) = t.0.get(subject) {
+        return Ok(s.clone());
+    }
+    // Checked before anything is kept.
+    let checked = Subject::literal(subject)?;
+    if t.1 + subject.len() > INTERN_BYTES {
+        return Ok(checked);
+    }
+    let kept: &'static str = Box::leak(subject.to_owned().into_boxed_str());
+    let s = Subject::from_static(kept)?;
+    t.1 += subject.len();
+    t.0.insert(kept, s.clone());
+    Ok(s)
+}
+
 /// What [`Client::publish_now`] did.
 enum Now<'a> {
     Done(Result<()>),
@@ -418,7 +447,12 @@ impl Client {
     pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
         let f = Frame::publish(self.subject_of(subject)?, payload);
         match self.publish_now(f, false, self.opts().timeout) {
-            Now::Done(r) => r,
+            Now::Done(r) => {
+                // A publish that never waits still counts against the task's budget, so that a
+                // publishing loop lets the tasks it wakes (its subscribers) run.
+                tokio::task::coop::consume_budget().await;
+                r
+            }
             Now::Later(wait) => wait.await,
         }
     }
@@ -439,7 +473,12 @@ impl Client {
             f.flags.insert(Flags::URGENT);
         }
         match self.publish_now(f, opts.ack, timeout) {
-            Now::Done(r) => r,
+            Now::Done(r) => {
+                // A publish that never waits still counts against the task's budget, so that a
+                // publishing loop lets the tasks it wakes (its subscribers) run.
+                tokio::task::coop::consume_budget().await;
+                r
+            }
             Now::Later(wait) => wait.await,
         }
     }
@@ -496,16 +535,17 @@ impl Client {
     }
 
     /// `subject` as a checked literal subject; the last one is kept, so that a publisher
-    /// repeating its subject neither validates nor allocates it again.
+    /// repeating its subject neither validates nor allocates it again, and subjects published
+    /// often are interned (see [`interned`]) so that copies of them cost no reference count.
     pub(crate) fn subject_of(&self, subject: &str) -> Result<Subject> {
         let cache = &self.inner.shared.last_subject;
         if let Ok(mut last) = cache.try_lock() {
             if let Some(s) = &*last {
-                if s.as_str() == subject {
+                if s.as_bytes()[..] == *subject.as_bytes() {
                     return Ok(s.clone());
                 }
             }
-            let s = Subject::literal(subject)?;
+            let s = interned(subject)?;
             *last = Some(s.clone());
             return Ok(s);
         }
@@ -520,7 +560,12 @@ impl Client {
     /// Publishes a frame built by the caller (fire and forget).
     pub(crate) async fn send_frame_publish(&self, f: Frame, timeout: Duration) -> Result<()> {
         match self.publish_now(f, false, timeout) {
-            Now::Done(r) => r,
+            Now::Done(r) => {
+                // A publish that never waits still counts against the task's budget, so that a
+                // publishing loop lets the tasks it wakes (its subscribers) run.
+                tokio::task::coop::consume_budget().await;
+                r
+            }
             Now::Later(wait) => wait.await,
         }
     }
