@@ -394,8 +394,9 @@ pub(crate) fn run_fan(
         lines.join("; ")
     ));
     report.notes.push(format!(
-        "one publisher connection, {} subscriber connection(s), fire-and-forget publishes; rate \
-         = messages received by the subscribers / (last receive - first publish); clients on \
+        "one publisher connection, {} subscriber connection(s), fire-and-forget publishes \
+         (mitto's subscriptions with the block policy: a full one holds the publisher, as \
+         nats-server's TCP backpressure does, so neither drops); rate = messages received by the subscribers / (last receive - first publish); clients on \
          one current-thread runtime, mitto's broker on the server thread, nats-server and \
          mosquitto in their own processes; the systems take turns in {} slices per repetition.",
         spec.subscribers, config.slices

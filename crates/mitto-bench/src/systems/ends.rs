@@ -152,8 +152,14 @@ pub(crate) async fn connect_fan(
             let opts = mitto::ClientOptions::new;
             for _ in 0..subscribers {
                 let client = mitto::Client::connect(mitto_url, opts()).await?;
-                // SUBSCRIBE returns once the broker confirmed it.
-                let sub = client.subscribe(subject).await?;
+                // SUBSCRIBE returns once the broker confirmed it. `block`: the broker holds the
+                // publisher while a subscription is full instead of dropping (nats-server, too,
+                // delivers everything here), so every message is counted.
+                let opts = mitto::SubscribeOptions {
+                    policy: mitto::Policy::Block,
+                    ..mitto::SubscribeOptions::default()
+                };
+                let sub = client.subscribe_with(subject, opts).await?;
                 subs.push(Subscriber::Mitto { client, sub });
             }
             let client = mitto::Client::connect(mitto_url, opts()).await?;
