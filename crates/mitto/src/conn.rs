@@ -160,7 +160,9 @@ impl Outbox {
                 } else if !self.cur.is_empty() {
                     self.cur.split().freeze()
                 } else {
-                    return Poll::Ready(Ok(()));
+                    // Everything went to the stream; a TLS stream may still hold records it
+                    // accepted while the socket was full, and nothing else would write them.
+                    return Pin::new(&mut *io).poll_flush(cx);
                 };
             }
             let n = if self.queue.is_empty() && self.cur.is_empty() && self.urgent.is_empty() {

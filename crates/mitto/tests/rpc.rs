@@ -324,6 +324,26 @@ async fn many_concurrent(kind: Kind) {
     srv.shutdown().await;
 }
 
+/// Large payloads both ways, many at once: the sockets fill up and drain again many times.
+async fn large_concurrent(kind: Kind) {
+    let srv = serve(kind, calc(kind)).await;
+    let c = Client::connect(srv.local_url(), client_options(kind))
+        .await
+        .unwrap();
+    let calls = (0..16u8).map(|i| {
+        let c = c.clone();
+        async move {
+            let payload = Bytes::from(vec![i; 768 * 1024]);
+            let back = c.call("echo", payload.clone()).await;
+            (payload, back)
+        }
+    });
+    for (sent, back) in join_all(calls).await {
+        assert_eq!(back.unwrap(), sent);
+    }
+    srv.shutdown().await;
+}
+
 async fn oversize(kind: Kind) {
     let opts = server_options(kind).max_payload(1024);
     let srv = serve(kind, calc(kind).options(opts)).await;
@@ -488,6 +508,8 @@ macro_rules! transport_tests {
             async fn many_concurrent() { super::many_concurrent($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn oversize() { super::oversize($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn large_concurrent() { super::large_concurrent($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn reconnect() { super::reconnect($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
