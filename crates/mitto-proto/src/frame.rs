@@ -102,7 +102,7 @@ impl Frame {
     /// carrying that value needs it). Frames without a value are left as they are.
     pub fn materialize(&mut self) -> Result<(), String> {
         if let Some(v) = &self.value {
-            self.payload = v.0.encoded()?;
+            self.payload = v.0.encoded().map_err(str::to_owned)?.clone();
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 pub trait LocalPayload: Any + Send + Sync {
     /// The value's Rust type name, for error messages.
     fn type_name(&self) -> &'static str;
-    /// The value encoded with its codec; computed on first use and shared afterwards.
-    fn encoded(&self) -> Result<Bytes, String>;
+    /// The value encoded with its codec; computed on first use and kept with the value.
+    fn encoded(&self) -> Result<&Bytes, &str>;
     /// The value as `Any`, for a typed receiver to downcast.
     fn as_any(&self) -> &(dyn Any + Send + Sync);
 }

@@ -82,14 +82,15 @@ impl<T: serde::Serialize + Send + Sync + 'static> LocalPayload for Typed<T> {
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
     }
-    fn encoded(&self) -> std::result::Result<Bytes, String> {
+    fn encoded(&self) -> std::result::Result<&Bytes, &str> {
         self.encoded
             .get_or_init(|| {
                 self.codec
                     .encode(&*self.value)
                     .map_err(|e| e.message().to_owned())
             })
-            .clone()
+            .as_ref()
+            .map_err(String::as_str)
     }
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self

@@ -38,10 +38,9 @@ pub struct Message {
     flags: Flags,
     sid: u32,
     delivery: u64,
-    /// The publisher's value, when it was published typed in this process.
+    /// The publisher's value, when it was published typed in this process (it keeps its
+    /// encoded form once made, for [`Message::payload`]).
     value: Option<Attachment>,
-    /// The value's encoded form, made on first [`Message::payload`] call.
-    encoded: OnceLock<Bytes>,
 }
 
 impl fmt::Debug for Message {
@@ -65,7 +64,6 @@ impl Message {
             sid: f.aux,
             delivery: f.id,
             value: f.value,
-            encoded: OnceLock::new(),
         }
     }
     /// The subject it was published to.
@@ -79,12 +77,11 @@ impl Message {
     /// Its payload. For a value published typed in this process, its encoding with the
     /// publisher's codec, made on first use and shared with every other receiver.
     pub fn payload(&self) -> &Bytes {
+        static NONE: Bytes = Bytes::new();
         match &self.value {
-            Some(v) if self.payload.is_empty() => self.encoded.get_or_init(|| {
-                v.0.encoded().unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot encode a published value");
-                    Bytes::new()
-                })
+            Some(v) if self.payload.is_empty() => v.0.encoded().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot encode a published value");
+                &NONE
             }),
             _ => &self.payload,
         }
