@@ -331,11 +331,12 @@ impl BrokerReactor {
             );
         }
         let mut routed = self.core.publish(&f);
-        if let Some(event) = routed.event.take() {
+        if let Some(b) = routed.blocked.take() {
             // Full `block` subscriptions: hold the publisher (stop reading its connection)
             // until they make room, instead of refusing.
+            let crate::core::Blocked { targets, event } = *b;
             self.parked = Some(Parked {
-                targets: std::mem::take(&mut routed.blocked),
+                targets,
                 event,
                 id: f.id,
                 ack: f.flags.contains(Flags::ACK_REQUIRED),

@@ -204,9 +204,31 @@ pub(crate) struct Routed {
     pub(crate) delivered: usize,
     pub(crate) rejected: usize,
     /// The subscriptions that refused the message because they block publishers while full,
-    /// and the message (for a publisher that waits for room instead of being refused).
-    pub(crate) blocked: Vec<SubRef>,
-    pub(crate) event: Option<Frame>,
+    /// and the message (for a publisher that waits for room instead of being refused). Boxed:
+    /// rare, and it keeps the result of every publish small.
+    pub(crate) blocked: Option<Box<Blocked>>,
+}
+
+/// Subscriptions that were full and block publishers, and the message they refused.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    pub(crate) targets: Vec<SubRef>,
+    pub(crate) event: Frame,
+}
+
+impl Routed {
+    fn block(&mut self, t: &SubRef, back: Frame) {
+        self.rejected += 1;
+        match &mut self.blocked {
+            Some(b) => b.targets.push(t.clone()),
+            None => {
+                self.blocked = Some(Box::new(Blocked {
+                    targets: vec![t.clone()],
+                    event: back,
+                }))
+            }
+        }
+    }
 }
 
 /// Most filter/type bindings kept for typed in-process publishing.
@@ -605,15 +627,11 @@ impl Core {
         };
         for t in rest {
             if let Some(back) = self.offer(t, event.clone(), &mut r) {
-                r.rejected += 1;
-                r.blocked.push(t.clone());
-                r.event.get_or_insert(back);
+                r.block(t, back);
             }
         }
         if let Some(back) = self.offer(last, event, &mut r) {
-            r.rejected += 1;
-            r.blocked.push(last.clone());
-            r.event.get_or_insert(back);
+            r.block(last, back);
         }
         r
     }

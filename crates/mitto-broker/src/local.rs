@@ -3,7 +3,7 @@
 //! mailbox, with the same checks and policies as a connection from a socket.
 
 use crate::conn::Permissions;
-use crate::core::{bump, Core, Routed, SubRef};
+use crate::core::{bump, Blocked, Core, Routed, SubRef};
 use crate::mailbox::{LocalPop, Mailbox};
 use mitto::local::{LocalPort, LocalQueue, Published};
 use mitto::proto::{Frame, Status};
@@ -40,17 +40,16 @@ impl LocalPort for Port {
             }
         }
         let routed = self.core.publish_owned(f)?;
-        match routed {
-            Routed {
-                event: Some(event),
-                blocked,
-                ..
-            } if !blocked.is_empty() => Ok(Published::Blocked(Box::pin(wait_for_room(
-                self.core.clone(),
-                blocked,
-                event,
-            )))),
-            _ => Ok(Published::Done),
+        match routed.blocked {
+            Some(b) => {
+                let Blocked { targets, event } = *b;
+                Ok(Published::Blocked(Box::pin(wait_for_room(
+                    self.core.clone(),
+                    targets,
+                    event,
+                ))))
+            }
+            None => Ok(Published::Done),
         }
     }
 
