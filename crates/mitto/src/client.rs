@@ -359,6 +359,8 @@ pub(crate) struct Shared {
     >,
     /// The subject last published to (see `Client::subject_of`).
     pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
+    /// Publishes that completed without waiting (see `Client::spend_budget`).
+    pub(crate) publishes: std::sync::atomic::AtomicU32,
 }
 
 struct ClientReactor {
@@ -829,6 +831,7 @@ impl Client {
             next_sid: std::sync::atomic::AtomicU32::new(1),
             bound_types: Default::default(),
             last_subject: Default::default(),
+            publishes: Default::default(),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {
