@@ -1,0 +1,110 @@
+//! The in-process bus in its simplest shape, beside a tokio channel doing the same work:
+//! one publishing task and one subscribing task, 3,000,000 messages of 16 bytes, every queue
+//! bounded at 1,024 (the publisher waits when it is full), on a 2-worker tokio runtime.
+//!
+//! ```text
+//! cargo run --release -p mitto-broker --example bus_loop [-- ROUNDS]
+//! ```
+//!
+//! Prints messages per second for mitto (`inproc://`, `Policy::Block`) and for
+//! `tokio::sync::mpsc`, and their ratio, for each round. The comparison suite
+//! (`cargo run --release -p mitto-bench -- bus`) measures the same with repetitions, slices
+//! and more peers; this loop has no harness in between.
+
+use bytes::Bytes;
+use mitto::{Client, ClientOptions, Policy, SubscribeOptions};
+use std::time::Instant;
+
+const MESSAGES: u64 = 3_000_000;
+const CAPACITY: u32 = 1024;
+
+async fn mitto_round(publisher: &Client, subscriber: &Client) -> Result<f64, mitto::Error> {
+    let opts = SubscribeOptions {
+        policy: Policy::Block,
+        max_pending: CAPACITY,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = subscriber.subscribe_with("loop.bench", opts).await?;
+    let payload = Bytes::from(vec![7u8; 16]);
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < MESSAGES {
+            if sub.next().await.is_none() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    });
+    let p = publisher.clone();
+    tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            p.publish("loop.bench", payload.clone()).await?;
+        }
+        Ok::<_, mitto::Error>(())
+    })
+    .await
+    .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))??;
+    let got = reader
+        .await
+        .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))?;
+    assert_eq!(got, MESSAGES, "every message arrives");
+    Ok(MESSAGES as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn mpsc_round() -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CAPACITY as usize);
+    let payload = Bytes::from(vec![7u8; 16]);
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < MESSAGES && rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    });
+    let writer = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            if tx.send(payload.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _ = writer.await;
+    let got = reader.await.unwrap_or(0);
+    assert_eq!(got, MESSAGES, "every message arrives");
+    MESSAGES as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds: u32 = std::env::args()
+        .nth(1)
+        .map(|r| r.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cfg = mitto_broker::BrokerConfig {
+            listen: vec!["inproc://bus-loop".into()],
+            monitor: String::new(),
+            ..Default::default()
+        };
+        let broker = mitto_broker::Broker::start(cfg).await?;
+        let publisher = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
+        let subscriber = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
+        for round in 1..=rounds {
+            let m = mitto_round(&publisher, &subscriber).await?;
+            let c = mpsc_round().await;
+            println!(
+                "round {round}: mitto {m:>12.0} msgs/s   tokio-mpsc {c:>12.0} msgs/s   mitto/mpsc {:.2}x",
+                m / c
+            );
+        }
+        broker.shutdown().await;
+        Ok(())
+    })
+}
