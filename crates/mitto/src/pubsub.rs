@@ -404,6 +404,10 @@ const INTERN_BYTES: usize = 1 << 20;
 /// every message). The copies are bounded by [`INTERN_BYTES`]; past that, subjects are plain.
 fn interned(subject: &str) -> Result<Subject> {
     use std::collections::HashMap;
+    if subject.starts_with("_INBOX.") {
+        // Reply subjects are used once: nothing to gain from keeping them.
+        return Ok(Subject::literal(subject)?);
+    }
     use std::sync::Mutex;
     static TABLE: OnceLock<Mutex<(HashMap<&'static str, Subject>, usize)>> = OnceLock::new();
     let table = TABLE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
