@@ -27,7 +27,8 @@ fn main() -> mitto::Result<()> {
         .enable_all()
         .build()?;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let server = std::thread::Builder::new().name("server".into());
+    server.spawn(move || {
         server_rt.block_on(async move {
             let s = Server::new()
                 .route("echo", |r: Request| async move { Ok(r.payload().clone()) })
@@ -43,7 +44,7 @@ fn main() -> mitto::Result<()> {
                 }
             }
         })
-    });
+    })?;
     let url = rx
         .recv()
         .map_err(|_| mitto::Error::execution("server thread died"))??;

@@ -22,10 +22,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
@@ -361,13 +362,17 @@ pub(crate) struct Shared {
     pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
     /// Publishes that completed without waiting (see `Client::spend_budget`).
     pub(crate) publishes: std::sync::atomic::AtomicU32,
+    /// The method last called (see `Client::method_of`).
+    last_method: std::sync::Mutex<Option<Subject>>,
+    /// The `deadline` header of a call with the default timeout, made once.
+    default_deadline: Headers,
 }
 
 struct ClientReactor {
-    pending: FxHashMap<u64, Slot>,
-    /// Deadlines of pending calls, earliest first; one timer for all.
+    /// Calls waiting for their answer, with their deadlines.
+    pending: FxHashMap<u64, (Slot, Option<Instant>)>,
+    /// The earliest deadline of the pending calls; one timer for all.
     deadlines: Deadlines,
-    deadline_of: FxHashMap<u64, Instant>,
     subs: HashMap<u32, mpsc::Sender<Message>>,
     table: SubTable,
 }
@@ -393,9 +398,7 @@ fn deadline_only(left: Duration) -> Headers {
 impl ClientReactor {
     /// Removes a pending call (and its deadline).
     fn take(&mut self, id: u64) -> Option<Slot> {
-        let slot = self.pending.remove(&id)?;
-        self.deadline_of.remove(&id);
-        Some(slot)
+        self.pending.remove(&id).map(|(slot, _)| slot)
     }
 }
 
@@ -408,18 +411,17 @@ impl Reactor for ClientReactor {
                 let Some(slot) = self.take(f.id) else {
                     return;
                 };
-                let ok = f.status.is_ok();
-                let reply = || Reply {
-                    headers: f.headers.clone(),
-                    payload: f.payload.clone(),
+                let result = if f.status.is_ok() {
+                    Ok(Reply {
+                        headers: f.headers,
+                        payload: f.payload,
+                    })
+                } else {
+                    Err(remote_error(&f))
                 };
                 match slot {
                     Slot::Unary(tx) => {
-                        let _ = tx.send(if ok {
-                            Ok(reply())
-                        } else {
-                            Err(remote_error(&f))
-                        });
+                        let _ = tx.send(result);
                     }
                     Slot::Stream {
                         items,
@@ -430,13 +432,9 @@ impl Reactor for ClientReactor {
                             c.close();
                         }
                         if let Some(tx) = done {
-                            let _ = tx.send(if ok {
-                                Ok(reply())
-                            } else {
-                                Err(remote_error(&f))
-                            });
-                        } else if let (Some(tx), false) = (items, ok) {
-                            let _ = tx.try_send(Err(remote_error(&f)));
+                            let _ = tx.send(result);
+                        } else if let (Some(tx), Err(e)) = (items, result) {
+                            let _ = tx.try_send(Err(e));
                         }
                     }
                 }
@@ -450,7 +448,7 @@ impl Reactor for ClientReactor {
                         items: Some(tx), ..
                     }),
                     false,
-                ) = (self.pending.get(&f.id), end_only)
+                ) = (self.pending.get(&f.id).map(|(s, _)| s), end_only)
                 {
                     match tx.try_send(Ok(f.payload.clone())) {
                         Ok(()) => {}
@@ -496,7 +494,7 @@ impl Reactor for ClientReactor {
             FrameType::Credit if f.aux == 0 => {
                 if let Some(Slot::Stream {
                     credit: Some(c), ..
-                }) = self.pending.get(&f.id)
+                }) = self.pending.get(&f.id).map(|(s, _)| s)
                 {
                     let n = mitto_proto::body::decode_credit(&f.payload).unwrap_or(0) as usize;
                     c.add_permits(n.min(Semaphore::MAX_PERMITS - c.available_permits()));
@@ -530,8 +528,7 @@ impl Reactor for ClientReactor {
                     f.status
                 ));
                 self.deadlines.clear();
-                self.deadline_of.clear();
-                for (_, slot) in self.pending.drain() {
+                for (_, (slot, _)) in self.pending.drain() {
                     slot.fail(e.clone());
                 }
                 cx.close(Status::OK, "closing after the server's CLOSE");
@@ -566,10 +563,9 @@ impl Reactor for ClientReactor {
                     return;
                 }
                 cx.send(&frame);
-                self.pending.insert(id, slot);
+                self.pending.insert(id, (slot, deadline));
                 if let Some(d) = deadline {
                     self.deadlines.note(d);
-                    self.deadline_of.insert(id, d);
                 }
             }
             Some(Cmd::Send(f)) => {
@@ -596,8 +592,7 @@ impl Reactor for ClientReactor {
     fn on_closed(&mut self, why: &Error) {
         let e = Error::connection_lost(why.message());
         self.deadlines.clear();
-        self.deadline_of.clear();
-        for (_, slot) in self.pending.drain() {
+        for (_, (slot, _)) in self.pending.drain() {
             slot.fail(e.clone());
         }
     }
@@ -607,9 +602,9 @@ impl Reactor for ClientReactor {
             return false;
         };
         let expired: Vec<u64> = self
-            .deadline_of
+            .pending
             .iter()
-            .filter(|(_, d)| **d <= now)
+            .filter(|(_, (_, d))| d.is_some_and(|d| d <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
@@ -619,7 +614,7 @@ impl Reactor for ClientReactor {
             }
         }
         self.deadlines
-            .swept(self.deadline_of.values().min().copied());
+            .swept(self.pending.values().filter_map(|(_, d)| *d).min());
         true
     }
 }
@@ -692,7 +687,6 @@ async fn open(
         ClientReactor {
             pending: FxHashMap::default(),
             deadlines: Deadlines::new(),
-            deadline_of: FxHashMap::default(),
             subs: HashMap::new(),
             table: table.clone(),
         },
@@ -796,6 +790,121 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The future of [`Client::call`]: the answer's payload.
+#[must_use = "a call is sent when its future is first polled"]
+pub struct Call<'a>(CallWith<'a>);
+
+impl Future for Call<'_> {
+    type Output = Result<Bytes>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Bytes>> {
+        Pin::new(&mut self.0).poll(cx).map_ok(|r| r.payload)
+    }
+}
+
+impl fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The future of [`Client::call_with`]: the answer's headers and payload. Small (it holds
+/// the call's id and the receiving end of its answer), so that many calls in flight cost
+/// little to keep and to move.
+#[must_use = "a call is sent when its future is first polled"]
+pub struct CallWith<'a> {
+    client: &'a Client,
+    method: &'a str,
+    state: CallState<'a>,
+}
+
+enum CallState<'a> {
+    /// Not polled yet.
+    Start(Bytes, CallOptions),
+    /// On the connection; CANCEL goes out if the future is dropped in this state.
+    Sent {
+        id: u64,
+        rx: oneshot::Receiver<Result<Reply>>,
+        timeout: Duration,
+    },
+    /// The general path (middleware, reconnecting, a full queue, retries).
+    Slow(BoxFuture<'a, Result<Reply>>),
+    Done,
+}
+
+impl fmt::Debug for CallWith<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            CallState::Start(..) => "not sent",
+            CallState::Sent { .. } => "sent",
+            CallState::Slow(_) => "in progress",
+            CallState::Done => "done",
+        };
+        f.debug_struct("Call")
+            .field("method", &self.method)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for CallWith<'_> {
+    type Output = Result<Reply>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                CallState::Start(..) => {
+                    let CallState::Start(payload, options) =
+                        std::mem::replace(&mut this.state, CallState::Done)
+                    else {
+                        continue;
+                    };
+                    this.state = this.client.start_call(this.method, payload, options);
+                }
+                CallState::Sent { rx, timeout, .. } => {
+                    let answer = ready!(Pin::new(rx).poll(cx));
+                    let timeout = *timeout;
+                    this.state = CallState::Done;
+                    return Poll::Ready(match answer {
+                        Ok(Err(e)) if e.status() == Status::TIMEOUT && !e.is_remote() => {
+                            Err(Error::new(
+                                Status::TIMEOUT,
+                                format!("{} exceeded its deadline of {timeout:?}", this.method),
+                            ))
+                        }
+                        Ok(r) => r,
+                        Err(_) => Err(Error::connection_lost("connection closed during the call")),
+                    });
+                }
+                CallState::Slow(f) => {
+                    let r = ready!(f.as_mut().poll(cx));
+                    this.state = CallState::Done;
+                    return Poll::Ready(r);
+                }
+                CallState::Done => {
+                    return Poll::Ready(Err(Error::new(
+                        Status::INTERNAL,
+                        "a call's future was polled after it finished",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CallWith<'_> {
+    fn drop(&mut self) {
+        if let CallState::Sent { id, .. } = self.state {
+            // The call went out on the connection that is up now, or on one that is gone
+            // (whose calls failed with it; the new one ignores an unknown id).
+            if let State::Up(c) = &*self.client.inner.shared.state.borrow() {
+                let _ = c.ctl.send(Cmd::Cancel(id));
+            }
+        }
+    }
+}
+
 /// Fails a call's pending state (sends CANCEL) if the call's future is dropped before its end.
 struct CancelGuard {
     id: u64,
@@ -821,6 +930,7 @@ impl Client {
         let session = std::sync::Mutex::new(String::new());
         let (driver, conn, _) = open(&endpoint, &opts, &table, &session).await?;
         let (state, _) = watch::channel(State::Up(conn));
+        let opts_timeout = opts.timeout;
         let shared = Arc::new(Shared {
             endpoint,
             opts,
@@ -832,6 +942,8 @@ impl Client {
             bound_types: Default::default(),
             last_subject: Default::default(),
             publishes: Default::default(),
+            last_method: Default::default(),
+            default_deadline: deadline_only(opts_timeout),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {
@@ -923,26 +1035,112 @@ impl Client {
     }
 
     /// Calls `method` with raw bytes and returns the response payload.
-    pub async fn call(&self, method: &str, payload: impl Into<Bytes>) -> Result<Bytes> {
-        self.call_with(method, payload, CallOptions::default())
-            .await
-            .map(|r| r.payload)
+    ///
+    /// Nothing is sent until the future is first polled; dropping it before the answer sends
+    /// CANCEL.
+    pub fn call<'a>(&'a self, method: &'a str, payload: impl Into<Bytes>) -> Call<'a> {
+        Call(self.call_with(method, payload, CallOptions::default()))
     }
 
     /// Calls `method` with per-call options; returns headers and payload.
-    pub async fn call_with(
-        &self,
-        method: &str,
+    ///
+    /// Nothing is sent until the future is first polled; dropping it before the answer sends
+    /// CANCEL.
+    pub fn call_with<'a>(
+        &'a self,
+        method: &'a str,
         payload: impl Into<Bytes>,
         options: CallOptions,
-    ) -> Result<Reply> {
+    ) -> CallWith<'a> {
+        CallWith {
+            client: self,
+            method,
+            state: CallState::Start(payload.into(), options),
+        }
+    }
+
+    /// The first step of a call: sends it on the connection now when nothing stands in the
+    /// way (connected, room in the queue, no middleware, no retries); otherwise the general
+    /// path, boxed.
+    fn start_call<'a>(
+        &'a self,
+        method: &'a str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> CallState<'a> {
+        let mut payload = payload;
+        if self.opts().middleware.is_empty() && !options.idempotent {
+            let state = self.inner.shared.state.borrow();
+            if let State::Up(c) = &*state {
+                let subject = match self.method_of(method) {
+                    Ok(s) => s,
+                    Err(e) => return CallState::Slow(Box::pin(std::future::ready(Err(e)))),
+                };
+                let timeout = options.timeout.unwrap_or(self.opts().timeout);
+                let headers = match &options.headers {
+                    Some(h) => h.to_builder().deadline(timeout).build(),
+                    None if options.timeout.is_none() => self.inner.shared.default_deadline.clone(),
+                    None => deadline_only(timeout),
+                };
+                let id = self.next_id();
+                let mut frame = Frame::request(id, subject, payload)
+                    .with_headers(headers)
+                    .with_kind(options.kind);
+                if options.urgent {
+                    frame.flags.insert(Flags::URGENT);
+                }
+                let (tx, rx) = oneshot::channel();
+                let cmd = Cmd::Call {
+                    id,
+                    frame,
+                    slot: Slot::Unary(tx),
+                    deadline: Some(Instant::now() + timeout),
+                };
+                match c.cmds.try_send(cmd) {
+                    Ok(()) => return CallState::Sent { id, rx, timeout },
+                    Err(
+                        mpsc::error::TrySendError::Full(Cmd::Call { frame, .. })
+                        | mpsc::error::TrySendError::Closed(Cmd::Call { frame, .. }),
+                    ) => payload = frame.payload,
+                    Err(_) => {
+                        return CallState::Slow(Box::pin(std::future::ready(Err(Error::new(
+                            Status::INTERNAL,
+                            "the call was lost on its way",
+                        )))))
+                    }
+                }
+            }
+        }
+        CallState::Slow(Box::pin(self.call_slow(method, payload, options)))
+    }
+
+    /// `method` as a checked subject; the last one is kept, so that calling the same method
+    /// again neither validates nor allocates it (methods are interned, see `interned`).
+    fn method_of(&self, method: &str) -> Result<Subject> {
+        let cache = &self.inner.shared.last_method;
+        if let Ok(mut last) = cache.try_lock() {
+            if let Some(s) = &*last {
+                if s.as_bytes()[..] == *method.as_bytes() {
+                    return Ok(s.clone());
+                }
+            }
+            let s = crate::pubsub::interned(method)?;
+            *last = Some(s.clone());
+            return Ok(s);
+        }
+        Ok(Subject::literal(method)?)
+    }
+
+    /// A call through the middleware, or one that waits for the connection or for room in
+    /// its queue, or one that is retried.
+    async fn call_slow(&self, method: &str, payload: Bytes, options: CallOptions) -> Result<Reply> {
         if self.opts().middleware.is_empty() {
-            return self.unary_parts(method, payload.into(), &options).await;
+            return self.unary_parts(method, payload, &options).await;
         }
         let call = OutgoingCall {
             method: method.to_owned(),
             options,
-            payload: payload.into(),
+            payload,
         };
         ClientNext {
             client: self,

@@ -37,8 +37,8 @@ pub mod transport;
 mod typed;
 
 pub use client::{
-    CallOptions, Client, ClientMiddleware, ClientNext, ClientOptions, OutgoingCall, PendingReply,
-    Pool, Reply, RequestSink, ResponseStream,
+    Call, CallOptions, CallWith, Client, ClientMiddleware, ClientNext, ClientOptions, OutgoingCall,
+    PendingReply, Pool, Reply, RequestSink, ResponseStream,
 };
 pub use codec::{decode_proto, encode_proto, Codec, OCTET_STREAM, PROTOBUF};
 pub use error::{Error, Result};

@@ -402,7 +402,7 @@ const INTERN_BYTES: usize = 1 << 20;
 /// `subject` backed by a process-lifetime copy, so that its clones and drops touch no shared
 /// counter (a publisher and its subscribers on different cores would otherwise contend on it for
 /// every message). The copies are bounded by [`INTERN_BYTES`]; past that, subjects are plain.
-fn interned(subject: &str) -> Result<Subject> {
+pub(crate) fn interned(subject: &str) -> Result<Subject> {
     use std::collections::HashMap;
     if subject.starts_with("_INBOX.") {
         // Reply subjects are used once: nothing to gain from keeping them.

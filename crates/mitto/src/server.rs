@@ -1102,7 +1102,48 @@ struct Call {
 }
 
 /// A call's handler, run on the connection's task; yields the call's RESPONSE.
-type CallFuture = Abortable<Pin<Box<dyn Future<Output = (u64, Frame)> + Send>>>;
+type CallFuture = Abortable<CallTask>;
+
+/// A call in progress: the handler's own future (no middleware), or the middleware chain.
+/// Both are `Unpin`, so a call can be polled once where it arrives and moved to the running
+/// set only if it did not finish at once.
+enum CallTask {
+    Direct(Finishing),
+    Chain(Pin<Box<dyn Future<Output = (u64, Frame)> + Send>>),
+}
+
+impl Future for CallTask {
+    type Output = (u64, Frame);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
+        match self.get_mut() {
+            CallTask::Direct(f) => f.poll(cx),
+            CallTask::Chain(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A handler's future with what its RESPONSE needs; a panic inside it becomes an
+/// EXECUTION_ERROR response.
+struct Finishing {
+    shared: Arc<Shared>,
+    fut: BoxFuture<'static, Result<Response>>,
+    id: u64,
+    method: Subject,
+}
+
+impl Finishing {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
+        let fut = &mut self.fut;
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(r)) => Ok(r),
+            Err(panic) => Err(panic),
+        };
+        let id = self.id;
+        Poll::Ready((id, call_frame(&self.shared, outcome, id, &self.method)))
+    }
+}
 
 impl Call {
     fn end(self) {
@@ -1250,19 +1291,36 @@ impl ServerReactor {
             items,
             sink,
         };
-        bump(&stats.calls_in_flight);
         // Handlers run on this connection's task, polled by the driver (no task spawned per
         // call); they wake the driver when they make progress.
         let method = req.method.clone();
+        let mut task = if self.shared.server.middleware.is_empty() {
+            // The handler's future is made here, so the call's future holds no request.
+            CallTask::Direct(Finishing {
+                shared: self.shared.clone(),
+                fut: (route.handler)(req),
+                id,
+                method: method.clone(),
+            })
+        } else {
+            CallTask::Chain(Box::pin(run_call(
+                self.shared.clone(),
+                route.handler,
+                req,
+                id,
+            )))
+        };
+        if route.shape == Shape::Unary {
+            // A unary handler that finishes at its first poll answers at once: no entry in
+            // the call table, no abort handle, no place in the running set.
+            let mut tcx = Context::from_waker(cx.waker());
+            if let Poll::Ready((_, frame)) = Pin::new(&mut task).poll(&mut tcx) {
+                cx.send(&frame);
+                return;
+            }
+        }
+        bump(&stats.calls_in_flight);
         let (abort, registration) = AbortHandle::new_pair();
-        let task: Pin<Box<dyn Future<Output = (u64, Frame)> + Send>> =
-            if self.shared.server.middleware.is_empty() {
-                // The handler's future is made here, so the call's future holds no request.
-                let fut = (route.handler)(req);
-                Box::pin(finish_call(self.shared.clone(), fut, id, method.clone()))
-            } else {
-                Box::pin(run_call(self.shared.clone(), route.handler, req, id))
-            };
         self.running.push(Abortable::new(task, registration));
         if let Some(d) = deadline {
             self.deadlines.note(d);
@@ -1315,16 +1373,6 @@ async fn run_call(shared: Arc<Shared>, handler: Handler, req: Request, id: u64) 
     }
     .run(req);
     let outcome = AssertUnwindSafe(chain).catch_unwind().await;
-    (id, call_frame(&shared, outcome, id, &method))
-}
-
-async fn finish_call(
-    shared: Arc<Shared>,
-    fut: BoxFuture<'static, Result<Response>>,
-    id: u64,
-    method: Subject,
-) -> (u64, Frame) {
-    let outcome = AssertUnwindSafe(fut).catch_unwind().await;
     (id, call_frame(&shared, outcome, id, &method))
 }
 
