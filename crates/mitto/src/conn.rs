@@ -28,6 +28,11 @@ const INLINE_PAYLOAD_MAX: usize = 8 * 1024;
 const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 /// At most this many slices per vectored write.
 const MAX_IOVECS: usize = 64;
+/// While handling a long run of received frames, the outbox is written every this many of
+/// them...
+const EARLY_FLUSH_FRAMES: u32 = 32;
+/// ...when it holds at least this many bytes.
+const EARLY_FLUSH_BYTES: usize = 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -565,9 +570,16 @@ impl<R: Reactor> Driver<R> {
     }
 
     fn handle_buffered(&mut self, waker: &Waker) {
+        let mut n = 0u32;
         loop {
             match self.dec.decode(&mut self.rbuf) {
-                Ok(Some(f)) => self.on_frame(f, waker),
+                Ok(Some(f)) => {
+                    self.on_frame(f, waker);
+                    n += 1;
+                    if n % EARLY_FLUSH_FRAMES == 0 {
+                        self.flush_early(waker);
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, id = e.id(), "bad frame from peer");
@@ -582,6 +594,20 @@ impl<R: Reactor> Driver<R> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes what the outbox holds now, in the middle of a run of received frames, so that the
+    /// peer works on the first answers while this side handles the rest of the requests (two
+    /// ends of a pipelined connection then run side by side instead of taking turns). Not on
+    /// in-process links, where a handover costs no system call. (Doing the same in a run of
+    /// commands measured slower: the sender's batch is better written whole.)
+    fn flush_early(&mut self, waker: &Waker) {
+        if self.out.len >= EARLY_FLUSH_BYTES && !matches!(self.io, Io::Link(_)) {
+            // A write error shows again at the driver's own flush, which handles it.
+            let _ = self
+                .out
+                .poll_flush(&mut self.io, &mut Context::from_waker(waker));
         }
     }
 
