@@ -30,7 +30,7 @@ const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 const MAX_IOVECS: usize = 64;
 /// While handling a long run of received frames, the outbox is written every this many of
 /// them...
-const EARLY_FLUSH_FRAMES: u32 = 32;
+const EARLY_FLUSH_FRAMES: u32 = 64;
 /// ...when it holds at least this many bytes.
 const EARLY_FLUSH_BYTES: usize = 1024;
 /// Read buffer growth step.
