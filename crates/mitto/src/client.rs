@@ -2,7 +2,7 @@
 //! streams with credit-based flow control, automatic reconnect, and retries of idempotent calls.
 
 use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
-use crate::conn::{Ctx, Driver, DriverConfig, Reactor};
+use crate::conn::{Ctx, Driver, DriverConfig, Lane, Reactor};
 use crate::deadlines::Deadlines;
 use crate::error::{Error, Result};
 use crate::handshake;
@@ -328,6 +328,8 @@ impl Slot {
 #[derive(Clone)]
 pub(crate) struct Conn {
     pub(crate) cmds: mpsc::Sender<Cmd>,
+    /// Unary calls, handed to the driver in batches (see [`Lane`]).
+    pub(crate) lane: Arc<Lane<Cmd>>,
     pub(crate) ctl: mpsc::UnboundedSender<Cmd>,
     pub(crate) agreed: Arc<Negotiated>,
     /// Direct entry points of a server in this process (in-process links to a broker).
@@ -693,10 +695,13 @@ async fn open(
         cmds_rx,
         ctl_rx,
     );
+    let lane = Arc::new(Lane::new(opts.queue_capacity));
+    let driver = driver.with_lane(lane.clone());
     Ok((
         driver,
         Conn {
             cmds: cmds_tx,
+            lane,
             ctl: ctl_tx,
             agreed: Arc::new(agreed),
             port,
@@ -1096,7 +1101,11 @@ impl Client {
                     slot: Slot::Unary(tx),
                     deadline: Some(Instant::now() + timeout),
                 };
-                match c.cmds.try_send(cmd) {
+                let sent = match c.lane.push(cmd) {
+                    Ok(()) => Ok(()),
+                    Err(cmd) => c.cmds.try_send(cmd),
+                };
+                match sent {
                     Ok(()) => return CallState::Sent { id, rx, timeout },
                     Err(
                         mpsc::error::TrySendError::Full(Cmd::Call { frame, .. })

@@ -16,6 +16,7 @@ use std::future::poll_fn;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -301,6 +302,71 @@ pub struct DriverConfig {
     pub keepalive: Option<Duration>,
 }
 
+/// A bounded queue of commands that the driver takes whole: a sender pushes under a lock
+/// (waking the driver only when the queue was empty), the driver swaps the queue for an empty
+/// one. Cheaper per command than a channel when many commands arrive between two turns of the
+/// driver (pipelined calls); a sender that finds it full or closed uses the channel instead.
+pub(crate) struct Lane<T> {
+    items: std::sync::Mutex<LaneItems<T>>,
+    waker: futures_util::task::AtomicWaker,
+    cap: usize,
+}
+
+struct LaneItems<T> {
+    queued: Vec<T>,
+    closed: bool,
+}
+
+impl<T> Lane<T> {
+    pub(crate) fn new(cap: usize) -> Lane<T> {
+        Lane {
+            items: std::sync::Mutex::new(LaneItems {
+                queued: Vec::new(),
+                closed: false,
+            }),
+            waker: futures_util::task::AtomicWaker::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Queues `item`; gives it back if the lane is full or closed.
+    pub(crate) fn push(&self, item: T) -> Result<(), T> {
+        let Ok(mut q) = self.items.lock() else {
+            return Err(item);
+        };
+        if q.closed || q.queued.len() >= self.cap {
+            return Err(item);
+        }
+        let was_empty = q.queued.is_empty();
+        q.queued.push(item);
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Swaps everything queued into `out` (which must be empty); `waker` is woken by the next
+    /// push into the emptied lane.
+    fn take(&self, waker: &Waker, out: &mut Vec<T>) {
+        self.waker.register(waker);
+        if let Ok(mut q) = self.items.lock() {
+            std::mem::swap(&mut q.queued, out);
+        }
+    }
+
+    /// Refuses further pushes; returns what was still queued.
+    fn close(&self) -> Vec<T> {
+        match self.items.lock() {
+            Ok(mut q) => {
+                q.closed = true;
+                std::mem::take(&mut q.queued)
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// One connection's task.
 pub struct Driver<R: Reactor> {
     io: Io,
@@ -310,6 +376,9 @@ pub struct Driver<R: Reactor> {
     cmds: mpsc::Receiver<R::Cmd>,
     ctl: mpsc::UnboundedReceiver<R::Cmd>,
     cmds_done: bool,
+    /// Commands handed over in batches (see [`Lane`]), and the buffer they are swapped into.
+    lane: Option<Arc<Lane<R::Cmd>>>,
+    lane_buf: Vec<R::Cmd>,
     reactor: R,
     keepalive: Option<Duration>,
     timer: Pin<Box<Sleep>>,
@@ -355,6 +424,8 @@ impl<R: Reactor> Driver<R> {
             cmds,
             ctl,
             cmds_done: false,
+            lane: None,
+            lane_buf: Vec::new(),
             reactor,
             keepalive: cfg.keepalive,
             timer: Box::pin(tokio::time::sleep_until(first_tick)),
@@ -367,9 +438,20 @@ impl<R: Reactor> Driver<R> {
         }
     }
 
+    /// Also takes commands from `lane` (in batches, while the outbox is below its high-water
+    /// mark); the lane is closed when the driver ends.
+    pub(crate) fn with_lane(mut self, lane: Arc<Lane<R::Cmd>>) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
     /// Runs the connection to its end.
     pub async fn run(mut self) -> Outcome {
         let outcome = poll_fn(|cx| self.poll(cx)).await;
+        if let Some(lane) = &self.lane {
+            // Commands left in it fail (their answer channels close with them).
+            drop(lane.close());
+        }
         let why = match &outcome {
             Ok(()) => Error::new(Status::UNAVAILABLE, "connection closed").retryable(),
             Err(e) => e.clone(),
@@ -501,6 +583,19 @@ impl<R: Reactor> Driver<R> {
                 _ => break,
             }
         }
+        if let Some(lane) = &self.lane {
+            if !self.out.over_high_water() && self.close.is_none() {
+                lane.take(cx.waker(), &mut self.lane_buf);
+                let mut batch = std::mem::take(&mut self.lane_buf);
+                for c in batch.drain(..) {
+                    let (r, mut ctx) = self.ctx(cx.waker());
+                    r.on_command(Some(c), &mut ctx);
+                    progress = true;
+                    n += 1;
+                }
+                self.lane_buf = batch;
+            }
+        }
         while n < 256 && !self.cmds_done && !self.out.over_high_water() && self.close.is_none() {
             match self.cmds.poll_recv(cx) {
                 Poll::Ready(Some(c)) => {
@@ -629,6 +724,43 @@ impl<R: Reactor> Driver<R> {
 mod tests {
     use super::*;
     use mitto_proto::Subject;
+
+    /// Counts its wakes.
+    struct CountWake(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn lane_hands_over_in_order_wakes_once_per_batch_and_refuses_when_full_or_closed() {
+        let lane = Lane::new(3);
+        let count = Arc::new(CountWake(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut out = Vec::new();
+        lane.take(&waker, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(lane.push(1), Ok(()));
+        assert_eq!(
+            wakes(),
+            1,
+            "the first push into an empty lane wakes the driver"
+        );
+        assert_eq!(lane.push(2), Ok(()));
+        assert_eq!(lane.push(3), Ok(()));
+        assert_eq!(wakes(), 1, "pushes behind it do not");
+        assert_eq!(lane.push(4), Err(4), "full at its capacity");
+        lane.take(&waker, &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+        out.clear();
+        assert_eq!(lane.push(5), Ok(()));
+        assert_eq!(wakes(), 2, "the emptied lane wakes again");
+        assert_eq!(lane.close(), vec![5], "closing gives back what was queued");
+        assert_eq!(lane.push(6), Err(6), "a closed lane refuses");
+    }
 
     fn drain(out: &mut Outbox) -> Vec<u8> {
         let mut v = Vec::new();

@@ -270,6 +270,33 @@ async fn cancel_on_drop(kind: Kind) {
     srv.shutdown().await;
 }
 
+/// A call goes out when its future is first polled, not when it is made; a future dropped
+/// before that sends nothing (no call, no CANCEL).
+async fn call_is_sent_when_polled(kind: Kind) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let server = Server::with_options(server_options(kind)).route("count", move |_req: Request| {
+        let r = r.clone();
+        async move { Ok(Bytes::from(r.fetch_add(1, Ordering::SeqCst).to_string())) }
+    });
+    let srv = serve(kind, server).await;
+    let c = Client::connect(srv.local_url(), client_options(kind))
+        .await
+        .unwrap();
+    let later = c.call("count", "x");
+    let never = c.call("count", "y");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing sent before a poll");
+    drop(never);
+    assert_eq!(later.await.unwrap(), Bytes::from("0"));
+    assert_eq!(c.call("count", "z").await.unwrap(), Bytes::from("1"));
+    let stats = srv.stats();
+    assert_eq!(stats.values["calls_total"], 2);
+    assert_eq!(stats.values["calls_cancelled"], 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    srv.shutdown().await;
+}
+
 async fn deadline(kind: Kind) {
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
@@ -504,6 +531,8 @@ macro_rules! transport_tests {
             async fn cancel_on_drop() { super::cancel_on_drop($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn deadline() { super::deadline($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn call_is_sent_when_polled() { super::call_is_sent_when_polled($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn many_concurrent() { super::many_concurrent($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
