@@ -82,11 +82,6 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
                 protosocket_peer::connect(protosocket_peer::start(&srt).await?).await?,
             ),
         ];
-        let only = std::env::var("ONLY").unwrap_or_default();
-        let systems: Vec<System> = systems
-            .into_iter()
-            .filter(|s| only.is_empty() || s.name() == only)
-            .collect();
         let k = config.in_flight;
         for s in &systems {
             progress.step(format!("rpc-throughput {} warm-up", s.name()));
