@@ -364,7 +364,7 @@ pub(crate) struct Shared {
     pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
     /// Publishes that completed without waiting (see `Client::spend_budget`).
     pub(crate) publishes: std::sync::atomic::AtomicU32,
-    /// The method last called (see `Client::method_of`).
+    /// The method last called (see `Client::request_frame`).
     last_method: std::sync::Mutex<Option<Subject>>,
     /// The `deadline` header of a call with the default timeout, made once.
     default_deadline: Headers,
@@ -1018,16 +1018,21 @@ impl Client {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The REQUEST of call `id`, with `left` as its deadline. The method's subject comes from
+    /// the client's last-called cache, and the common headers (only the default deadline) are
+    /// made once per client.
     fn request_frame(
+        &self,
         id: u64,
         method: &str,
         payload: Bytes,
         opts: &CallOptions,
         left: Duration,
     ) -> Result<Frame> {
-        let subject = Subject::literal(method)?;
+        let subject = crate::pubsub::cached_subject(&self.inner.shared.last_method, method)?;
         let headers = match &opts.headers {
             Some(h) => h.to_builder().deadline(left).build(),
+            None if left == self.opts().timeout => self.inner.shared.default_deadline.clone(),
             None => deadline_only(left),
         };
         let mut f = Frame::request(id, subject, payload)
@@ -1077,23 +1082,12 @@ impl Client {
         if self.opts().middleware.is_empty() && !options.idempotent {
             let state = self.inner.shared.state.borrow();
             if let State::Up(c) = &*state {
-                let subject = match self.method_of(method) {
-                    Ok(s) => s,
+                let timeout = options.timeout.unwrap_or(self.opts().timeout);
+                let id = self.next_id();
+                let frame = match self.request_frame(id, method, payload, &options, timeout) {
+                    Ok(f) => f,
                     Err(e) => return CallState::Slow(Box::pin(std::future::ready(Err(e)))),
                 };
-                let timeout = options.timeout.unwrap_or(self.opts().timeout);
-                let headers = match &options.headers {
-                    Some(h) => h.to_builder().deadline(timeout).build(),
-                    None if options.timeout.is_none() => self.inner.shared.default_deadline.clone(),
-                    None => deadline_only(timeout),
-                };
-                let id = self.next_id();
-                let mut frame = Frame::request(id, subject, payload)
-                    .with_headers(headers)
-                    .with_kind(options.kind);
-                if options.urgent {
-                    frame.flags.insert(Flags::URGENT);
-                }
                 let (tx, rx) = oneshot::channel();
                 let cmd = Cmd::Call {
                     id,
@@ -1121,23 +1115,6 @@ impl Client {
             }
         }
         CallState::Slow(Box::pin(self.call_slow(method, payload, options)))
-    }
-
-    /// `method` as a checked subject; the last one is kept, so that calling the same method
-    /// again neither validates nor allocates it (methods are interned, see `interned`).
-    fn method_of(&self, method: &str) -> Result<Subject> {
-        let cache = &self.inner.shared.last_method;
-        if let Ok(mut last) = cache.try_lock() {
-            if let Some(s) = &*last {
-                if s.as_bytes()[..] == *method.as_bytes() {
-                    return Ok(s.clone());
-                }
-            }
-            let s = crate::pubsub::interned(method)?;
-            *last = Some(s.clone());
-            return Ok(s);
-        }
-        Ok(Subject::literal(method)?)
     }
 
     /// A call through the middleware, or one that waits for the connection or for room in
@@ -1185,7 +1162,7 @@ impl Client {
             } else {
                 deadline.saturating_duration_since(Instant::now())
             };
-            let frame = Self::request_frame(id, method, payload.clone(), options, left)?;
+            let frame = self.request_frame(id, method, payload.clone(), options, left)?;
             let (tx, rx) = oneshot::channel();
             let mut guard = CancelGuard {
                 id,
@@ -1306,7 +1283,7 @@ impl Client {
         let deadline = Instant::now() + self.opts().timeout;
         let conn = self.conn(deadline).await?;
         let id = self.next_id();
-        let mut frame = Self::request_frame(
+        let mut frame = self.request_frame(
             id,
             method,
             payload,

@@ -429,6 +429,27 @@ pub(crate) fn interned(subject: &str) -> Result<Subject> {
     Ok(s)
 }
 
+/// `subject` as a checked literal subject; the last one is kept in `cache`, so that a caller
+/// repeating its subject (a publisher, a client calling one method) neither validates nor
+/// allocates it again, and subjects used often are interned (see [`interned`]) so that copies
+/// of them cost no reference count.
+pub(crate) fn cached_subject(
+    cache: &std::sync::Mutex<Option<Subject>>,
+    subject: &str,
+) -> Result<Subject> {
+    if let Ok(mut last) = cache.try_lock() {
+        if let Some(s) = &*last {
+            if s.as_bytes()[..] == *subject.as_bytes() {
+                return Ok(s.clone());
+            }
+        }
+        let s = interned(subject)?;
+        *last = Some(s.clone());
+        return Ok(s);
+    }
+    Ok(Subject::literal(subject)?)
+}
+
 /// What [`Client::publish_now`] did.
 enum Now<'a> {
     Done(Result<()>),
@@ -447,15 +468,8 @@ impl Client {
     /// the connection; waits while the connection's queue is full).
     pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
         let f = Frame::publish(self.subject_of(subject)?, payload);
-        match self.publish_now(f, false, self.opts().timeout) {
-            Now::Done(r) => {
-                // A publish that never waits still counts against the task's budget, so that a
-                // publishing loop lets the tasks it wakes (its subscribers) run.
-                self.spend_budget().await;
-                r
-            }
-            Now::Later(wait) => wait.await,
-        }
+        let now = self.publish_now(f, false, self.opts().timeout);
+        self.finish_publish(now).await
     }
 
     /// Publishes with options (headers, kind, URGENT, broker ACK).
@@ -473,15 +487,8 @@ impl Client {
         if opts.urgent {
             f.flags.insert(Flags::URGENT);
         }
-        match self.publish_now(f, opts.ack, timeout) {
-            Now::Done(r) => {
-                // A publish that never waits still counts against the task's budget, so that a
-                // publishing loop lets the tasks it wakes (its subscribers) run.
-                self.spend_budget().await;
-                r
-            }
-            Now::Later(wait) => wait.await,
-        }
+        let now = self.publish_now(f, opts.ack, timeout);
+        self.finish_publish(now).await
     }
 
     /// Publishes without waiting when it can (in-process broker, or room in the connection's
@@ -546,22 +553,10 @@ impl Client {
         }
     }
 
-    /// `subject` as a checked literal subject; the last one is kept, so that a publisher
-    /// repeating its subject neither validates nor allocates it again, and subjects published
-    /// often are interned (see [`interned`]) so that copies of them cost no reference count.
+    /// `subject` as a checked literal subject, through the client's last-published cache (see
+    /// [`cached_subject`]).
     pub(crate) fn subject_of(&self, subject: &str) -> Result<Subject> {
-        let cache = &self.inner.shared.last_subject;
-        if let Ok(mut last) = cache.try_lock() {
-            if let Some(s) = &*last {
-                if s.as_bytes()[..] == *subject.as_bytes() {
-                    return Ok(s.clone());
-                }
-            }
-            let s = interned(subject)?;
-            *last = Some(s.clone());
-            return Ok(s);
-        }
-        Ok(Subject::literal(subject)?)
+        cached_subject(&self.inner.shared.last_subject, subject)
     }
 
     /// The broker's direct entry points when it runs in this process.
@@ -569,12 +564,24 @@ impl Client {
         self.local_port().map(|(p, _)| p)
     }
 
-    /// Publishes a frame built by the caller (fire and forget).
-    pub(crate) async fn send_frame_publish(&self, f: Frame, timeout: Duration) -> Result<()> {
-        match self.publish_now(f, false, timeout) {
+    /// Publishes a built PUBLISH frame (acknowledged by the broker if `ack`): at once when it
+    /// can (see [`Client::publish_now`]), else waiting up to `timeout`.
+    pub(crate) async fn send_frame_publish(
+        &self,
+        f: Frame,
+        ack: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let now = self.publish_now(f, ack, timeout);
+        self.finish_publish(now).await
+    }
+
+    /// The end of a publish: a publish that never waited still counts against the task's
+    /// budget, so that a publishing loop lets the tasks it wakes (its subscribers) run; one that
+    /// must wait waits. (Taking the started publish, not the frame, keeps publish futures small.)
+    async fn finish_publish(&self, now: Now<'_>) -> Result<()> {
+        match now {
             Now::Done(r) => {
-                // A publish that never waits still counts against the task's budget, so that a
-                // publishing loop lets the tasks it wakes (its subscribers) run.
                 self.spend_budget().await;
                 r
             }

@@ -30,7 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -1127,19 +1127,28 @@ impl Future for CallTask {
 /// EXECUTION_ERROR response.
 struct Finishing {
     shared: Arc<Shared>,
-    fut: BoxFuture<'static, Result<Response>>,
+    fut: futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Result<Response>>>>,
     id: u64,
     method: Subject,
 }
 
 impl Finishing {
+    fn new(
+        shared: Arc<Shared>,
+        fut: BoxFuture<'static, Result<Response>>,
+        id: u64,
+        method: Subject,
+    ) -> Finishing {
+        Finishing {
+            shared,
+            fut: AssertUnwindSafe(fut).catch_unwind(),
+            id,
+            method,
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
-        let fut = &mut self.fut;
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(r)) => Ok(r),
-            Err(panic) => Err(panic),
-        };
+        let outcome = ready!(self.fut.poll_unpin(cx));
         let id = self.id;
         Poll::Ready((id, call_frame(&self.shared, outcome, id, &self.method)))
     }
@@ -1296,12 +1305,12 @@ impl ServerReactor {
         let method = req.method.clone();
         let mut task = if self.shared.server.middleware.is_empty() {
             // The handler's future is made here, so the call's future holds no request.
-            CallTask::Direct(Finishing {
-                shared: self.shared.clone(),
-                fut: (route.handler)(req),
+            CallTask::Direct(Finishing::new(
+                self.shared.clone(),
+                (route.handler)(req),
                 id,
-                method: method.clone(),
-            })
+                method.clone(),
+            ))
         } else {
             CallTask::Chain(Box::pin(run_call(
                 self.shared.clone(),

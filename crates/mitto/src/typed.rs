@@ -70,7 +70,7 @@ impl Client {
             .with_headers(codec_headers(codec));
         f.value = Some(Attachment::new(Typed::new(value, codec)));
         let timeout = self.opts().timeout;
-        self.send_frame_publish(f, timeout).await
+        self.send_frame_publish(f, false, timeout).await
     }
 
     /// Subscribes to values of type `T` on `filter`: each item is the publisher's own value
