@@ -364,3 +364,72 @@ async fn peer_vanishing_mid_call_fails_the_call_as_retryable() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     fake.await.unwrap();
 }
+
+/// A long run of requests read at once is answered in parts: the answers to the first 64 go out
+/// while the server is still busy with the rest, so a pipelining peer can work on them. Here
+/// the 65th handler holds the server's thread for 400 ms (the server runs on a runtime of its
+/// own, so this test's client keeps reading meanwhile); the first 64 answers must arrive
+/// before it lets go.
+#[tokio::test]
+async fn answers_to_a_long_run_of_requests_go_out_before_the_run_is_done() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let released = Arc::new(AtomicBool::new(false));
+    let r2 = released.clone();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let srv = Server::new()
+                .route("echo", |r: Request| async move { Ok(r.payload().clone()) })
+                .route("stall", move |_r: Request| {
+                    let released = r2.clone();
+                    async move {
+                        // Holds the connection's task (and its thread) as a busy handler would.
+                        std::thread::sleep(Duration::from_millis(400));
+                        released.store(true, Ordering::SeqCst);
+                        Ok(Bytes::new())
+                    }
+                })
+                .bind("tcp://127.0.0.1:0")
+                .await
+                .unwrap();
+            url_tx.send(srv.local_url().to_owned()).unwrap();
+            let _ = stop_rx.await;
+            srv.shutdown().await;
+        });
+    });
+    let url = url_rx.recv().unwrap();
+    let mut r = Raw::hello(&url).await;
+    let mut run = BytesMut::new();
+    for id in 1..=64u64 {
+        run.put(
+            Frame::request(id, Subject::new("echo").unwrap(), Bytes::from("x"))
+                .to_bytes()
+                .unwrap(),
+        );
+    }
+    run.put(
+        Frame::request(65, Subject::new("stall").unwrap(), Bytes::new())
+            .to_bytes()
+            .unwrap(),
+    );
+    r.send_bytes(&run).await;
+    for id in 1..=64u64 {
+        let f = r.recv_not_ping().await.expect("an answer");
+        assert_eq!((f.frame_type, f.id), (FrameType::Response, id));
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "answer {id} waited for the whole run"
+        );
+    }
+    let f = r.recv_not_ping().await.expect("the stalled call's answer");
+    assert_eq!((f.frame_type, f.id), (FrameType::Response, 65));
+    assert!(released.load(Ordering::SeqCst));
+    stop_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+}

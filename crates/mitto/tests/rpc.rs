@@ -297,6 +297,53 @@ async fn call_is_sent_when_polled(kind: Kind) {
     srv.shutdown().await;
 }
 
+/// The deadline a handler sees: the client's default timeout (10 s in these tests), a per-call
+/// timeout, and the default again when the call carries headers of its own.
+async fn deadline_reaches_the_handler(kind: Kind) {
+    let server =
+        Server::with_options(server_options(kind)).route("left", |req: Request| async move {
+            let left = req
+                .deadline()
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            Ok(Bytes::from(format!(
+                "{}",
+                left.map_or(0, |l| l.as_millis())
+            )))
+        });
+    let srv = serve(kind, server).await;
+    let c = Client::connect(srv.local_url(), client_options(kind))
+        .await
+        .unwrap();
+    let ms = |b: Bytes| {
+        String::from_utf8(b.to_vec())
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let left = ms(c.call("left", "").await.unwrap());
+        assert!(
+            (9_000..=10_000).contains(&left),
+            "default timeout: {left} ms"
+        );
+    }
+    let one_s = CallOptions::new().timeout(Duration::from_secs(1));
+    let left = ms(c.call_with("left", "", one_s).await.unwrap().payload);
+    assert!((500..=1_000).contains(&left), "per-call timeout: {left} ms");
+    let with_headers = CallOptions::new().headers(
+        Headers::builder()
+            .insert_custom("x-trace", "t1")
+            .unwrap()
+            .build(),
+    );
+    let left = ms(c.call_with("left", "", with_headers).await.unwrap().payload);
+    assert!(
+        (9_000..=10_000).contains(&left),
+        "default with headers: {left} ms"
+    );
+    srv.shutdown().await;
+}
+
 async fn deadline(kind: Kind) {
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
@@ -531,6 +578,8 @@ macro_rules! transport_tests {
             async fn cancel_on_drop() { super::cancel_on_drop($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn deadline() { super::deadline($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn deadline_reaches_the_handler() { super::deadline_reaches_the_handler($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn call_is_sent_when_polled() { super::call_is_sent_when_polled($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
