@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_fits_in_128_bytes() {
+        // Frames are moved by value through every in-process hop: up to 128 bytes a move is a
+        // few inlined vector copies, above it a call to memcpy (BENCHMARKS.md, in-process bus).
+        assert!(
+            std::mem::size_of::<Frame>() <= 128,
+            "{}",
+            std::mem::size_of::<Frame>()
+        );
+    }
+
+    #[test]
     fn constructors_set_the_right_fields() {
         let e = Frame::event(7, 9, Subject::literal("x").unwrap(), "p");
         assert_eq!((e.aux, e.id, e.frame_type), (7, 9, FrameType::Event));

@@ -22,13 +22,18 @@ pub trait LocalPayload: Any + Send + Sync {
 }
 
 /// A shared attached value. Two attachments are equal when they are the same value.
+///
+/// One pointer wide (the value is boxed behind the `Arc`), so that a [`crate::Frame`] stays
+/// within 128 bytes: frames are moved by value through every in-process hop, and moves up to
+/// that size are inlined register copies where larger ones call `memcpy` (BENCHMARKS.md, the
+/// in-process bus).
 #[derive(Clone)]
-pub struct Attachment(pub Arc<dyn LocalPayload>);
+pub struct Attachment(pub Arc<Box<dyn LocalPayload>>);
 
 impl Attachment {
     /// Wraps a value.
     pub fn new(v: impl LocalPayload) -> Attachment {
-        Attachment(Arc::new(v))
+        Attachment(Arc::new(Box::new(v)))
     }
 }
 
