@@ -1323,6 +1323,36 @@ async fn in_process_publish_loops_let_other_tasks_run() {
     env.shutdown().await;
 }
 
+/// An in-process subscriber reading a long backlog (always ready) still lets other tasks on the
+/// same thread run: each message spends the task's cooperative budget, as a tokio channel's
+/// receive does.
+#[tokio::test(flavor = "current_thread")]
+async fn in_process_subscribers_reading_a_backlog_let_other_tasks_run() {
+    let env = Env::start_with(Transport::Inproc, defaults).await;
+    let c = env.client().await;
+    let opts = SubscribeOptions {
+        max_pending: 4_096,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = c.subscribe_with("coop.r", opts).await.unwrap();
+    for i in 0..2_000u32 {
+        c.publish("coop.r", i.to_string()).await.unwrap();
+    }
+    let ran = Arc::new(AtomicBool::new(false));
+    let r2 = ran.clone();
+    tokio::spawn(async move { r2.store(true, Ordering::SeqCst) });
+    let mut seen_during_loop = false;
+    for i in 0..2_000u32 {
+        assert_eq!(text(&next(&mut sub).await), i.to_string());
+        seen_during_loop |= ran.load(Ordering::SeqCst);
+    }
+    assert!(
+        seen_during_loop,
+        "the spawned task ran while the loop read its backlog"
+    );
+    env.shutdown().await;
+}
+
 /// Many distinct subjects from one publisher: every one is delivered (the reuse of the last
 /// subject and the process-wide subject copies never mix two subjects up, and stop growing at
 /// their bound without failing).

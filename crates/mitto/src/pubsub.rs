@@ -347,8 +347,14 @@ impl Stream for Subscription {
         }
         let this = &mut *self;
         if let Some(q) = &this.local {
+            // Each message spends the task's cooperative budget, as a tokio channel's receive
+            // does: a subscriber with a long backlog yields now and then instead of holding its
+            // worker (and, woken by a publisher, it can then be taken by an idle worker and run
+            // beside the publisher instead of in turn with it).
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
                 if let Some(f) = this.batch.pop_front() {
+                    coop.made_progress();
                     this.count_yield();
                     return Poll::Ready(Some(Message::from_event(f)));
                 }
