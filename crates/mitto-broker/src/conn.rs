@@ -193,6 +193,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
                 conn: id,
                 mailbox,
                 perms: perms.clone(),
+                routes: Default::default(),
             }));
         }
         Ok(decided)
@@ -251,6 +252,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         services: HashMap::new(),
         session,
         parked: None,
+        routes: Default::default(),
         held: Default::default(),
     };
     let driver = Driver::new(
@@ -294,6 +296,8 @@ struct BrokerReactor {
     /// PUBLISH and REQUEST frames read behind the held one (reading is paused meanwhile, so
     /// only what one read brought in).
     held: std::collections::VecDeque<Frame>,
+    /// Where this connection's last published subject goes.
+    routes: crate::core::RouteCache,
 }
 
 /// A message held for subscriptions that block publishers while full.
@@ -330,7 +334,7 @@ impl BrokerReactor {
                 &format!("may not publish to {subject}"),
             );
         }
-        let mut routed = self.core.publish(&f);
+        let mut routed = self.core.publish(&f, &mut self.routes);
         if let Some(b) = routed.blocked.take() {
             // Full `block` subscriptions: hold the publisher (stop reading its connection)
             // until they make room, instead of refusing.

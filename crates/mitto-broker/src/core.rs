@@ -164,12 +164,66 @@ struct Requests {
 const MAX_TRACKED_SUBJECTS: usize = 65_536;
 
 /// What the broker keeps per published subject: the subscribers it matched (until the
-/// subscriptions change) and the counts monitoring reports. One lock per publish covers both.
-#[derive(Default)]
+/// subscriptions change) and the counts monitoring reports.
 struct SubjectEntry {
     targets: Option<Arc<[SubRef]>>,
-    msgs: u64,
-    bytes: u64,
+    counts: Arc<SubjectCounts>,
+}
+
+/// A subject's message and byte counts, shared with the publishers' [`RouteCache`]s.
+#[derive(Debug, Default)]
+pub(crate) struct SubjectCounts {
+    msgs: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SubjectCounts {
+    #[inline]
+    fn add(&self, bytes: usize) {
+        self.msgs.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// One publisher's memo of where its last subject goes: the subscriptions it matched, valid
+/// while the broker's subscription generation is unchanged, and the subject's counters. A
+/// publisher repeating its subject (nearly all of them) then routes without the broker-wide
+/// subject table, its lock or a hash.
+#[derive(Default)]
+pub(crate) struct RouteCache(Option<CachedRoute>);
+
+struct CachedRoute {
+    subject: Subject,
+    generation: u64,
+    all: Arc<[SubRef]>,
+    /// Some subscriptions are in queue groups: one member of each is picked per message.
+    grouped: bool,
+    counts: Option<Arc<SubjectCounts>>,
+}
+
+/// The subscriptions a message goes to: the cached list itself, or a list picked for it.
+pub(crate) enum Targets<'a> {
+    Cached(&'a [SubRef]),
+    Picked(Arc<[SubRef]>),
+}
+
+impl std::ops::Deref for Targets<'_> {
+    type Target = [SubRef];
+    #[inline]
+    fn deref(&self) -> &[SubRef] {
+        match self {
+            Targets::Cached(t) => t,
+            Targets::Picked(t) => t,
+        }
+    }
+}
+
+/// Whether two subjects are the same: one comparison of pointers for the interned subjects
+/// publishers reuse, else of bytes.
+#[inline]
+fn same_subject(a: &Subject, b: &Subject) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a[..] == b[..]
 }
 
 pub(crate) struct Core {
@@ -490,52 +544,92 @@ impl Core {
     }
 
     /// The subscriptions matching `subject`, one per queue group; counts the message of
-    /// `bytes` for monitoring.
-    fn targets(&self, subject: &Subject, bytes: usize) -> Arc<[SubRef]> {
-        let cached = self.subjects.lock().ok().and_then(|mut m| {
-            // One hash and no key copy on the common path: a subject seen before.
-            if let Some(e) = m.get_mut(subject.as_bytes()) {
-                e.msgs += 1;
-                e.bytes += bytes as u64;
-                return e.targets.clone();
+    /// `bytes` for monitoring. `cache` is the publisher's memo of its last subject.
+    #[inline]
+    fn targets<'c>(
+        &self,
+        subject: &Subject,
+        bytes: usize,
+        cache: &'c mut RouteCache,
+    ) -> Targets<'c> {
+        let fresh = match &cache.0 {
+            Some(c) => {
+                !(c.generation == self.generation.load(Ordering::SeqCst)
+                    && same_subject(&c.subject, subject))
+            }
+            None => true,
+        };
+        if fresh {
+            let (all, counts, generation) = self.lookup(subject);
+            cache.0 = Some(CachedRoute {
+                subject: subject.clone(),
+                generation,
+                grouped: all.iter().any(|r| r.queue.is_some()),
+                all,
+                counts,
+            });
+        }
+        let Some(c) = &cache.0 else {
+            return Targets::Picked(Arc::from([]));
+        };
+        if let Some(n) = &c.counts {
+            n.add(bytes);
+        }
+        if c.grouped {
+            Targets::Picked(self.pick(&c.all))
+        } else {
+            Targets::Cached(&c.all)
+        }
+    }
+
+    /// The subscriptions matching `subject` (every member of every queue group), its counters
+    /// (none once [`MAX_TRACKED_SUBJECTS`] are tracked) and the subscription generation the
+    /// list is valid for.
+    #[cold]
+    fn lookup(&self, subject: &Subject) -> (Arc<[SubRef]>, Option<Arc<SubjectCounts>>, u64) {
+        let known = self.subjects.lock().ok().and_then(|mut m| {
+            // Read under the lock: `invalidate` clears the lists and bumps it under the lock.
+            let generation = self.generation.load(Ordering::SeqCst);
+            if let Some(e) = m.get(subject.as_bytes()) {
+                return Some((e.targets.clone(), Some(e.counts.clone()), generation));
             }
             if m.len() >= MAX_TRACKED_SUBJECTS {
                 return None;
             }
+            let counts = Arc::new(SubjectCounts::default());
             m.insert(
                 subject.as_bytes().clone(),
                 SubjectEntry {
                     targets: None,
-                    msgs: 1,
-                    bytes: bytes as u64,
+                    counts: counts.clone(),
                 },
             );
-            None
+            Some((None, Some(counts), generation))
         });
-        let all = match cached {
-            Some(hit) => hit,
-            None => {
-                let seen = self.generation.load(Ordering::SeqCst);
-                let mut v = Vec::new();
-                if let Ok(idx) = self.index.read() {
-                    idx.matches(subject.as_str(), &mut v);
-                }
-                let v: Arc<[SubRef]> = v.into();
-                if let Ok(mut m) = self.subjects.lock() {
-                    // Not if the subscriptions changed since the index was read.
-                    if self.generation.load(Ordering::SeqCst) == seen {
-                        if let Some(e) = m.get_mut(subject.as_bytes()) {
-                            e.targets = Some(v.clone());
-                        }
-                    }
-                }
-                v
-            }
+        let counts = match known {
+            Some((Some(hit), counts, generation)) => return (hit, counts, generation),
+            Some((None, counts, _)) => counts,
+            None => None,
         };
-        if all.iter().all(|r| r.queue.is_none()) {
-            // The cached list as it is: no allocation per publish.
-            return all;
+        let seen = self.generation.load(Ordering::SeqCst);
+        let mut v = Vec::new();
+        if let Ok(idx) = self.index.read() {
+            idx.matches(subject.as_str(), &mut v);
         }
+        let v: Arc<[SubRef]> = v.into();
+        if let Ok(mut m) = self.subjects.lock() {
+            // Not if the subscriptions changed since the index was read.
+            if self.generation.load(Ordering::SeqCst) == seen {
+                if let Some(e) = m.get_mut(subject.as_bytes()) {
+                    e.targets = Some(v.clone());
+                }
+            }
+        }
+        (v, counts, seen)
+    }
+
+    /// One subscription per queue group (in turn), and every subscription outside groups.
+    fn pick(&self, all: &[SubRef]) -> Arc<[SubRef]> {
         let mut out: Vec<SubRef> = Vec::with_capacity(all.len());
         let mut groups: BTreeMap<&str, Vec<&SubRef>> = BTreeMap::new();
         for r in all.iter() {
@@ -556,7 +650,13 @@ impl Core {
         let mut v: Vec<(String, u64, u64)> = match self.subjects.lock() {
             Ok(m) => m
                 .iter()
-                .map(|(k, e)| (String::from_utf8_lossy(k).into_owned(), e.msgs, e.bytes))
+                .map(|(k, e)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        e.counts.msgs.load(Ordering::Relaxed),
+                        e.counts.bytes.load(Ordering::Relaxed),
+                    )
+                })
                 .collect(),
             Err(_) => Vec::new(),
         };
@@ -650,8 +750,8 @@ impl Core {
         e
     }
 
-    /// Routes a PUBLISH (or a reply to an inbox).
-    pub(crate) fn publish(&self, f: &Frame) -> Routed {
+    /// Routes a PUBLISH (or a reply to an inbox); `cache` is the publisher's route memo.
+    pub(crate) fn publish(&self, f: &Frame, cache: &mut RouteCache) -> Routed {
         bump(&self.stats.msgs_in);
         self.stats
             .bytes_in
@@ -663,7 +763,7 @@ impl Core {
                 ..Routed::default()
             };
         }
-        let targets = self.targets(&f.subject, f.payload.len());
+        let targets = self.targets(&f.subject, f.payload.len(), cache);
         if targets.is_empty() {
             return Routed::default();
         }
@@ -674,11 +774,15 @@ impl Core {
     /// becomes the EVENT, moved into the last target's queue.
     /// A value attached in-process is encoded here (once) when a subscriber over a socket
     /// needs it, so that one too large for the wire is refused to the publisher, not lost.
-    pub(crate) fn publish_owned(&self, mut f: Frame) -> Result<Routed, mitto::Error> {
-        let inbox = f
-            .subject
-            .as_bytes()
-            .starts_with(self.inbox_prefix.as_bytes());
+    pub(crate) fn publish_owned(
+        &self,
+        mut f: Frame,
+        cache: &mut RouteCache,
+    ) -> Result<Routed, mitto::Error> {
+        let inbox = f.subject.as_bytes().first() == Some(&b'_')
+            && f.subject
+                .as_bytes()
+                .starts_with(self.inbox_prefix.as_bytes());
         if let Some(token) = inbox
             .then(|| f.subject.as_str().strip_prefix(&self.inbox_prefix))
             .flatten()
@@ -690,7 +794,7 @@ impl Core {
                 ..Routed::default()
             });
         }
-        let targets = self.targets(&f.subject, f.payload.len());
+        let targets = self.targets(&f.subject, f.payload.len(), cache);
         if f.value.is_some() && targets.iter().any(|t| !t.mailbox.is_local()) {
             f.materialize().map_err(|e| {
                 mitto::Error::new(
@@ -768,7 +872,8 @@ impl Core {
         self.stats
             .bytes_in
             .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
-        let targets = self.targets(&f.subject, f.payload.len());
+        let mut once = RouteCache::default();
+        let targets = self.targets(&f.subject, f.payload.len(), &mut once);
         if let Some(answer) = self.route_to_service(conn, caller, f) {
             return answer;
         }

@@ -3,7 +3,7 @@
 //! mailbox, with the same checks and policies as a connection from a socket.
 
 use crate::conn::Permissions;
-use crate::core::{bump, Blocked, Core, Routed, SubRef};
+use crate::core::{bump, Blocked, Core, RouteCache, Routed, SubRef};
 use crate::mailbox::{LocalPop, Mailbox};
 use mitto::local::{LocalPort, LocalQueue, Published};
 use mitto::proto::{Frame, Status};
@@ -21,6 +21,9 @@ pub(crate) struct Port {
     pub(crate) conn: u64,
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) perms: Permissions,
+    /// Where this connection's last published subject goes (shared by the client's clones:
+    /// one publishing while another holds it routes without the memo).
+    pub(crate) routes: std::sync::Mutex<RouteCache>,
 }
 
 impl LocalPort for Port {
@@ -39,7 +42,10 @@ impl LocalPort for Port {
                 return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
             }
         }
-        let routed = self.core.publish_owned(f)?;
+        let routed = match self.routes.try_lock() {
+            Ok(mut routes) => self.core.publish_owned(f, &mut routes)?,
+            Err(_) => self.core.publish_owned(f, &mut RouteCache::default())?,
+        };
         match routed.blocked {
             Some(b) => {
                 let Blocked { targets, event } = *b;

@@ -502,6 +502,47 @@ async fn monitoring_endpoint_reports_json_and_prometheus() {
     b.shutdown().await;
 }
 
+/// The per-subject counts of `/subjectz` are exact for publishers over a socket and in the
+/// broker's process alike (each keeps a memo of where its last subject goes, and counts through
+/// it), across a change of the subscriptions and a change of subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
+    let mut cfg = config();
+    cfg.listen.push("inproc://subject-counts".into());
+    let (b, url) = start(cfg).await;
+    let remote = client(&url).await;
+    let local = client("inproc://subject-counts").await;
+    let watcher = client(&url).await;
+    let mut all = watcher.subscribe("cnt.>").await.unwrap();
+    for i in 0..10 {
+        remote.publish("cnt.a", "12345").await.unwrap();
+        local.publish("cnt.a", "123").await.unwrap();
+        if i == 4 {
+            // A new subscription in the middle: every memo is stale from here on.
+            let _late = watcher.subscribe("cnt.a").await.unwrap();
+        }
+        local.publish("cnt.b", "1").await.unwrap();
+    }
+    remote.flush().await.unwrap();
+    for _ in 0..30 {
+        next(&mut all).await;
+    }
+    let subj = http_get(b.monitor_addr().unwrap(), "/subjectz").await;
+    let body = subj.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let of = |name: &str| {
+        v["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["subject"] == name)
+            .map(|e| (e["msgs"].as_u64().unwrap(), e["bytes"].as_u64().unwrap()))
+    };
+    assert_eq!(of("cnt.a"), Some((20, 10 * 5 + 10 * 3)), "{body}");
+    assert_eq!(of("cnt.b"), Some((10, 10)), "{body}");
+    b.shutdown().await;
+}
+
 fn at_least_once(ack_wait_ms: u32, max_deliver: u32) -> SubscribeOptions {
     SubscribeOptions {
         delivery: mitto::Delivery::AtLeastOnce,
