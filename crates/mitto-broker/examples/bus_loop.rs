@@ -3,8 +3,10 @@
 //! bounded at 1,024 (the publisher waits when it is full), on a 2-worker tokio runtime.
 //!
 //! ```text
-//! cargo run --release -p mitto-broker --example bus_loop [-- ROUNDS]
+//! cargo run --release -p mitto-broker --example bus_loop [-- ROUNDS [mitto|mpsc]]
 //! ```
+//!
+//! With `mitto` or `mpsc` after the rounds only that system runs (for `perf`/`callgrind`).
 //!
 //! Prints messages per second for mitto (`inproc://`, `Policy::Block`) and for
 //! `tokio::sync::mpsc`, and their ratio, for each round. The comparison suite
@@ -83,6 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| r.parse())
         .transpose()?
         .unwrap_or(3);
+    let only = std::env::args().nth(2);
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -97,8 +101,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let publisher = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
         let subscriber = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
         for round in 1..=rounds {
-            let m = mitto_round(&publisher, &subscriber).await?;
-            let c = mpsc_round().await;
+            let m = if run("mitto") {
+                mitto_round(&publisher, &subscriber).await?
+            } else {
+                f64::NAN
+            };
+            let c = if run("mpsc") { mpsc_round().await } else { f64::NAN };
             println!(
                 "round {round}: mitto {m:>12.0} msgs/s   tokio-mpsc {c:>12.0} msgs/s   mitto/mpsc {:.2}x",
                 m / c
