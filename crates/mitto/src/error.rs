@@ -15,7 +15,12 @@ use std::fmt;
 /// assert!(e.is_retryable());
 /// ```
 #[derive(Clone)]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+/// Boxed, so that an `Error` (and every `Result` and future that holds one) is one pointer
+/// wide: results and futures on the hot paths stay small enough to move without `memcpy`.
+#[derive(Clone)]
+struct Inner {
     status: Status,
     message: String,
     details: Option<Bytes>,
@@ -29,13 +34,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a status and a message; retryable as the status says.
     pub fn new(status: Status, message: impl Into<String>) -> Error {
-        Error {
+        Error(Box::new(Inner {
             status,
             message: message.into(),
             details: None,
             retryable: status.is_retryable(),
             remote: false,
-        }
+        }))
     }
 
     /// A handler failure (EXECUTION_ERROR), the usual error a handler returns.
@@ -46,7 +51,7 @@ impl Error {
     /// The error a peer reported in a RESPONSE or ERROR frame.
     pub(crate) fn from_remote(status: Status, reason: &[u8]) -> Error {
         let mut e = Error::new(status, String::from_utf8_lossy(reason).into_owned());
-        e.remote = true;
+        e.0.remote = true;
         e
     }
 
@@ -57,61 +62,61 @@ impl Error {
 
     /// Marks the error as worth retrying.
     pub fn retryable(mut self) -> Error {
-        self.retryable = true;
+        self.0.retryable = true;
         self
     }
 
     /// Attaches machine-readable details (sent as the ERROR/RESPONSE payload's companion).
     pub fn with_details(mut self, details: impl Into<Bytes>) -> Error {
-        self.details = Some(details.into());
+        self.0.details = Some(details.into());
         self
     }
 
     /// The status code.
     pub fn status(&self) -> Status {
-        self.status
+        self.0.status
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The details, if any.
     pub fn details(&self) -> Option<&Bytes> {
-        self.details.as_ref()
+        self.0.details.as_ref()
     }
 
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.0.retryable
     }
 
     /// Whether the status is TIMEOUT.
     pub fn is_timeout(&self) -> bool {
-        self.status == Status::TIMEOUT
+        self.0.status == Status::TIMEOUT
     }
 
     /// Whether the status is CANCELLED.
     pub fn is_cancelled(&self) -> bool {
-        self.status == Status::CANCELLED
+        self.0.status == Status::CANCELLED
     }
 
     /// Whether the peer reported this error (rather than this side detecting it).
     pub fn is_remote(&self) -> bool {
-        self.remote
+        self.0.remote
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("status", &self.status)
-            .field("message", &self.message);
-        if self.retryable {
+        d.field("status", &self.0.status)
+            .field("message", &self.0.message);
+        if self.0.retryable {
             d.field("retryable", &true);
         }
-        if self.remote {
+        if self.0.remote {
             d.field("remote", &true);
         }
         d.finish()
@@ -120,10 +125,10 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
-            write!(f, "{}", self.status)
+        if self.0.message.is_empty() {
+            write!(f, "{}", self.0.status)
         } else {
-            write!(f, "{}: {}", self.status, self.message)
+            write!(f, "{}: {}", self.0.status, self.0.message)
         }
     }
 }
@@ -150,5 +155,32 @@ impl From<EncodeError> for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
         Error::connection_lost(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_pointer_wide_and_keeps_its_parts() {
+        // Results and futures on the hot paths hold one: it must stay small to move.
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
+        );
+        let e = Error::new(Status::NOT_FOUND, "no such thing")
+            .retryable()
+            .with_details(&b"d"[..]);
+        assert_eq!(e.status(), Status::NOT_FOUND);
+        assert_eq!(e.message(), "no such thing");
+        assert_eq!(e.details().map(|d| &d[..]), Some(&b"d"[..]));
+        assert!(e.is_retryable() && !e.is_remote());
+        assert!(Error::from_remote(Status::TIMEOUT, b"late").is_remote());
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no such thing", Status::NOT_FOUND)
+        );
     }
 }
