@@ -190,6 +190,7 @@ on_both_transports! {
     case_urgent => urgent_overtakes_inproc, urgent_overtakes_tcp;
     case_services => services_inproc, services_tcp;
     case_permissions with users => permissions_inproc, permissions_tcp;
+    case_publish_when_polled => publish_when_polled_inproc, publish_when_polled_tcp;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1294,6 +1295,23 @@ async fn typed_values_too_large_for_the_wire_are_not_lost_silently() {
     })
     .await;
     env.shutdown().await;
+}
+
+/// A publish happens when its future is first polled: one created and not yet awaited sends
+/// nothing, and one dropped unpolled is never sent; a bad subject fails at the await.
+async fn case_publish_when_polled(env: &Env) {
+    let c = env.client().await;
+    let mut sub = c.subscribe("lazy.x").await.unwrap();
+    let first = c.publish("lazy.x", "1");
+    quiet(&mut sub, Duration::from_millis(100)).await;
+    first.await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "1");
+    drop(c.publish("lazy.x", "2"));
+    c.publish("lazy.x", "3").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "3");
+    let bad = c.publish("lazy.*", "4").await.unwrap_err();
+    assert_eq!(bad.status(), Status::INVALID_SUBJECT, "{bad}");
+    quiet(&mut sub, Duration::from_millis(50)).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ pub use mitto_proto::{
     Headers, HealthReport, HealthState, MsgKind, StatsReport, Status, WellKnown,
 };
 pub use pubsub::{
-    Delivery, Message, Policy, PublishOptions, Subscription, DEFAULT_SUBSCRIPTION_CREDIT,
+    Delivery, Message, Policy, Publish, PublishOptions, Subscription, DEFAULT_SUBSCRIPTION_CREDIT,
 };
 pub use server::{
     Middleware, Next, PeerInfo, Request, RequestStream, Response, RunningServer, Server,
