@@ -325,26 +325,34 @@ impl BrokerReactor {
     }
 
     fn on_publish(&mut self, f: Frame, cx: &mut Ctx<'_>) {
-        let subject = f.subject.as_str();
-        if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
-            return self.refuse(
-                cx,
-                &f,
-                Status::FORBIDDEN,
-                &format!("may not publish to {subject}"),
-            );
+        if self.perms.restricts_publish() {
+            let subject = f.subject.as_str();
+            if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
+                return self.refuse(
+                    cx,
+                    &f,
+                    Status::FORBIDDEN,
+                    &format!("may not publish to {subject}"),
+                );
+            }
         }
-        let mut routed = self.core.publish(&f, &mut self.routes);
+        let (id, ack) = (f.id, f.flags.contains(Flags::ACK_REQUIRED));
+        // The frame itself becomes the EVENT (no copy of its parts), as for an in-process
+        // publisher.
+        let mut routed = match self.core.publish_owned(f, &mut self.routes) {
+            Ok(r) => r,
+            Err(e) => return cx.send(&Frame::error(id, e.status(), e.message())),
+        };
         if let Some(b) = routed.blocked.take() {
             // Full `block` subscriptions: hold the publisher (stop reading its connection)
             // until they make room, instead of refusing.
             let crate::core::Blocked { targets, event } = *b;
             self.parked = Some(Parked {
                 targets,
+                id,
+                ack,
+                subject: event.subject.as_str().to_owned(),
                 event,
-                id: f.id,
-                ack: f.flags.contains(Flags::ACK_REQUIRED),
-                subject: f.subject.as_str().to_owned(),
                 room: None,
                 deadline: Box::pin(tokio::time::sleep(Duration::from_millis(
                     self.core.cfg.max_block_ms,
@@ -352,34 +360,10 @@ impl BrokerReactor {
             });
             return;
         }
-        self.core
-            .stats
-            .publish_rejections
-            .fetch_add(routed.rejected as u64, Ordering::Relaxed);
-        if routed.rejected > 0 && routed.delivered == 0 {
-            return self.refuse(
-                cx,
-                &f,
-                Status::BACKPRESSURE_REJECTION,
-                &format!(
-                    "{} subscriber(s) of {subject} cannot keep up; try again",
-                    routed.rejected
-                ),
-            );
-        }
-        if f.flags.contains(Flags::ACK_REQUIRED) {
-            if routed.rejected > 0 {
-                return self.refuse(
-                    cx,
-                    &f,
-                    Status::BACKPRESSURE_REJECTION,
-                    &format!(
-                        "delivered to {} but {} subscriber(s) of {subject} cannot keep up",
-                        routed.delivered, routed.rejected
-                    ),
-                );
-            }
-            cx.send(&Frame::ack(f.id, 0));
+        // Only subscriptions that block publishers refuse a message, and those park it above.
+        debug_assert_eq!(routed.rejected, 0);
+        if ack {
+            cx.send(&Frame::ack(id, 0));
         }
     }
 

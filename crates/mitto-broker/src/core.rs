@@ -750,28 +750,9 @@ impl Core {
         e
     }
 
-    /// Routes a PUBLISH (or a reply to an inbox); `cache` is the publisher's route memo.
-    pub(crate) fn publish(&self, f: &Frame, cache: &mut RouteCache) -> Routed {
-        bump(&self.stats.msgs_in);
-        self.stats
-            .bytes_in
-            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
-        if let Some(token) = f.subject.as_str().strip_prefix(&self.inbox_prefix) {
-            self.reply(token, f);
-            return Routed {
-                delivered: 1,
-                ..Routed::default()
-            };
-        }
-        let targets = self.targets(&f.subject, f.payload.len(), cache);
-        if targets.is_empty() {
-            return Routed::default();
-        }
-        self.deliver(&targets, self.event_of(f, f.headers.clone()))
-    }
-
-    /// Routes a PUBLISH handed over by value (an in-process publisher): the frame itself
-    /// becomes the EVENT, moved into the last target's queue.
+    /// Routes a PUBLISH (or a reply to an inbox) handed over by value, from a connection or an
+    /// in-process publisher: the frame itself becomes the EVENT, moved into the last target's
+    /// queue; `cache` is the publisher's route memo.
     /// A value attached in-process is encoded here (once) when a subscriber over a socket
     /// needs it, so that one too large for the wire is refused to the publisher, not lost.
     pub(crate) fn publish_owned(
