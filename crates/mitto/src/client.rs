@@ -282,7 +282,7 @@ pub(crate) enum Cmd {
     /// Registers the local end of subscription `sid` (its SUBSCRIBE goes as a `Call`).
     Subscribe {
         sid: u32,
-        tx: mpsc::Sender<Message>,
+        tx: crate::inbox::InboxTx,
     },
     /// Forgets subscription `sid` locally.
     DropSub(u32),
@@ -375,7 +375,7 @@ struct ClientReactor {
     pending: FxHashMap<u64, (Slot, Option<Instant>)>,
     /// The earliest deadline of the pending calls; one timer for all.
     deadlines: Deadlines,
-    subs: HashMap<u32, mpsc::Sender<Message>>,
+    subs: HashMap<u32, crate::inbox::InboxTx>,
     table: SubTable,
 }
 
@@ -480,19 +480,18 @@ impl Reactor for ClientReactor {
                     }));
                 }
             }
-            FrameType::Event => {
-                match self.subs.get(&f.aux) {
-                    Some(tx) => {
-                        let sid = f.aux;
-                        if let Err(mpsc::error::TrySendError::Full(_)) =
-                            tx.try_send(Message::from_event(f))
-                        {
-                            tracing::warn!(sid, "the server sent an EVENT beyond the subscription's credit; dropped");
-                        }
+            FrameType::Event => match self.subs.get(&f.aux) {
+                Some(tx) => {
+                    let sid = f.aux;
+                    if let Err(crate::inbox::Refused::Full) = tx.try_send(Message::from_event(f)) {
+                        tracing::warn!(
+                            sid,
+                            "the server sent an EVENT beyond the subscription's credit; dropped"
+                        );
                     }
-                    None => tracing::trace!(sid = f.aux, "EVENT for a subscription that is gone"),
                 }
-            }
+                None => tracing::trace!(sid = f.aux, "EVENT for a subscription that is gone"),
+            },
             FrameType::Credit if f.aux == 0 => {
                 if let Some(Slot::Stream {
                     credit: Some(c), ..

@@ -30,6 +30,7 @@ pub mod conn;
 mod deadlines;
 mod error;
 pub mod handshake;
+mod inbox;
 pub mod local;
 mod pubsub;
 mod server;

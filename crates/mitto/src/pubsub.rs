@@ -189,7 +189,7 @@ impl PublishOptions {
 pub(crate) struct SubRecord {
     filter: Subject,
     opts: SubscribeOptions,
-    tx: mpsc::Sender<Message>,
+    tx: crate::inbox::InboxTx,
 }
 
 fn current_ctl(shared: &Shared) -> Option<mpsc::UnboundedSender<Cmd>> {
@@ -235,7 +235,7 @@ const LOCAL_BATCH: usize = 64;
 /// A live subscription: a [`Stream`] of [`Message`]s. Dropping it unsubscribes.
 pub struct Subscription {
     sid: u32,
-    rx: mpsc::Receiver<Message>,
+    rx: crate::inbox::InboxRx,
     shared: Arc<Shared>,
     credit: u32,
     consumed: u32,
@@ -365,8 +365,11 @@ impl Stream for Subscription {
                 }
             }
         }
+        // As for a tokio channel's receive: a subscriber with a backlog yields now and then.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(m)) => {
+                coop.made_progress();
                 self.consumed += 1;
                 if self.consumed >= (self.credit / 2).max(1) {
                     let n = std::mem::take(&mut self.consumed);
@@ -802,7 +805,7 @@ impl Client {
             opts.credit = DEFAULT_SUBSCRIPTION_CREDIT;
         }
         let filter = Subject::new(filter)?;
-        let (tx, rx) = mpsc::channel(opts.credit as usize);
+        let (tx, rx) = crate::inbox::inbox(opts.credit as usize);
         let id = self.next_id();
         let mut frame = Frame::subscribe(sid, filter.clone(), &opts)?.with_id(id);
         frame.flags.insert(Flags::ACK_REQUIRED);
