@@ -58,6 +58,7 @@ pub struct ClientOptions {
     pub(crate) max_payload: u32,
     pub(crate) codec: Codec,
     pub(crate) middleware: Vec<Arc<dyn ClientMiddleware>>,
+    pub(crate) busy_poll: Option<Arc<crate::BusyPoll>>,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +79,7 @@ impl Default for ClientOptions {
             max_payload: Limits::DEFAULT_MAX_PAYLOAD,
             codec: Codec::Json,
             middleware: Vec::new(),
+            busy_poll: None,
         }
     }
 }
@@ -138,6 +140,12 @@ impl ClientOptions {
     /// Keepalive PING interval (`None` turns it off); a peer silent for two intervals is dead.
     pub fn keepalive(mut self, k: Option<Duration>) -> Self {
         self.keepalive = k;
+        self
+    }
+    /// Latency mode: the connection's reads keep `poller` polling (see [`crate::BusyPoll`];
+    /// spawn its `run()` on the runtime the client runs on, one for all its clients).
+    pub fn busy_poll(mut self, poller: Arc<crate::BusyPoll>) -> Self {
+        self.busy_poll = Some(poller);
         self
     }
     /// Whether to reconnect after the connection is lost.
@@ -680,6 +688,7 @@ async fn open(
     let cfg = DriverConfig {
         limits: agreed.limits,
         keepalive,
+        busy_poll: opts.busy_poll.clone(),
     };
     let driver = Driver::new(
         io,

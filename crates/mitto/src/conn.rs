@@ -300,6 +300,9 @@ pub struct DriverConfig {
     pub limits: Limits,
     /// Keepalive PING interval; a peer silent for two intervals is dropped.
     pub keepalive: Option<Duration>,
+    /// Latency mode: every read of the connection keeps this poller polling (see
+    /// [`crate::BusyPoll`]).
+    pub busy_poll: Option<Arc<crate::BusyPoll>>,
 }
 
 /// A bounded queue of commands that the driver takes whole: a sender pushes under a lock
@@ -389,6 +392,7 @@ pub struct Driver<R: Reactor> {
     limits: Limits,
     /// Bytes read past the handshake have not been decoded yet.
     leftover: bool,
+    busy_poll: Option<Arc<crate::BusyPoll>>,
 }
 
 /// How a driver ended.
@@ -435,6 +439,7 @@ impl<R: Reactor> Driver<R> {
             close_sent: false,
             limits: cfg.limits,
             leftover: true,
+            busy_poll: cfg.busy_poll,
         }
     }
 
@@ -637,6 +642,9 @@ impl<R: Reactor> Driver<R> {
             return Poll::Ready(Ok(false));
         }
         self.last_rx = Instant::now();
+        if let Some(b) = &self.busy_poll {
+            b.touch();
+        }
         self.handle_buffered(cx.waker());
         Poll::Ready(Ok(true))
     }

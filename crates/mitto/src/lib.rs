@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod busy_poll;
 mod client;
 mod codec;
 pub mod conn;
@@ -37,6 +38,7 @@ mod server;
 pub mod transport;
 mod typed;
 
+pub use busy_poll::BusyPoll;
 pub use client::{
     Call, CallOptions, CallWith, Client, ClientMiddleware, ClientNext, ClientOptions, OutgoingCall,
     PendingReply, Pool, Reply, RequestSink, ResponseStream,

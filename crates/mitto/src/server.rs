@@ -353,6 +353,7 @@ pub struct ServerOptions {
     queue_capacity: usize,
     drain_timeout: Duration,
     group: Option<String>,
+    busy_poll: Option<Arc<crate::BusyPoll>>,
 }
 
 impl Default for ServerOptions {
@@ -368,6 +369,7 @@ impl Default for ServerOptions {
             queue_capacity: 1024,
             drain_timeout: Duration::from_secs(10),
             group: None,
+            busy_poll: None,
         }
     }
 }
@@ -419,6 +421,12 @@ impl ServerOptions {
     /// Keepalive PING interval (`None` turns it off); a peer silent for two intervals is dropped.
     pub fn keepalive(mut self, k: Option<Duration>) -> Self {
         self.keepalive = k;
+        self
+    }
+    /// Latency mode: every connection's reads keep `poller` polling (see
+    /// [`crate::BusyPoll`]; spawn its `run()` on the runtime the server runs on).
+    pub fn busy_poll(mut self, poller: Arc<crate::BusyPoll>) -> Self {
+        self.busy_poll = Some(poller);
         self
     }
     /// How long a new connection may take to send HELLO.
@@ -959,6 +967,7 @@ async fn run_connection(
     let cfg = DriverConfig {
         limits: agreed.limits,
         keepalive,
+        busy_poll: shared.server.opts.busy_poll.clone(),
     };
     let driver = Driver::new(io, leftover, cfg, reactor, rx, ctl_rx);
     if let Err(e) = driver.run().await {

@@ -599,3 +599,40 @@ macro_rules! transport_tests {
 }
 
 transport_tests!(mem => Kind::Mem, tcp => Kind::Tcp, unix => Kind::Unix, tls => Kind::Tls);
+
+/// Latency mode: a server and a client whose connections keep one poller polling answer calls
+/// as usual; the poller polls while calls flow and sleeps once they stop.
+#[tokio::test(flavor = "current_thread")]
+async fn busy_polling_connections_serve_calls_and_the_poller_sleeps_when_quiet() {
+    let poller = mitto::BusyPoll::new(Duration::from_millis(5));
+    let task = tokio::spawn(poller.clone().run());
+    let srv =
+        mitto::Server::with_options(mitto::ServerOptions::default().busy_poll(poller.clone()))
+            .route("echo", |req: mitto::Request| async move {
+                Ok(req.payload().clone())
+            })
+            .bind("tcp://127.0.0.1:0")
+            .await
+            .unwrap();
+    let c = Client::connect(
+        srv.local_url(),
+        mitto::ClientOptions::new().busy_poll(poller.clone()),
+    )
+    .await
+    .unwrap();
+    for i in 0..200u32 {
+        let p = Bytes::from(i.to_string());
+        assert_eq!(c.call("echo", p.clone()).await.unwrap(), p);
+        assert!(poller.is_polling(), "polling while calls flow");
+    }
+    wait_for("the poller to sleep", || !poller.is_polling()).await;
+    // A read wakes it again.
+    assert_eq!(c.call("echo", "again").await.unwrap(), Bytes::from("again"));
+    c.close().await;
+    srv.shutdown().await;
+    poller.stop();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the poller stops")
+        .unwrap();
+}
