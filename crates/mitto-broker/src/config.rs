@@ -103,6 +103,11 @@ pub struct BrokerConfig {
     pub users: Vec<User>,
     /// TLS for `tls://` listeners.
     pub tls: Option<TlsFiles>,
+    /// Latency mode: after each read, the broker's runtime keeps polling its sockets for this
+    /// many microseconds instead of sleeping (0: off). Saves the wake-up of a sleeping thread on
+    /// every hop of a message, at the price of one CPU kept busy while traffic flows; meant for
+    /// a broker on a current-thread runtime (`mitto server --busy-poll-us` runs it on one).
+    pub busy_poll_us: u64,
 }
 
 impl Default for BrokerConfig {
@@ -125,6 +130,7 @@ impl Default for BrokerConfig {
             token: None,
             users: Vec::new(),
             tls: None,
+            busy_poll_us: 0,
         }
     }
 }
@@ -191,6 +197,9 @@ impl BrokerConfig {
                 "max_payload, max_pending_msgs and max_connections must be positive".into(),
             );
         }
+        if self.busy_poll_us > 1_000_000 {
+            return bad("busy_poll_us is at most 1000000 (one second)".into());
+        }
         if self.token.is_some() && !self.users.is_empty() {
             return bad("use either token or users, not both".into());
         }
@@ -237,5 +246,10 @@ mod tests {
         assert!(c.validate().is_err());
         c.listen = vec!["ftp://x".into()];
         assert!(c.validate().is_err());
+        let c = BrokerConfig::from_toml("busy_poll_us = 250").unwrap();
+        assert_eq!(c.busy_poll_us, 250);
+        c.validate().unwrap();
+        let c = BrokerConfig::from_toml("busy_poll_us = 2000000").unwrap();
+        assert!(c.validate().is_err(), "over a second of polling is refused");
     }
 }

@@ -261,6 +261,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         DriverConfig {
             limits: agreed.limits,
             keepalive,
+            busy_poll: core.busy_poll.clone(),
         },
         reactor,
         cmd_rx,

@@ -250,6 +250,8 @@ pub(crate) struct Core {
     /// Bumped (under the `subjects` lock) whenever the subscriptions change: a match computed
     /// before a change is not cached after it.
     generation: AtomicU64,
+    /// Latency mode (`busy_poll_us`): the poller every connection keeps awake.
+    pub(crate) busy_poll: Option<Arc<mitto::BusyPoll>>,
 }
 
 /// Result of a publish.
@@ -307,7 +309,6 @@ impl Core {
     pub(crate) fn new(cfg: BrokerConfig) -> Core {
         let (shutdown, _) = watch::channel(false);
         Core {
-            cfg,
             index: RwLock::new(Index::default()),
             services: RwLock::new(Index::default()),
             routes: Mutex::new(Routes::default()),
@@ -326,6 +327,9 @@ impl Core {
             stopping: std::sync::atomic::AtomicBool::new(false),
             types: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            busy_poll: (cfg.busy_poll_us > 0)
+                .then(|| mitto::BusyPoll::new(Duration::from_micros(cfg.busy_poll_us))),
+            cfg,
         }
     }
 
@@ -335,6 +339,9 @@ impl Core {
 
     /// Starts the shutdown: no new connections or publishes, connections drain.
     pub(crate) fn stop(&self) {
+        if let Some(b) = &self.busy_poll {
+            b.stop();
+        }
         self.stopping.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
     }

@@ -90,6 +90,9 @@ impl Broker {
             tokio::spawn(accept_loop(core.clone(), l));
         }
         tokio::spawn(redelivery_loop(core.clone()));
+        if let Some(b) = &core.busy_poll {
+            tokio::spawn(b.clone().run());
+        }
         let monitor = match core.cfg.monitor.as_str() {
             "" => None,
             addr => Some(monitor::start(core.clone(), addr).await?),

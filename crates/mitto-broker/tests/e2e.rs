@@ -543,6 +543,31 @@ async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
     b.shutdown().await;
 }
 
+/// Latency mode (`busy_poll_us`) on a broker running on a current-thread runtime: requests are
+/// answered as usual, and the broker shuts down (its poller with it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_polling_broker_answers_requests_and_shuts_down() {
+    let mut cfg = config();
+    cfg.busy_poll_us = 500;
+    let (b, url) = start(cfg).await;
+    let responder = client(&url).await;
+    let mut svc = responder.subscribe("bp.echo").await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            r2.respond(&m, m.payload().clone()).await.unwrap();
+        }
+    });
+    let c = client(&url).await;
+    for i in 0..100u32 {
+        let p = Bytes::from(i.to_string());
+        assert_eq!(c.request("bp.echo", p.clone()).await.unwrap(), p);
+    }
+    tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+        .await
+        .expect("the broker shuts down while polling");
+}
+
 fn at_least_once(ack_wait_ms: u32, max_deliver: u32) -> SubscribeOptions {
     SubscribeOptions {
         delivery: mitto::Delivery::AtLeastOnce,

@@ -55,7 +55,7 @@ enum Cmd {
     Bench(bench::BenchArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ServerArgs {
     /// TOML configuration file (values here override the embedded defaults).
     #[arg(long, short, env = "MITTO_CONFIG")]
@@ -84,6 +84,10 @@ struct ServerArgs {
     /// Token every client must present.
     #[arg(long, env = "MITTO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Latency mode: keep polling the sockets this many microseconds after each read instead
+    /// of sleeping (one CPU busy while traffic flows); the broker then runs on one thread.
+    #[arg(long, env = "MITTO_BUSY_POLL_US")]
+    busy_poll_us: Option<u64>,
     /// Log filter (tracing's env-filter syntax), e.g. info or mitto_broker=debug.
     #[arg(long, env = "MITTO_LOG", default_value = "info")]
     log: String,
@@ -243,7 +247,9 @@ fn headers_json(h: &Headers) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-async fn server(a: ServerArgs) -> Result<(), String> {
+/// The server's configuration: the embedded defaults, then the file, then the flags.
+fn server_config(a: &ServerArgs) -> Result<BrokerConfig, String> {
+    let a = a.clone();
     let mut cfg = match &a.config {
         Some(p) => BrokerConfig::from_file(p).map_err(|e| e.to_string())?,
         None => BrokerConfig::default(),
@@ -272,6 +278,13 @@ async fn server(a: ServerArgs) -> Result<(), String> {
     if a.token.is_some() {
         cfg.token = a.token;
     }
+    if let Some(us) = a.busy_poll_us {
+        cfg.busy_poll_us = us;
+    }
+    Ok(cfg)
+}
+
+async fn server(cfg: BrokerConfig) -> Result<(), String> {
     let broker = Broker::start(cfg)
         .await
         .map_err(|e| e.message().to_owned())?;
@@ -469,10 +482,22 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The server's configuration is read first: in latency mode it runs on one thread.
+    let server_cfg = match &cli.cmd {
+        Cmd::Server(a) => match server_config(a) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("mitto: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = match &server_cfg {
+        Some(cfg) if cfg.busy_poll_us > 0 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mitto: error: cannot start the runtime: {e}");
@@ -481,7 +506,10 @@ fn main() -> ExitCode {
     };
     let outcome = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server(a) => server(a).await,
+            Cmd::Server(_) => match server_cfg {
+                Some(cfg) => server(cfg).await,
+                None => Err("no server configuration".to_owned()),
+            },
             Cmd::Pub(a) => publish(a).await.map_err(|e| e.to_string()),
             Cmd::Sub(a) => subscribe(a).await.map_err(|e| e.to_string()),
             Cmd::Req(a) => request(a).await.map_err(|e| e.to_string()),

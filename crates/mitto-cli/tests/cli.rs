@@ -245,3 +245,33 @@ async fn bench_reports_what_it_sent_and_received() {
     assert!(row["p50_us"].as_f64().unwrap() > 0.0);
     assert!(row["p99_us"].as_f64().unwrap() >= row["p50_us"].as_f64().unwrap());
 }
+
+/// `mitto server --busy-poll-us` (latency mode, one thread) serves requests and stops on
+/// SIGTERM; an out-of-range window is one clear error line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_mode_serves_and_stops() {
+    let mut s = server(&["--busy-poll-us", "200"]).await;
+    let url = s.url.clone();
+    let (code, out, err) = run(&[
+        "bench", "req", "bp.echo", "--serve", "--count", "200", "--json", "--url", &url,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["msgs"], 200);
+    let pid = s.child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (code, _, err) = run(&["server", "--busy-poll-us", "5000000"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("busy_poll_us"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
