@@ -20,12 +20,19 @@ use tokio::task::JoinHandle;
 
 const NAME: &str = "reqrep";
 const NATS: &str = "nats";
+/// mitto's broker in latency mode, its row's name.
+const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
+/// The latency mode's polling window, microseconds.
+const BUSY_POLL_US: u64 = 200;
 /// The target stated beside the ratio: mitto's p50 round trip at most this times nats'.
 pub const TARGET_VS_NATS: f64 = 0.5;
 
 /// A requester connection, with its responder (another connection, answering in a task).
 enum Requester {
     Mitto {
+        name: &'static str,
+        /// Latency mode's poller on this (the clients') runtime.
+        poller: Option<std::sync::Arc<mitto::BusyPoll>>,
         client: mitto::Client,
         responder_client: mitto::Client,
         responder: JoinHandle<()>,
@@ -41,13 +48,25 @@ enum Requester {
 impl Requester {
     fn name(&self) -> &'static str {
         match self {
-            Requester::Mitto { .. } => MITTO,
+            Requester::Mitto { name, .. } => name,
             Requester::Nats { .. } => NATS,
         }
     }
 
-    async fn mitto(url: &str, subject: &str) -> anyhow::Result<Requester> {
-        let responder_client = mitto::Client::connect(url, mitto::ClientOptions::new()).await?;
+    async fn mitto(
+        name: &'static str,
+        url: &str,
+        subject: &str,
+        poller: Option<std::sync::Arc<mitto::BusyPoll>>,
+    ) -> anyhow::Result<Requester> {
+        let opts = || match &poller {
+            Some(p) => mitto::ClientOptions::new().busy_poll(p.clone()),
+            None => mitto::ClientOptions::new(),
+        };
+        if let Some(p) = &poller {
+            tokio::spawn(p.clone().run());
+        }
+        let responder_client = mitto::Client::connect(url, opts()).await?;
         let mut sub = responder_client.subscribe(subject).await?;
         let rc = responder_client.clone();
         let responder = tokio::spawn(async move {
@@ -57,8 +76,10 @@ impl Requester {
                 }
             }
         });
-        let client = mitto::Client::connect(url, mitto::ClientOptions::new()).await?;
+        let client = mitto::Client::connect(url, opts()).await?;
         Ok(Requester::Mitto {
+            name,
+            poller,
             client,
             responder_client,
             responder,
@@ -127,11 +148,15 @@ impl Requester {
                 client,
                 responder_client,
                 responder,
+                poller,
                 ..
             } => {
                 client.close().await;
                 responder.abort();
                 responder_client.close().await;
+                if let Some(p) = poller {
+                    p.stop();
+                }
             }
             Requester::Nats { responder, .. } => responder.abort(),
         }
@@ -173,8 +198,18 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
     let samples = rt.block_on(async {
         progress.step("reqrep: connecting");
         let broker = InProcBroker::start(&srt).await?;
+        let spinning = InProcBroker::start_busy_poll(&srt, BUSY_POLL_US).await?;
         let subject = format!("bench.{}.echo", std::process::id());
-        let mut systems = vec![Requester::mitto(&broker.url, &subject).await?];
+        let mut systems = vec![
+            Requester::mitto(MITTO, &broker.url, &subject, None).await?,
+            Requester::mitto(
+                MITTO_BUSY_POLL,
+                &spinning.url,
+                &subject,
+                Some(mitto::BusyPoll::new(Duration::from_micros(BUSY_POLL_US))),
+            )
+            .await?,
+        ];
         match tokio::time::timeout(Duration::from_secs(30), Requester::nats(&subject)).await {
             Ok(Ok(r)) => systems.push(r),
             Ok(Err(e)) => report.notes.push(format!("{NATS}: skipped, {e:#}")),
@@ -229,6 +264,7 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
             s.close().await;
         }
         broker.stop(&srt).await?;
+        spinning.stop(&srt).await?;
         anyhow::Ok(out)
     })?;
     for metric in [Metric::P50Us, Metric::P99Us, Metric::MsgsPerS] {
@@ -253,6 +289,28 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
             p50.join(", ")
         }
     ));
+    let spin = |m: Metric| {
+        let of = |sys: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.system == sys && r.metric == m)
+                .map(|r| r.value)
+        };
+        of(MITTO_BUSY_POLL).zip(of(NATS)).map(|(a, b)| a / b)
+    };
+    if let Some(x) = spin(Metric::P50Us) {
+        let verdict = if x <= TARGET_VS_NATS { "met" } else { "MISSED" };
+        head.push(format!(
+            "{MITTO_BUSY_POLL} p50 / nats p50 (target ≤ {TARGET_VS_NATS}x): {x:.2}x ({verdict}); \
+             p99 {:.2}x. {MITTO_BUSY_POLL} is the same broker in latency mode \
+             with its clients too (busy_poll_us = {BUSY_POLL_US} on the broker, \
+             ClientOptions::busy_poll on the clients' runtime: each thread keeps polling its \
+             sockets {BUSY_POLL_US} µs after each read instead of sleeping, so both CPUs stay busy \
+             while requests flow); nats-server and async-nats have no such mode.",
+            spin(Metric::P99Us).unwrap_or(f64::NAN)
+        ));
+    }
     head.push(format!(
         "one request at a time, {} B each way, requester and responder on separate \
          connections through the broker; mitto and nats take turns in {} slices per repetition.",

@@ -32,9 +32,25 @@ pub(crate) struct InProcBroker {
 impl InProcBroker {
     /// Starts a broker on `srt` (its listener and connection tasks live there).
     pub(crate) async fn start(srt: &ServerRuntime) -> anyhow::Result<InProcBroker> {
+        InProcBroker::start_with(srt, config()).await
+    }
+
+    /// Starts a broker in latency mode (see `BrokerConfig::busy_poll_us`) on `srt`.
+    pub(crate) async fn start_busy_poll(
+        srt: &ServerRuntime,
+        busy_poll_us: u64,
+    ) -> anyhow::Result<InProcBroker> {
+        let cfg = BrokerConfig {
+            busy_poll_us,
+            ..config()
+        };
+        InProcBroker::start_with(srt, cfg).await
+    }
+
+    async fn start_with(srt: &ServerRuntime, cfg: BrokerConfig) -> anyhow::Result<InProcBroker> {
         let (broker, url) = srt
             .run(async {
-                let broker = Broker::start(config()).await?;
+                let broker = Broker::start(cfg).await?;
                 let url = broker
                     .urls()
                     .first()
