@@ -46,6 +46,21 @@ async fn server(extra: &[&str]) -> Server {
     Server { child, url }
 }
 
+/// Sends SIGTERM to the server and checks that it exits cleanly within 10 s.
+async fn terminate_gracefully(s: &mut Server) {
+    let pid = s.child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 async fn run(args: &[&str]) -> (i32, String, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
@@ -191,17 +206,7 @@ async fn token_auth_and_graceful_sigterm() {
     assert!(err.contains("unauthorized"), "{err}");
     let (code, _, _) = run(&["stats", "--url", &s.url, "--token", "s3cret"]).await;
     assert_eq!(code, 0);
-    let pid = s.child.id().unwrap();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate_gracefully(&mut s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,17 +264,7 @@ async fn latency_mode_serves_and_stops() {
     assert_eq!(code, 0, "{err}");
     let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(row["msgs"], 200);
-    let pid = s.child.id().unwrap();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate_gracefully(&mut s).await;
     let (code, _, err) = run(&["server", "--busy-poll-us", "5000000"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("busy_poll_us"), "{err}");
