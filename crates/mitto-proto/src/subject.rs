@@ -16,11 +16,31 @@ pub struct Subject(Bytes);
 /// Why a subject is invalid; `Ok(true)` when it is a filter with wildcards. ASCII subjects
 /// (nearly all) are checked in one pass over the bytes; others by [`check_chars`].
 fn check(s: &str) -> Result<bool, &'static str> {
+    if is_plain(s.as_bytes()) {
+        return Ok(false);
+    }
     if s.is_ascii() {
         check_ascii(s.as_bytes())
     } else {
         check_chars(s)
     }
+}
+
+/// Whether `b` is a valid literal subject of printable ASCII (nearly every subject on the
+/// wire), in one pass without a branch per byte; `false` sends it to the full check (which also
+/// gives the reason when it is invalid).
+#[inline]
+fn is_plain(b: &[u8]) -> bool {
+    let mut odd = false;
+    let mut empty_token = false;
+    let mut prev_dot = true;
+    for &c in b {
+        let dot = c == b'.';
+        odd |= !(0x21..0x7f).contains(&c) | (c == b'*') | (c == b'>');
+        empty_token |= dot & prev_dot;
+        prev_dot = dot;
+    }
+    !b.is_empty() && !odd && !empty_token && !prev_dot
 }
 
 /// [`check`] for ASCII bytes, in one pass.
@@ -148,7 +168,9 @@ impl Subject {
 
     /// Validates received bytes. Returns whether the subject has wildcards.
     pub(crate) fn from_wire(b: Bytes) -> Result<(Subject, bool), DecodeErrorKind> {
-        let checked = if b.is_ascii() {
+        let checked = if is_plain(&b) {
+            Ok(false)
+        } else if b.is_ascii() {
             check_ascii(&b)
         } else {
             let s = std::str::from_utf8(&b).map_err(|_| DecodeErrorKind::SubjectNotUtf8)?;
@@ -350,6 +372,25 @@ mod tests {
         #[test]
         fn ascii_check_agrees_with_char_check(s in "[a-c.*> \t\x7f\x01]{0,12}") {
             prop_assert_eq!(check(&s), check_chars(&s));
+            prop_assert_eq!(check_ascii(s.as_bytes()), check_chars(&s));
+            if is_plain(s.as_bytes()) {
+                prop_assert_eq!(check_chars(&s), Ok(false));
+            }
+        }
+
+        /// The branch-free pass for plain subjects never accepts what the full check refuses or
+        /// reads as a filter, whatever the characters (non-ASCII included).
+        #[test]
+        fn plain_subjects_are_valid_literals(s in "\\PC{0,16}|[a-z0-9._*>-]{0,16}") {
+            if is_plain(s.as_bytes()) {
+                prop_assert_eq!(check_chars(&s), Ok(false));
+            }
+            prop_assert_eq!(check(&s), check_chars(&s));
+            let wire = Subject::from_wire(Bytes::copy_from_slice(s.as_bytes()));
+            match check_chars(&s) {
+                Ok(w) => prop_assert_eq!(wire.map(|(_, wild)| wild), Ok(w)),
+                Err(_) => prop_assert!(wire.is_err()),
+            }
         }
 
         #[test]
