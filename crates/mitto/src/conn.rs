@@ -36,6 +36,8 @@ const EARLY_FLUSH_FRAMES: u32 = 64;
 const EARLY_FLUSH_BYTES: usize = 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// Room the outbox makes at once for runs of small frames.
+const OUT_CHUNK: usize = 64 * 1024;
 
 /// Bytes waiting to be written, in frame order, URGENT frames first.
 #[derive(Default)]
@@ -115,6 +117,15 @@ impl Outbox {
             self.queue.push_back(self.cur.split().freeze());
             self.queue.push_back(f.payload.clone());
         } else {
+            let need = f.encoded_len();
+            if self.cur.capacity() - self.cur.len() < need {
+                // Full: what it holds becomes a chunk of its own and a new one starts, instead
+                // of growing (and copying) the one being filled.
+                if !self.cur.is_empty() {
+                    self.queue.push_back(self.cur.split().freeze());
+                }
+                self.cur.reserve(need.max(OUT_CHUNK));
+            }
             f.encode(&mut self.cur)?;
         }
         self.len += f.encoded_len();
@@ -814,6 +825,31 @@ mod tests {
             got.push(f.subject.as_str().to_owned());
         }
         assert_eq!(got, ["u", "a", "b", "a"]);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn small_frames_past_a_chunk_start_a_new_chunk_in_order_without_copying() {
+        let mut out = Outbox::default();
+        let n = 3 * OUT_CHUNK / 160;
+        for i in 0..n {
+            let f =
+                Frame::publish(Subject::literal("s").unwrap(), vec![0u8; 128]).with_id(i as u64);
+            out.push(&f).unwrap();
+        }
+        assert!(
+            out.queue.len() >= 2,
+            "full chunks were set aside, not grown: {}",
+            out.queue.len()
+        );
+        let bytes = drain(&mut out);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut dec = Decoder::default();
+        let mut ids = Vec::new();
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            ids.push(f.id);
+        }
+        assert_eq!(ids, (0..n as u64).collect::<Vec<_>>());
         assert!(out.is_empty());
     }
 }
