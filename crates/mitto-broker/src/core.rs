@@ -188,7 +188,9 @@ impl SubjectCounts {
 /// One publisher's memo of where its last subject goes: the subscriptions it matched, valid
 /// while the broker's subscription generation is unchanged, and the subject's counters. A
 /// publisher repeating its subject (nearly all of them) then routes without the broker-wide
-/// subject table, its lock or a hash.
+/// subject table, its lock or a hash. A stale memo is replaced at the publisher's next publish;
+/// until then it keeps the mailboxes it matched alive (not their messages: a subscription that
+/// ends frees its queue).
 #[derive(Default)]
 pub(crate) struct RouteCache(Option<CachedRoute>);
 
