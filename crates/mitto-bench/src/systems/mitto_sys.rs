@@ -9,16 +9,45 @@ const METHOD: &str = "echo";
 pub(crate) struct MittoEcho {
     server: Option<mitto::RunningServer>,
     pub(crate) client: mitto::Client,
+    /// Latency mode's pollers (server's, client's), when started with one.
+    pollers: Vec<std::sync::Arc<mitto::BusyPoll>>,
 }
 
 impl MittoEcho {
     /// Binds `url` (`tcp://127.0.0.1:0`, `unix:///path`) on `srt` and connects a client from the
     /// caller's runtime.
     pub(crate) async fn start(srt: &ServerRuntime, url: &str) -> anyhow::Result<MittoEcho> {
+        MittoEcho::start_with(srt, url, None).await
+    }
+
+    /// [`MittoEcho::start`] with both ends in latency mode: a poller on each runtime keeps it
+    /// polling its sockets for `window` after each read (see `mitto::BusyPoll`).
+    pub(crate) async fn start_busy_poll(
+        srt: &ServerRuntime,
+        url: &str,
+        window: std::time::Duration,
+    ) -> anyhow::Result<MittoEcho> {
+        MittoEcho::start_with(srt, url, Some(window)).await
+    }
+
+    async fn start_with(
+        srt: &ServerRuntime,
+        url: &str,
+        busy_poll: Option<std::time::Duration>,
+    ) -> anyhow::Result<MittoEcho> {
         let url = url.to_owned();
+        let server_poller = busy_poll.map(mitto::BusyPoll::new);
+        let sp = server_poller.clone();
         let (server, url) = srt
             .run(async move {
-                let server = mitto::Server::new()
+                let opts = match sp {
+                    Some(p) => {
+                        tokio::spawn(p.clone().run());
+                        mitto::ServerOptions::default().busy_poll(p)
+                    }
+                    None => mitto::ServerOptions::default(),
+                };
+                let server = mitto::Server::with_options(opts)
                     .route(METHOD, |req: mitto::Request| async move {
                         Ok(req.payload().clone())
                     })
@@ -28,16 +57,28 @@ impl MittoEcho {
                 Ok((server, url))
             })
             .await?;
-        let client = mitto::Client::connect(&url, mitto::ClientOptions::new()).await?;
+        let mut pollers: Vec<_> = server_poller.into_iter().collect();
+        let mut opts = mitto::ClientOptions::new();
+        if let Some(w) = busy_poll {
+            let p = mitto::BusyPoll::new(w);
+            tokio::spawn(p.clone().run());
+            opts = opts.busy_poll(p.clone());
+            pollers.push(p);
+        }
+        let client = mitto::Client::connect(&url, opts).await?;
         Ok(MittoEcho {
             server: Some(server),
             client,
+            pollers,
         })
     }
 
     /// Closes the client and shuts the server down.
     pub(crate) async fn stop(mut self, srt: &ServerRuntime) -> anyhow::Result<()> {
         self.client.close().await;
+        for p in &self.pollers {
+            p.stop();
+        }
         if let Some(server) = self.server.take() {
             srt.run(async move {
                 server.shutdown().await;
