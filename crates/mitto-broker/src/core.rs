@@ -561,26 +561,24 @@ impl Core {
         bytes: usize,
         cache: &'c mut RouteCache,
     ) -> Targets<'c> {
-        let fresh = match &cache.0 {
-            Some(c) => {
-                !(c.generation == self.generation.load(Ordering::SeqCst)
-                    && same_subject(&c.subject, subject))
-            }
-            None => true,
-        };
-        if fresh {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if !cache
+            .0
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && same_subject(&c.subject, subject))
+        {
+            cache.0 = None;
+        }
+        let c = cache.0.get_or_insert_with(|| {
             let (all, counts, generation) = self.lookup(subject);
-            cache.0 = Some(CachedRoute {
+            CachedRoute {
                 subject: subject.clone(),
                 generation,
                 grouped: all.iter().any(|r| r.queue.is_some()),
                 all,
                 counts,
-            });
-        }
-        let Some(c) = &cache.0 else {
-            return Targets::Picked(Arc::from([]));
-        };
+            }
+        });
         if let Some(n) = &c.counts {
             n.add(bytes);
         }

@@ -345,13 +345,11 @@ impl Stream for Subscription {
         if self.finished || self.remaining.load(Ordering::Relaxed) == 0 {
             return Poll::Ready(None);
         }
+        // Each message spends the task's cooperative budget, as a tokio channel's receive does:
+        // a subscriber reading a long backlog yields now and then instead of holding its worker.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
         if let Some(q) = &this.local {
-            // Each message spends the task's cooperative budget, as a tokio channel's receive
-            // does: a subscriber with a long backlog yields now and then instead of holding its
-            // worker (and, woken by a publisher, it can then be taken by an idle worker and run
-            // beside the publisher instead of in turn with it).
-            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
                 if let Some(f) = this.batch.pop_front() {
                     coop.made_progress();
@@ -365,8 +363,6 @@ impl Stream for Subscription {
                 }
             }
         }
-        // As for a tokio channel's receive: a subscriber with a backlog yields now and then.
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(m)) => {
                 coop.made_progress();
