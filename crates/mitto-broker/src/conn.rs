@@ -193,7 +193,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
                 conn: id,
                 mailbox,
                 perms: perms.clone(),
-                routes: Default::default(),
+                routes: std::sync::Mutex::new(crate::core::RouteCache::publisher()),
             }));
         }
         Ok(decided)
@@ -252,7 +252,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
         services: HashMap::new(),
         session,
         parked: None,
-        routes: Default::default(),
+        routes: crate::core::RouteCache::publisher(),
         held: Default::default(),
     };
     let driver = Driver::new(

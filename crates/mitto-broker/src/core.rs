@@ -4,6 +4,7 @@
 use crate::config::BrokerConfig;
 use crate::index::Index;
 use crate::mailbox::{Mailbox, Pushed};
+use crate::tally::{Tallies, TallyHandle};
 use bytes::Bytes;
 use mitto::proto::{Flags, Frame, FrameType, HeaderKey, Headers, Status, Subject, WellKnown};
 use rustc_hash::FxHashMap;
@@ -40,11 +41,22 @@ macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// Broker-wide counters, as STATS and monitoring report them.
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: Counter,)* }
+        pub(crate) struct Stats {
+            $(pub(crate) $name: Counter,)*
+            /// What publishers sent in (added to `msgs_in` and `bytes_in`), counted per
+            /// publisher without a shared counter (see [`Tallies`]).
+            pub(crate) ins: Arc<Tallies>,
+        }
         impl Stats {
             pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
                 let mut m = BTreeMap::new();
                 $(m.insert(stringify!($name).to_owned(), self.$name.load(Ordering::Relaxed));)*
+                let (msgs, bytes) = self.ins.sum();
+                for (k, v) in [("msgs_in", msgs), ("bytes_in", bytes)] {
+                    if let Some(n) = m.get_mut(k) {
+                        *n = n.wrapping_add(v);
+                    }
+                }
                 m
             }
         }
@@ -167,22 +179,7 @@ const MAX_TRACKED_SUBJECTS: usize = 65_536;
 /// subscriptions change) and the counts monitoring reports.
 struct SubjectEntry {
     targets: Option<Arc<[SubRef]>>,
-    counts: Arc<SubjectCounts>,
-}
-
-/// A subject's message and byte counts, shared with the publishers' [`RouteCache`]s.
-#[derive(Debug, Default)]
-pub(crate) struct SubjectCounts {
-    msgs: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl SubjectCounts {
-    #[inline]
-    fn add(&self, bytes: usize) {
-        self.msgs.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
+    counts: Arc<Tallies>,
 }
 
 /// One publisher's memo of where its last subject goes: the subscriptions it matched, valid
@@ -191,8 +188,32 @@ impl SubjectCounts {
 /// subject table, its lock or a hash. A stale memo is replaced at the publisher's next publish;
 /// until then it keeps the mailboxes it matched alive (not their messages: a subscription that
 /// ends frees its queue).
+///
+/// A long-lived publisher's memo ([`RouteCache::publisher`]) also counts what it publishes in
+/// tallies of its own (see [`Tallies`]) and takes delivery ids in blocks, so that a publish
+/// touches no counter other publishers write. A one-off memo (`default`) adds to the shared
+/// counters.
 #[derive(Default)]
-pub(crate) struct RouteCache(Option<CachedRoute>);
+pub(crate) struct RouteCache {
+    route: Option<CachedRoute>,
+    /// Counts its subjects and the broker's `msgs_in` in tallies of its own.
+    long_lived: bool,
+    /// This publisher's part of the broker's `msgs_in` / `bytes_in`.
+    ins: Option<TallyHandle>,
+    /// Delivery ids taken from the broker's counter, not yet used: next and end.
+    ids: (u64, u64),
+}
+
+impl RouteCache {
+    /// The memo of a publisher that publishes many messages (a connection, an in-process
+    /// client).
+    pub(crate) fn publisher() -> RouteCache {
+        RouteCache {
+            long_lived: true,
+            ..RouteCache::default()
+        }
+    }
+}
 
 struct CachedRoute {
     subject: Subject,
@@ -200,8 +221,19 @@ struct CachedRoute {
     all: Arc<[SubRef]>,
     /// Some subscriptions are in queue groups: one member of each is picked per message.
     grouped: bool,
-    counts: Option<Arc<SubjectCounts>>,
+    counts: Option<SubjectTally>,
 }
+
+/// How a memo counts its subject's messages.
+enum SubjectTally {
+    /// In the subject's set, through a tally of its own.
+    Own(TallyHandle),
+    /// In the subject's set, with a shared (locked) add.
+    Shared(Arc<Tallies>),
+}
+
+/// Delivery ids a long-lived publisher takes from the broker's counter at a time.
+const ID_BLOCK: u64 = 1024;
 
 /// The subscriptions a message goes to: the cached list itself, or a list picked for it.
 pub(crate) enum Targets<'a> {
@@ -559,28 +591,33 @@ impl Core {
         &self,
         subject: &Subject,
         bytes: usize,
-        cache: &'c mut RouteCache,
+        route: &'c mut Option<CachedRoute>,
+        long_lived: bool,
     ) -> Targets<'c> {
         let generation = self.generation.load(Ordering::SeqCst);
-        if !cache
-            .0
+        if !route
             .as_ref()
             .is_some_and(|c| c.generation == generation && same_subject(&c.subject, subject))
         {
-            cache.0 = None;
+            *route = None;
         }
-        let c = cache.0.get_or_insert_with(|| {
+        let c = route.get_or_insert_with(|| {
             let (all, counts, generation) = self.lookup(subject);
             CachedRoute {
                 subject: subject.clone(),
                 generation,
                 grouped: all.iter().any(|r| r.queue.is_some()),
                 all,
-                counts,
+                counts: counts.map(|set| match long_lived {
+                    true => SubjectTally::Own(set.join()),
+                    false => SubjectTally::Shared(set),
+                }),
             }
         });
-        if let Some(n) = &c.counts {
-            n.add(bytes);
+        match &mut c.counts {
+            Some(SubjectTally::Own(t)) => t.add(bytes as u64),
+            Some(SubjectTally::Shared(set)) => set.add(bytes as u64),
+            None => {}
         }
         if c.grouped {
             Targets::Picked(self.pick(&c.all))
@@ -593,7 +630,7 @@ impl Core {
     /// (none once [`MAX_TRACKED_SUBJECTS`] are tracked) and the subscription generation the
     /// list is valid for.
     #[cold]
-    fn lookup(&self, subject: &Subject) -> (Arc<[SubRef]>, Option<Arc<SubjectCounts>>, u64) {
+    fn lookup(&self, subject: &Subject) -> (Arc<[SubRef]>, Option<Arc<Tallies>>, u64) {
         let known = self.subjects.lock().ok().and_then(|mut m| {
             // Read under the lock: `invalidate` clears the lists and bumps it under the lock.
             let generation = self.generation.load(Ordering::SeqCst);
@@ -603,7 +640,7 @@ impl Core {
             if m.len() >= MAX_TRACKED_SUBJECTS {
                 return None;
             }
-            let counts = Arc::new(SubjectCounts::default());
+            let counts = Arc::new(Tallies::default());
             m.insert(
                 subject.as_bytes().clone(),
                 SubjectEntry {
@@ -658,11 +695,8 @@ impl Core {
             Ok(m) => m
                 .iter()
                 .map(|(k, e)| {
-                    (
-                        String::from_utf8_lossy(k).into_owned(),
-                        e.counts.msgs.load(Ordering::Relaxed),
-                        e.counts.bytes.load(Ordering::Relaxed),
-                    )
+                    let (msgs, bytes) = e.counts.sum();
+                    (String::from_utf8_lossy(k).into_owned(), msgs, bytes)
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -767,6 +801,12 @@ impl Core {
         mut f: Frame,
         cache: &mut RouteCache,
     ) -> Result<Routed, mitto::Error> {
+        let RouteCache {
+            route,
+            long_lived,
+            ins,
+            ids,
+        } = cache;
         let inbox = f.subject.as_bytes().first() == Some(&b'_')
             && f.subject
                 .as_bytes()
@@ -775,14 +815,14 @@ impl Core {
             .then(|| f.subject.as_str().strip_prefix(&self.inbox_prefix))
             .flatten()
         {
-            self.count_in(&f);
+            self.count_in(&f, *long_lived, ins);
             self.reply(token, &f);
             return Ok(Routed {
                 delivered: 1,
                 ..Routed::default()
             });
         }
-        let targets = self.targets(&f.subject, f.payload.len(), cache);
+        let targets = self.targets(&f.subject, f.payload.len(), route, *long_lived);
         if f.value.is_some() && targets.iter().any(|t| !t.mailbox.is_local()) {
             f.materialize().map_err(|e| {
                 mitto::Error::new(
@@ -802,12 +842,12 @@ impl Core {
                 ));
             }
         }
-        self.count_in(&f);
+        self.count_in(&f, *long_lived, ins);
         if targets.is_empty() {
             return Ok(Routed::default());
         }
         f.frame_type = FrameType::Event;
-        f.id = self.next_token.fetch_add(1, Ordering::Relaxed);
+        f.id = self.delivery_id(*long_lived, ids);
         let mut keep = Flags::empty();
         for flag in [Flags::URGENT, Flags::COMPRESSED] {
             if f.flags.contains(flag) {
@@ -819,11 +859,34 @@ impl Core {
         Ok(self.deliver(&targets, f))
     }
 
-    fn count_in(&self, f: &Frame) {
-        bump(&self.stats.msgs_in);
-        self.stats
-            .bytes_in
-            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+    /// Counts a published message in `msgs_in` / `bytes_in`: in the publisher's own tally when
+    /// it is long-lived, else in the shared total.
+    #[inline]
+    fn count_in(&self, f: &Frame, long_lived: bool, ins: &mut Option<TallyHandle>) {
+        let bytes = f.payload.len() as u64;
+        if !long_lived {
+            return self.stats.ins.add(bytes);
+        }
+        match ins {
+            Some(t) => t.add(bytes),
+            None => ins.insert(self.stats.ins.join()).add(bytes),
+        }
+    }
+
+    /// A delivery id: from the publisher's block of ids when it is long-lived (unique all the
+    /// same: each block is taken whole from the broker's counter), else from the counter.
+    #[inline]
+    fn delivery_id(&self, long_lived: bool, ids: &mut (u64, u64)) -> u64 {
+        if !long_lived {
+            return self.next_token.fetch_add(1, Ordering::Relaxed);
+        }
+        if ids.0 == ids.1 {
+            let start = self.next_token.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            *ids = (start, start + ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        id
     }
 
     pub(crate) fn is_inbox(&self, subject: &str) -> bool {
@@ -856,12 +919,9 @@ impl Core {
         f: &Frame,
     ) -> Option<Frame> {
         bump(&self.stats.requests);
-        bump(&self.stats.msgs_in);
-        self.stats
-            .bytes_in
-            .fetch_add(f.payload.len() as u64, Ordering::Relaxed);
-        let mut once = RouteCache::default();
-        let targets = self.targets(&f.subject, f.payload.len(), &mut once);
+        self.stats.ins.add(f.payload.len() as u64);
+        let mut once = None;
+        let targets = self.targets(&f.subject, f.payload.len(), &mut once, false);
         if let Some(answer) = self.route_to_service(conn, caller, f) {
             return answer;
         }

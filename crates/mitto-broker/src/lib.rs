@@ -30,6 +30,7 @@ mod index;
 mod local;
 mod mailbox;
 mod monitor;
+mod tally;
 
 pub use config::{
     BrokerConfig, ConfigError, PolicyName, TlsFiles, User, DEFAULT_LISTEN, DEFAULT_MONITOR,

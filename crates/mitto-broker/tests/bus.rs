@@ -191,6 +191,7 @@ on_both_transports! {
     case_services => services_inproc, services_tcp;
     case_permissions with users => permissions_inproc, permissions_tcp;
     case_publish_when_polled => publish_when_polled_inproc, publish_when_polled_tcp;
+    case_publish_after_close => publish_after_close_inproc, publish_after_close_tcp;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1312,6 +1313,56 @@ async fn case_publish_when_polled(env: &Env) {
     let bad = c.publish("lazy.*", "4").await.unwrap_err();
     assert_eq!(bad.status(), Status::INVALID_SUBJECT, "{bad}");
     quiet(&mut sub, Duration::from_millis(50)).await;
+}
+
+/// A client that was closed refuses to publish with a clear error, and nothing it tried to
+/// publish reaches a subscriber (an in-process client must not keep routing through the
+/// broker's port of the connection it closed).
+async fn case_publish_after_close(env: &Env) {
+    let (p, s) = (env.client().await, env.client().await);
+    let mut sub = s.subscribe("closing.x").await.unwrap();
+    s.flush().await.unwrap();
+    p.publish("closing.x", "before").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "before");
+    p.close().await;
+    let e = p.publish("closing.x", "after").await.unwrap_err();
+    assert_eq!(e.status(), Status::UNAVAILABLE, "{e}");
+    assert!(e.message().contains("closed"), "{e}");
+    quiet(&mut sub, Duration::from_millis(100)).await;
+    assert_eq!(
+        env.stat("msgs_in"),
+        1,
+        "only the first publish reached the broker"
+    );
+}
+
+/// An in-process client whose broker restarts (a new broker under the same `inproc://` name)
+/// reconnects and publishes to the new broker's subscribers, not into the port of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_publishers_follow_a_restarted_broker() {
+    let name = format!("bus-restart-{}", std::process::id());
+    let cfg = || BrokerConfig {
+        listen: vec![format!("inproc://{name}")],
+        monitor: String::new(),
+        ..BrokerConfig::default()
+    };
+    let old = Broker::start(cfg()).await.unwrap();
+    let url = old.urls()[0].clone();
+    let p = connect(&url, opts()).await;
+    let s = connect(&url, opts()).await;
+    let mut sub = s.subscribe("restart.x").await.unwrap();
+    p.publish("restart.x", "1").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "1");
+    bounded("the old broker's shutdown", old.shutdown()).await;
+    eventually("the publisher notices", || !p.is_connected()).await;
+    let new = Broker::start(cfg()).await.unwrap();
+    eventually("the publisher is back", || p.is_connected()).await;
+    let s2 = connect(&url, opts()).await;
+    let mut sub2 = s2.subscribe("restart.x").await.unwrap();
+    p.publish("restart.x", "2").await.unwrap();
+    assert_eq!(text(&next(&mut sub2).await), "2");
+    assert_eq!(new.stats()["msgs_in"], 1, "the new broker routed it");
+    bounded("the new broker's shutdown", new.shutdown()).await;
 }
 
 // ---------------------------------------------------------------------------------------------

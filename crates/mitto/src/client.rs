@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use mitto_proto::negotiate::{Features, Negotiated};
 use mitto_proto::{
     Flags, Frame, FrameType, Headers, HealthReport, Hello, Limits, MsgKind, StatsReport, Status,
-    Subject, Version, WellKnown,
+    Version, WellKnown,
 };
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
@@ -368,12 +368,6 @@ pub(crate) struct Shared {
     pub(crate) bound_types: std::sync::Mutex<
         std::collections::HashMap<std::any::TypeId, std::collections::HashSet<String>>,
     >,
-    /// The subject last published to (see `Client::subject_of`).
-    pub(crate) last_subject: std::sync::Mutex<Option<Subject>>,
-    /// Publishes that completed without waiting (see `Client::spend_budget`).
-    pub(crate) publishes: std::sync::atomic::AtomicU32,
-    /// The method last called (see `Client::request_frame`).
-    last_method: std::sync::Mutex<Option<Subject>>,
     /// The `deadline` header of a call with the default timeout, made once.
     default_deadline: Headers,
 }
@@ -771,6 +765,26 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     next_id: AtomicU64,
+    /// The in-process port of the first connection, while that connection is up.
+    pub(crate) first_port: Option<FirstPort>,
+}
+
+/// An in-process server's port as the first connection got it: publishing through it needs no
+/// look at the connection state (a read lock per message) while that connection's command
+/// queue is open. After a reconnect publishes take the port from the state.
+pub(crate) struct FirstPort {
+    pub(crate) port: Arc<dyn crate::local::LocalPort>,
+    /// The connection's command queue: closed once its driver has ended.
+    pub(crate) cmds: mpsc::Sender<Cmd>,
+    pub(crate) max_payload: u32,
+}
+
+impl FirstPort {
+    /// The port, while its connection is up.
+    #[inline]
+    pub(crate) fn live(&self) -> Option<&Arc<dyn crate::local::LocalPort>> {
+        (!self.cmds.is_closed()).then_some(&self.port)
+    }
 }
 
 impl Drop for Inner {
@@ -942,6 +956,11 @@ impl Client {
         let table = SubTable::default();
         let session = std::sync::Mutex::new(String::new());
         let (driver, conn, _) = open(&endpoint, &opts, &table, &session).await?;
+        let first_port = conn.port.clone().map(|port| FirstPort {
+            port,
+            cmds: conn.cmds.clone(),
+            max_payload: conn.agreed.limits.max_payload,
+        });
         let (state, _) = watch::channel(State::Up(conn));
         let opts_timeout = opts.timeout;
         let shared = Arc::new(Shared {
@@ -953,9 +972,6 @@ impl Client {
             session,
             next_sid: std::sync::atomic::AtomicU32::new(1),
             bound_types: Default::default(),
-            last_subject: Default::default(),
-            publishes: Default::default(),
-            last_method: Default::default(),
             default_deadline: deadline_only(opts_timeout),
         });
         tokio::spawn(supervise(shared.clone(), driver));
@@ -963,6 +979,7 @@ impl Client {
             inner: Arc::new(Inner {
                 shared,
                 next_id: AtomicU64::new(1),
+                first_port,
             }),
         })
     }
@@ -1037,7 +1054,7 @@ impl Client {
         opts: &CallOptions,
         left: Duration,
     ) -> Result<Frame> {
-        let subject = crate::pubsub::cached_subject(&self.inner.shared.last_method, method)?;
+        let subject = crate::pubsub::cached_subject(crate::pubsub::SubjectUse::Method, method)?;
         let headers = match &opts.headers {
             Some(h) => h.to_builder().deadline(left).build(),
             None if left == self.opts().timeout => self.inner.shared.default_deadline.clone(),

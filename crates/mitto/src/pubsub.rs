@@ -401,6 +401,28 @@ fn queue_now(c: &Conn, f: Frame) -> Now<'static> {
     }
 }
 
+/// Routes a publish through an in-process server's port, in the caller's task; waits (boxed)
+/// only for subscribers that block publishers, up to `timeout`.
+fn publish_local(port: &Arc<dyn LocalPort>, max: u32, f: Frame, timeout: Duration) -> Now<'static> {
+    if f.payload.len() > max as usize {
+        return Now::Done(Err(too_large(f.payload.len(), max)));
+    }
+    match port.publish(f) {
+        Ok(Published::Done) => Now::Done(Ok(())),
+        Ok(Published::Blocked(wait)) => Now::Later(Box::pin(async move {
+            match tokio::time::timeout(timeout, wait).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::new(
+                    mitto_proto::Status::BACKPRESSURE_REJECTION,
+                    format!("the subscribers stayed full for {timeout:?}"),
+                )
+                .retryable()),
+            }
+        })),
+        Err(e) => Now::Done(Err(e)),
+    }
+}
+
 /// Bytes of subjects kept for the life of the process by [`interned`], at most.
 const INTERN_BYTES: usize = 1 << 20;
 
@@ -434,25 +456,41 @@ pub(crate) fn interned(subject: &str) -> Result<Subject> {
     Ok(s)
 }
 
-/// `subject` as a checked literal subject; the last one is kept in `cache`, so that a caller
-/// repeating its subject (a publisher, a client calling one method) neither validates nor
-/// allocates it again, and subjects used often are interned (see [`interned`]) so that copies
-/// of them cost no reference count.
-pub(crate) fn cached_subject(
-    cache: &std::sync::Mutex<Option<Subject>>,
-    subject: &str,
-) -> Result<Subject> {
-    if let Ok(mut last) = cache.try_lock() {
-        if let Some(s) = &*last {
+/// Which of a thread's last-subject caches [`cached_subject`] uses: the subject last published
+/// to, or the method last called (kept apart so that a task doing both misses neither).
+#[derive(Clone, Copy)]
+pub(crate) enum SubjectUse {
+    Publish,
+    Method,
+}
+
+thread_local! {
+    /// The last subject published to and the last method called on this thread.
+    static LAST_SUBJECTS: std::cell::RefCell<[Option<Subject>; 2]> =
+        const { std::cell::RefCell::new([None, None]) };
+}
+
+/// `subject` as a checked literal subject. The last one of each [`SubjectUse`] is kept per
+/// thread, so that a caller repeating its subject (a publisher, a client calling one method)
+/// neither validates nor allocates it again and takes no lock (a per-client cache behind a
+/// mutex cost two locked instructions per message); subjects used often are interned (see
+/// [`interned`]) so that copies of them cost no reference count.
+pub(crate) fn cached_subject(slot: SubjectUse, subject: &str) -> Result<Subject> {
+    let hit = LAST_SUBJECTS.try_with(|cache| {
+        let mut cache = cache.try_borrow_mut().ok()?;
+        let last = &mut cache[slot as usize];
+        if let Some(s) = last {
             if s.as_bytes()[..] == *subject.as_bytes() {
-                return Ok(s.clone());
+                return Some(Ok(s.clone()));
             }
         }
-        let s = interned(subject)?;
-        *last = Some(s.clone());
-        return Ok(s);
+        Some(interned(subject).inspect(|s| *last = Some(s.clone())))
+    });
+    match hit {
+        Ok(Some(r)) => r,
+        // The thread is ending, or the cache is in use further up this stack.
+        _ => Ok(Subject::literal(subject)?),
     }
-    Ok(Subject::literal(subject)?)
 }
 
 /// The future of [`Client::publish`]. Small (a few words, moved without `memcpy`), since a
@@ -576,32 +614,23 @@ impl Client {
     /// queue for a fire-and-forget publish); otherwise returns the (boxed) rest of the work,
     /// so that the common path builds no large future.
     fn publish_now(&self, f: Frame, ack: bool, timeout: Duration) -> Now<'_> {
+        if let Some(port) = self
+            .inner
+            .first_port
+            .as_ref()
+            .and_then(|p| p.live().map(|port| (port, p.max_payload)))
+        {
+            return publish_local(port.0, port.1, f, timeout);
+        }
         let mut pending = Some(f);
         let fast = match &*self.inner.shared.state.borrow() {
             State::Up(Conn {
                 port: Some(port),
                 agreed,
                 ..
-            }) => pending.take().map(|f| {
-                let max = agreed.limits.max_payload;
-                if f.payload.len() > max as usize {
-                    return Now::Done(Err(too_large(f.payload.len(), max)));
-                }
-                match port.publish(f) {
-                    Ok(Published::Done) => Now::Done(Ok(())),
-                    Ok(Published::Blocked(wait)) => Now::Later(Box::pin(async move {
-                        match tokio::time::timeout(timeout, wait).await {
-                            Ok(r) => r,
-                            Err(_) => Err(Error::new(
-                                mitto_proto::Status::BACKPRESSURE_REJECTION,
-                                format!("the subscribers stayed full for {timeout:?}"),
-                            )
-                            .retryable()),
-                        }
-                    })),
-                    Err(e) => Now::Done(Err(e)),
-                }
-            }),
+            }) => pending
+                .take()
+                .map(|f| publish_local(port, agreed.limits.max_payload, f, timeout)),
             State::Up(c)
                 if !ack
                     && !c.cmds.is_closed()
@@ -624,17 +653,26 @@ impl Client {
     }
 
     /// Whether this publish, which did not wait, spends the task's cooperative budget: one in
-    /// eight does, so that a publishing loop still yields (after 128 x 8 = 1,024 publishes,
+    /// eight on this thread does, so that a publishing loop still yields (after 128 x 8 = 1,024 publishes,
     /// about a quarter of a millisecond here) and the subscribers it wakes run, without paying
     /// a yield every 128 messages as a channel would (see BENCHMARKS.md, run G).
     fn spends_budget(&self) -> bool {
-        self.inner.shared.publishes.fetch_add(1, Ordering::Relaxed) % 8 == 0
+        thread_local! {
+            static PUBLISHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        PUBLISHES
+            .try_with(|n| {
+                let v = n.get();
+                n.set(v.wrapping_add(1));
+                v % 8 == 0
+            })
+            .unwrap_or(true)
     }
 
-    /// `subject` as a checked literal subject, through the client's last-published cache (see
+    /// `subject` as a checked literal subject, through the thread's last-published cache (see
     /// [`cached_subject`]).
     pub(crate) fn subject_of(&self, subject: &str) -> Result<Subject> {
-        cached_subject(&self.inner.shared.last_subject, subject)
+        cached_subject(SubjectUse::Publish, subject)
     }
 
     /// The broker's direct entry points when it runs in this process.
