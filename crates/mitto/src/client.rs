@@ -764,6 +764,8 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
+    /// Unique in the process (never reused, unlike an address).
+    pub(crate) id: u64,
     next_id: AtomicU64,
     /// The in-process port of the first connection, while that connection is up.
     pub(crate) first_port: Option<FirstPort>,
@@ -978,6 +980,10 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
+                id: {
+                    static CLIENTS: AtomicU64 = AtomicU64::new(1);
+                    CLIENTS.fetch_add(1, Ordering::Relaxed)
+                },
                 next_id: AtomicU64::new(1),
                 first_port,
             }),

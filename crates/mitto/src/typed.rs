@@ -60,12 +60,23 @@ impl Client {
         value: Arc<T>,
     ) -> Result<()> {
         let codec = self.opts().codec;
-        let Some(port) = self.local_port_only() else {
-            let payload = codec.encode(&*value)?;
-            let opts = PublishOptions::new().headers(codec_headers(codec));
-            return self.publish_with(subject, payload, opts).await;
+        let first = self.inner.first_port.as_ref().and_then(|p| p.live());
+        let current;
+        let port = match first {
+            Some(p) => p,
+            None => match self.local_port_only() {
+                Some(p) => {
+                    current = p;
+                    &current
+                }
+                None => {
+                    let payload = codec.encode(&*value)?;
+                    let opts = PublishOptions::new().headers(codec_headers(codec));
+                    return self.publish_with(subject, payload, opts).await;
+                }
+            },
         };
-        self.bind_type::<T>(&port, subject)?;
+        self.bind_type::<T>(port, subject)?;
         let mut f = Frame::publish(self.subject_of(subject)?, Bytes::new())
             .with_headers(codec_headers(codec));
         f.value = Some(Attachment::new(Typed::new(value, codec)));
@@ -93,6 +104,39 @@ impl Client {
     }
 
     fn bind_type<T: 'static>(&self, port: &Arc<dyn LocalPort>, filter: &str) -> Result<()> {
+        thread_local! {
+            /// The binding this thread made or checked last: client, type and filter (a
+            /// publishing loop then takes no lock to learn it is already bound).
+            static LAST: std::cell::RefCell<Option<(u64, TypeId, String)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let ty = TypeId::of::<T>();
+        let client = self.inner.id;
+        let seen = |l: &Option<(u64, TypeId, String)>| {
+            l.as_ref()
+                .is_some_and(|(c, t, f)| *c == client && *t == ty && f == filter)
+        };
+        if LAST.try_with(|l| l.try_borrow().is_ok_and(|l| seen(&l))) == Ok(true) {
+            return Ok(());
+        }
+        self.bind_type_shared::<T>(port, filter)?;
+        let _ = LAST.try_with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                match &mut *l {
+                    Some((c, t, f)) => {
+                        (*c, *t) = (client, ty);
+                        f.clear();
+                        f.push_str(filter);
+                    }
+                    None => *l = Some((client, ty, filter.to_owned())),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Declares `T` on `filter` to the broker once per client.
+    fn bind_type_shared<T: 'static>(&self, port: &Arc<dyn LocalPort>, filter: &str) -> Result<()> {
         let ty = TypeId::of::<T>();
         let shared = &self.inner.shared;
         let known = |b: &std::collections::HashMap<TypeId, std::collections::HashSet<String>>| {
