@@ -10,7 +10,7 @@ use crate::headers::Headers;
 use crate::negotiate::Limits;
 use crate::status::Status;
 use crate::subject::Subject;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// One frame. Fields are public: build one with a constructor and adjust what you need.
 ///
@@ -400,7 +400,11 @@ impl Frame {
 
     /// Parses a complete frame. `buf` holds exactly the frame, header included, and `h` its
     /// already-read header whose lengths match `buf` and the limits.
-    pub(crate) fn from_parts(h: Header, buf: Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
+    pub(crate) fn from_parts(
+        h: Header,
+        mut buf: Bytes,
+        limits: &Limits,
+    ) -> Result<Frame, DecodeError> {
         let err = |k| DecodeError::new(k, h.id);
         let t = FrameType::from_u8(h.frame_type)
             .ok_or_else(|| err(DecodeErrorKind::UnknownFrameType(h.frame_type)))?;
@@ -449,7 +453,15 @@ impl Frame {
         } else {
             Headers::from_wire(buf.slice(s_end..h_end)).map_err(err)?
         };
-        let payload = buf.slice(h_end..);
+        // The payload is what is left of the frame's bytes: taken, not sliced, so that it costs
+        // no reference count (a response with neither subject nor headers takes none at all).
+        let payload = if buf.len() > h_end {
+            buf.advance(h_end);
+            buf
+        } else {
+            // Holds nothing of the receive buffer.
+            Bytes::new()
+        };
         check_body(t, h.flags, &payload, limits).map_err(err)?;
         Ok(Frame {
             frame_type: t,

@@ -285,7 +285,7 @@ pub(crate) enum Cmd {
         frame: Frame,
         slot: Slot,
         /// When the reactor fails the call with TIMEOUT (and sends CANCEL).
-        deadline: Option<Instant>,
+        deadline: Option<Due>,
     },
     /// Registers the local end of subscription `sid` (its SUBSCRIBE goes as a `Call`).
     Subscribe {
@@ -297,6 +297,16 @@ pub(crate) enum Cmd {
     Send(Frame),
     Cancel(u64),
     Close,
+}
+
+/// When a call times out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Due {
+    /// At this instant.
+    At(Instant),
+    /// This long after the connection's driver takes the call (at most one turn of the driver
+    /// after it was made): the caller then reads no clock per call.
+    After(Duration),
 }
 
 pub(crate) enum Slot {
@@ -373,6 +383,8 @@ pub(crate) struct Shared {
 }
 
 struct ClientReactor {
+    /// The time of this turn of the driver, read when a call first needs it.
+    now: Option<Instant>,
     /// Calls waiting for their answer, with their deadlines.
     pending: FxHashMap<u64, (Slot, Option<Instant>)>,
     /// The earliest deadline of the pending calls; one timer for all.
@@ -398,6 +410,32 @@ fn deadline_only(left: Duration) -> Headers {
     b.put_u64(u64::try_from(left.as_micros()).unwrap_or(u64::MAX));
     Headers::from_wire(b.freeze()).unwrap_or_default()
 }
+
+/// The headers block of a call with the client's default timeout: kept for the life of the
+/// process (one per distinct timeout, at most [`KEPT_DEADLINES`]), so that the copy every call
+/// takes and drops costs no reference count.
+fn default_deadline(timeout: Duration) -> Headers {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static KEPT: OnceLock<Mutex<HashMap<Duration, &'static [u8]>>> = OnceLock::new();
+    let fresh = deadline_only(timeout);
+    let Ok(mut kept) = KEPT.get_or_init(Default::default).lock() else {
+        return fresh;
+    };
+    let block = match kept.get(&timeout) {
+        Some(b) => *b,
+        None if kept.len() < KEPT_DEADLINES => {
+            let b: &'static [u8] = Box::leak(fresh.as_bytes().to_vec().into_boxed_slice());
+            kept.insert(timeout, b);
+            b
+        }
+        None => return fresh,
+    };
+    Headers::from_wire(Bytes::from_static(block)).unwrap_or(fresh)
+}
+
+/// Distinct default timeouts whose headers [`default_deadline`] keeps.
+const KEPT_DEADLINES: usize = 64;
 
 impl ClientReactor {
     /// Removes a pending call (and its deadline).
@@ -566,6 +604,10 @@ impl Reactor for ClientReactor {
                     return;
                 }
                 cx.send(&frame);
+                let deadline = deadline.map(|d| match d {
+                    Due::At(t) => t,
+                    Due::After(left) => *self.now.get_or_insert_with(Instant::now) + left,
+                });
                 self.pending.insert(id, (slot, deadline));
                 if let Some(d) = deadline {
                     self.deadlines.note(d);
@@ -590,6 +632,10 @@ impl Reactor for ClientReactor {
             }
             Some(Cmd::Close) | None => cx.close(Status::OK, "client closed"),
         }
+    }
+
+    fn on_turn(&mut self) {
+        self.now = None;
     }
 
     fn on_closed(&mut self, why: &Error) {
@@ -689,6 +735,7 @@ async fn open(
         leftover,
         cfg,
         ClientReactor {
+            now: None,
             pending: FxHashMap::default(),
             deadlines: Deadlines::new(),
             subs: HashMap::new(),
@@ -767,25 +814,23 @@ pub(crate) struct Inner {
     /// Unique in the process (never reused, unlike an address).
     pub(crate) id: u64,
     next_id: AtomicU64,
-    /// The in-process port of the first connection, while that connection is up.
-    pub(crate) first_port: Option<FirstPort>,
+    /// The first connection, used while it is up without reading the connection state (a
+    /// read lock per call or publish); after a reconnect the state is read.
+    first: Conn,
 }
 
-/// An in-process server's port as the first connection got it: publishing through it needs no
-/// look at the connection state (a read lock per message) while that connection's command
-/// queue is open. After a reconnect publishes take the port from the state.
-pub(crate) struct FirstPort {
-    pub(crate) port: Arc<dyn crate::local::LocalPort>,
-    /// The connection's command queue: closed once its driver has ended.
-    pub(crate) cmds: mpsc::Sender<Cmd>,
-    pub(crate) max_payload: u32,
-}
-
-impl FirstPort {
-    /// The port, while its connection is up.
+impl Inner {
+    /// The first connection, while it is up (its driver has not ended).
     #[inline]
-    pub(crate) fn live(&self) -> Option<&Arc<dyn crate::local::LocalPort>> {
-        (!self.cmds.is_closed()).then_some(&self.port)
+    pub(crate) fn first_conn(&self) -> Option<&Conn> {
+        (!self.first.cmds.is_closed()).then_some(&self.first)
+    }
+
+    /// The first connection's in-process port, while that connection is up.
+    #[inline]
+    pub(crate) fn first_port(&self) -> Option<(&Arc<dyn crate::local::LocalPort>, u32)> {
+        let c = self.first_conn()?;
+        Some((c.port.as_ref()?, c.agreed.limits.max_payload))
     }
 }
 
@@ -958,11 +1003,7 @@ impl Client {
         let table = SubTable::default();
         let session = std::sync::Mutex::new(String::new());
         let (driver, conn, _) = open(&endpoint, &opts, &table, &session).await?;
-        let first_port = conn.port.clone().map(|port| FirstPort {
-            port,
-            cmds: conn.cmds.clone(),
-            max_payload: conn.agreed.limits.max_payload,
-        });
+        let first = conn.clone();
         let (state, _) = watch::channel(State::Up(conn));
         let opts_timeout = opts.timeout;
         let shared = Arc::new(Shared {
@@ -974,7 +1015,7 @@ impl Client {
             session,
             next_sid: std::sync::atomic::AtomicU32::new(1),
             bound_types: Default::default(),
-            default_deadline: deadline_only(opts_timeout),
+            default_deadline: default_deadline(opts_timeout),
         });
         tokio::spawn(supervise(shared.clone(), driver));
         Ok(Client {
@@ -985,7 +1026,7 @@ impl Client {
                     CLIENTS.fetch_add(1, Ordering::Relaxed)
                 },
                 next_id: AtomicU64::new(1),
-                first_port,
+                first,
             }),
         })
     }
@@ -1111,8 +1152,18 @@ impl Client {
     ) -> CallState<'a> {
         let mut payload = payload;
         if self.opts().middleware.is_empty() && !options.idempotent {
-            let state = self.inner.shared.state.borrow();
-            if let State::Up(c) = &*state {
+            let state;
+            let up = match self.inner.first_conn() {
+                Some(c) => Some(c),
+                None => {
+                    state = self.inner.shared.state.borrow();
+                    match &*state {
+                        State::Up(c) => Some(c),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(c) = up {
                 let timeout = options.timeout.unwrap_or(self.opts().timeout);
                 let id = self.next_id();
                 let frame = match self.request_frame(id, method, payload, &options, timeout) {
@@ -1124,7 +1175,7 @@ impl Client {
                     id,
                     frame,
                     slot: Slot::Unary(tx),
-                    deadline: Some(Instant::now() + timeout),
+                    deadline: Some(Due::After(timeout)),
                 };
                 let sent = match c.lane.push(cmd) {
                     Ok(()) => Ok(()),
@@ -1206,7 +1257,7 @@ impl Client {
                 id,
                 frame,
                 slot: Slot::Unary(tx),
-                deadline: Some(deadline),
+                deadline: Some(Due::At(deadline)),
             };
             let sent = match conn.cmds.try_send(cmd) {
                 Ok(()) => Ok(()),

@@ -302,6 +302,10 @@ pub trait Reactor: Send + 'static {
     fn read_paused(&self) -> bool {
         false
     }
+
+    /// Called when the driver starts a turn (before it handles any command or frame), e.g. to
+    /// read the clock once for everything the turn handles.
+    fn on_turn(&mut self) {}
 }
 
 /// Settings of one driver.
@@ -489,6 +493,7 @@ impl<R: Reactor> Driver<R> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        self.reactor.on_turn();
         if let Poll::Ready(r) = self.poll_timer(cx) {
             return Poll::Ready(r);
         }

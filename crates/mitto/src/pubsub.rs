@@ -401,6 +401,27 @@ fn queue_now(c: &Conn, f: Frame) -> Now<'static> {
     }
 }
 
+/// Publishes `f` on connection `c` without waiting when it can: through an in-process
+/// server's port, or into the connection's queue (a fire-and-forget publish of bytes within the
+/// limit); otherwise gives the frame back.
+// The frame comes back by value (128 bytes, moved, never cloned) for the caller's other path.
+#[allow(clippy::result_large_err)]
+fn publish_on(
+    c: &Conn,
+    f: Frame,
+    ack: bool,
+    timeout: Duration,
+) -> std::result::Result<Now<'static>, Frame> {
+    let max = c.agreed.limits.max_payload;
+    if let Some(port) = &c.port {
+        return Ok(publish_local(port, max, f, timeout));
+    }
+    if !ack && !c.cmds.is_closed() && f.value.is_none() && f.payload.len() <= max as usize {
+        return Ok(queue_now(c, f));
+    }
+    Err(f)
+}
+
 /// Routes a publish through an in-process server's port, in the caller's task; waits (boxed)
 /// only for subscribers that block publishers, up to `timeout`.
 fn publish_local(port: &Arc<dyn LocalPort>, max: u32, f: Frame, timeout: Duration) -> Now<'static> {
@@ -614,42 +635,20 @@ impl Client {
     /// queue for a fire-and-forget publish); otherwise returns the (boxed) rest of the work,
     /// so that the common path builds no large future.
     fn publish_now(&self, f: Frame, ack: bool, timeout: Duration) -> Now<'_> {
-        if let Some(port) = self
-            .inner
-            .first_port
-            .as_ref()
-            .and_then(|p| p.live().map(|port| (port, p.max_payload)))
-        {
-            return publish_local(port.0, port.1, f, timeout);
-        }
-        let mut pending = Some(f);
-        let fast = match &*self.inner.shared.state.borrow() {
-            State::Up(Conn {
-                port: Some(port),
-                agreed,
-                ..
-            }) => pending
-                .take()
-                .map(|f| publish_local(port, agreed.limits.max_payload, f, timeout)),
-            State::Up(c)
-                if !ack
-                    && !c.cmds.is_closed()
-                    && pending.as_ref().is_some_and(|f| {
-                        f.value.is_none() && f.payload.len() <= c.agreed.limits.max_payload as usize
-                    }) =>
-            {
-                pending.take().map(|f| queue_now(c, f))
-            }
-            _ => None,
+        let f = match self.inner.first_conn() {
+            Some(c) => match publish_on(c, f, ack, timeout) {
+                Ok(now) => return now,
+                Err(f) => f,
+            },
+            None => match &*self.inner.shared.state.borrow() {
+                State::Up(c) => match publish_on(c, f, ack, timeout) {
+                    Ok(now) => return now,
+                    Err(f) => f,
+                },
+                _ => f,
+            },
         };
-        match (fast, pending) {
-            (Some(now), _) => now,
-            (None, Some(f)) => Now::Later(Box::pin(self.send_publish(f, ack, timeout))),
-            (None, None) => Now::Done(Err(Error::new(
-                mitto_proto::Status::INTERNAL,
-                "publish lost",
-            ))),
-        }
+        Now::Later(Box::pin(self.send_publish(f, ack, timeout)))
     }
 
     /// Whether this publish, which did not wait, spends the task's cooperative budget: one in

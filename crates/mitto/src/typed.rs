@@ -60,7 +60,7 @@ impl Client {
         value: Arc<T>,
     ) -> Result<()> {
         let codec = self.opts().codec;
-        let first = self.inner.first_port.as_ref().and_then(|p| p.live());
+        let first = self.inner.first_port().map(|(p, _)| p);
         let current;
         let port = match first {
             Some(p) => p,
