@@ -60,6 +60,9 @@ pub struct Config {
     /// The `mitto-bench` binary, which `conn-memory` runs with `--serve-broker` to host a broker
     /// in a process of its own. `None`: the running executable, if it is `mitto-bench`.
     pub broker_exe: Option<PathBuf>,
+    /// Run only these systems (by row name) where a scenario supports it (`rpc-throughput`),
+    /// for profiling one system at a time; empty: all.
+    pub only: Vec<String>,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             idle_connections: 10_000,
             connect_time: Duration::from_secs(60),
             broker_exe: None,
+            only: Vec::new(),
         }
     }
 
@@ -139,6 +143,11 @@ impl Config {
     pub fn with_broker_exe(mut self, exe: impl Into<PathBuf>) -> Config {
         self.broker_exe = Some(exe.into());
         self
+    }
+
+    /// Whether `system` runs (see [`Config::only`]).
+    pub fn runs(&self, system: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == system)
     }
 
     /// Overrides the number of repetitions (at least one).

@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     reps: Option<usize>,
 
+    /// Runs only this system (a row name, e.g. `protosocket-rpc`; repeatable) where the scenario
+    /// supports it (rpc-throughput): for profiling one system at a time.
+    #[arg(long, value_name = "SYSTEM")]
+    only: Vec<String>,
+
     /// Also writes the results as a JSON array to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -58,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = cli.reps {
         config = config.with_reps(n);
     }
+    config.only = cli.only;
     println!(
         "mitto-bench: mode {:?}, {} repetition(s){}",
         config.mode,

@@ -1,6 +1,7 @@
 //! The RPC client: one connection multiplexing many calls by id, with deadlines, cancel on drop,
 //! streams with credit-based flow control, automatic reconnect, and retries of idempotent calls.
 
+use crate::calls::Calls;
 use crate::codec::{decode_proto, encode_proto, Codec, PROTOBUF};
 use crate::conn::{Ctx, Driver, DriverConfig, Lane, Reactor};
 use crate::deadlines::Deadlines;
@@ -352,6 +353,8 @@ pub(crate) struct Conn {
     pub(crate) agreed: Arc<Negotiated>,
     /// Direct entry points of a server in this process (in-process links to a broker).
     pub(crate) port: Option<Arc<dyn crate::local::LocalPort>>,
+    /// Unary calls written straight for the driver (byte-stream connections).
+    pub(crate) calls: Option<Arc<Calls>>,
 }
 
 #[derive(Clone)]
@@ -391,6 +394,28 @@ struct ClientReactor {
     deadlines: Deadlines,
     subs: HashMap<u32, crate::inbox::InboxTx>,
     table: SubTable,
+    /// The connection's unary calls written straight by their callers (see [`Calls`]).
+    calls: Option<Arc<Calls>>,
+}
+
+/// The error of a call whose payload is over the negotiated limit.
+fn payload_too_large(len: usize, max: u32) -> Error {
+    Error::new(
+        Status::PAYLOAD_TOO_LARGE,
+        format!("payload of {len} bytes exceeds the negotiated limit of {max}"),
+    )
+}
+
+/// A RESPONSE (or HEALTH / STATS answer) as a call's result.
+fn reply_of(f: Frame) -> Result<Reply> {
+    if f.status.is_ok() {
+        Ok(Reply {
+            headers: f.headers,
+            payload: f.payload,
+        })
+    } else {
+        Err(remote_error(&f))
+    }
 }
 
 fn remote_error(f: &Frame) -> Error {
@@ -450,17 +475,19 @@ impl Reactor for ClientReactor {
     fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
         match f.frame_type {
             FrameType::Response | FrameType::Health | FrameType::Stats => {
+                let f = match &self.calls {
+                    Some(calls) if f.frame_type == FrameType::Response => {
+                        match calls.answer(f, reply_of) {
+                            Ok(()) => return,
+                            Err(f) => f,
+                        }
+                    }
+                    _ => f,
+                };
                 let Some(slot) = self.take(f.id) else {
                     return;
                 };
-                let result = if f.status.is_ok() {
-                    Ok(Reply {
-                        headers: f.headers,
-                        payload: f.payload,
-                    })
-                } else {
-                    Err(remote_error(&f))
-                };
+                let result = reply_of(f);
                 match slot {
                     Slot::Unary(tx) => {
                         let _ = tx.send(result);
@@ -556,6 +583,13 @@ impl Reactor for ClientReactor {
                 }
             }
             FrameType::Error => {
+                let f = match &self.calls {
+                    Some(calls) => match calls.answer(f, |f| Err(remote_error(&f))) {
+                        Ok(()) => return,
+                        Err(f) => f,
+                    },
+                    None => f,
+                };
                 if let Some(slot) = self.take(f.id) {
                     slot.fail(remote_error(&f));
                 } else {
@@ -571,6 +605,9 @@ impl Reactor for ClientReactor {
                 self.deadlines.clear();
                 for (_, (slot, _)) in self.pending.drain() {
                     slot.fail(e.clone());
+                }
+                if let Some(calls) = &self.calls {
+                    calls.close(&e);
                 }
                 cx.close(Status::OK, "closing after the server's CLOSE");
             }
@@ -593,13 +630,9 @@ impl Reactor for ClientReactor {
                 deadline,
             }) => {
                 if frame.payload.len() > cx.limits().max_payload as usize {
-                    slot.fail(Error::new(
-                        Status::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "payload of {} bytes exceeds the negotiated limit of {}",
-                            frame.payload.len(),
-                            cx.limits().max_payload
-                        ),
+                    slot.fail(payload_too_large(
+                        frame.payload.len(),
+                        cx.limits().max_payload,
                     ));
                     return;
                 }
@@ -644,11 +677,22 @@ impl Reactor for ClientReactor {
         for (_, (slot, _)) in self.pending.drain() {
             slot.fail(e.clone());
         }
+        if let Some(calls) = &self.calls {
+            calls.close(&e);
+        }
     }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let mut progress = false;
+        if let Some(t) = self.calls.as_ref().and_then(|c| c.take(cx.waker())) {
+            cx.send_encoded(t.bytes);
+            if let Some(d) = t.earliest {
+                self.deadlines.note(d);
+            }
+            progress = true;
+        }
         let Some(now) = self.deadlines.due(cx.waker()) else {
-            return false;
+            return progress;
         };
         let expired: Vec<u64> = self
             .pending
@@ -662,8 +706,18 @@ impl Reactor for ClientReactor {
                 slot.fail(Error::new(Status::TIMEOUT, "deadline exceeded"));
             }
         }
-        self.deadlines
-            .swept(self.pending.values().filter_map(|(_, d)| *d).min());
+        let mut next = self.pending.values().filter_map(|(_, d)| *d).min();
+        if let Some(calls) = &self.calls {
+            let (expired, later) = calls.expire(now);
+            for id in expired {
+                cx.send(&Frame::cancel(id));
+            }
+            next = match (next, later) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        self.deadlines.swept(next);
         true
     }
 }
@@ -723,6 +777,8 @@ async fn open(
         transport::Io::Link(l) => l.port(),
         _ => None,
     };
+    let calls =
+        (!matches!(io, transport::Io::Link(_))).then(|| Arc::new(Calls::new(opts.queue_capacity)));
     let keepalive =
         (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
     let cfg = DriverConfig {
@@ -740,6 +796,7 @@ async fn open(
             deadlines: Deadlines::new(),
             subs: HashMap::new(),
             table: table.clone(),
+            calls: calls.clone(),
         },
         cmds_rx,
         ctl_rx,
@@ -754,6 +811,7 @@ async fn open(
             ctl: ctl_tx,
             agreed: Arc::new(agreed),
             port,
+            calls,
         },
         resumed,
     ))
@@ -895,6 +953,13 @@ pub struct CallWith<'a> {
 enum CallState<'a> {
     /// Not polled yet.
     Start(Bytes, CallOptions),
+    /// Written for the connection's driver, the answer left in its table; CANCEL goes out if
+    /// the future is dropped in this state.
+    Table {
+        id: u64,
+        calls: Arc<Calls>,
+        timeout: Duration,
+    },
     /// On the connection; CANCEL goes out if the future is dropped in this state.
     Sent {
         id: u64,
@@ -910,7 +975,7 @@ impl fmt::Debug for CallWith<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             CallState::Start(..) => "not sent",
-            CallState::Sent { .. } => "sent",
+            CallState::Sent { .. } | CallState::Table { .. } => "sent",
             CallState::Slow(_) => "in progress",
             CallState::Done => "done",
         };
@@ -934,7 +999,25 @@ impl Future for CallWith<'_> {
                     else {
                         continue;
                     };
-                    this.state = this.client.start_call(this.method, payload, options);
+                    this.state = this.client.start_call(this.method, payload, options, cx);
+                    if let CallState::Table { .. } = this.state {
+                        // Sent, with this task's waker in the table: nothing to look at yet.
+                        return Poll::Pending;
+                    }
+                }
+                CallState::Table { id, calls, timeout } => {
+                    let answer = ready!(calls.poll(*id, cx));
+                    let timeout = *timeout;
+                    this.state = CallState::Done;
+                    return Poll::Ready(match answer {
+                        Err(e) if e.status() == Status::TIMEOUT && !e.is_remote() => {
+                            Err(Error::new(
+                                Status::TIMEOUT,
+                                format!("{} exceeded its deadline of {timeout:?}", this.method),
+                            ))
+                        }
+                        r => r,
+                    });
                 }
                 CallState::Sent { rx, timeout, .. } => {
                     let answer = ready!(Pin::new(rx).poll(cx));
@@ -969,6 +1052,10 @@ impl Future for CallWith<'_> {
 
 impl Drop for CallWith<'_> {
     fn drop(&mut self) {
+        if let CallState::Table { id, calls, .. } = &self.state {
+            calls.cancel(*id);
+            return;
+        }
         if let CallState::Sent { id, .. } = self.state {
             // The call went out on the connection that is up now, or on one that is gone
             // (whose calls failed with it; the new one ignores an unknown id).
@@ -1149,6 +1236,7 @@ impl Client {
         method: &'a str,
         payload: Bytes,
         options: CallOptions,
+        cx: &Context<'_>,
     ) -> CallState<'a> {
         let mut payload = payload;
         if self.opts().middleware.is_empty() && !options.idempotent {
@@ -1170,6 +1258,20 @@ impl Client {
                     Ok(f) => f,
                     Err(e) => return CallState::Slow(Box::pin(std::future::ready(Err(e)))),
                 };
+                if let Some(calls) = c.calls.as_ref().filter(|_| !options.urgent) {
+                    let max = c.agreed.limits.max_payload;
+                    if frame.payload.len() > max as usize {
+                        let e = payload_too_large(frame.payload.len(), max);
+                        return CallState::Slow(Box::pin(std::future::ready(Err(e))));
+                    }
+                    if calls.start(&frame, Instant::now() + timeout, cx) {
+                        return CallState::Table {
+                            id,
+                            calls: calls.clone(),
+                            timeout,
+                        };
+                    }
+                }
                 let (tx, rx) = oneshot::channel();
                 let cmd = Cmd::Call {
                     id,

@@ -132,6 +132,18 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues encoded frames as one chunk, after everything queued before.
+    pub(crate) fn push_encoded(&mut self, b: Bytes) {
+        if b.is_empty() || self.link {
+            return;
+        }
+        if !self.cur.is_empty() {
+            self.queue.push_back(self.cur.split().freeze());
+        }
+        self.len += b.len();
+        self.queue.push_back(b);
+    }
+
     /// Bytes waiting.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -268,6 +280,17 @@ impl Ctx<'_> {
             // before it reached the driver. Report instead of panicking all the same.
             tracing::error!(error = %e, "dropping a frame that cannot be encoded");
         }
+    }
+
+    /// Queues frames already encoded (whole frames, in order) as they are, without a copy.
+    /// Only on byte streams: an in-process link carries frames.
+    pub(crate) fn send_encoded(&mut self, b: Bytes) {
+        self.out.push_encoded(b);
+    }
+
+    /// Whether the connection carries frames by reference (an in-process link), not bytes.
+    pub fn is_link(&self) -> bool {
+        self.out.link
     }
 
     /// Starts a graceful close: CLOSE is sent after what is queued, then the socket shuts down.

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod busy_poll;
+mod calls;
 mod client;
 mod codec;
 pub mod conn;

@@ -74,14 +74,27 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
     let case = format!("pipelined-{}", config.in_flight);
     let samples = rt.block_on(async {
         progress.step("rpc-throughput: starting servers");
-        let systems = vec![
-            System::Mitto(mitto_sys::MittoEcho::start(&srt, "tcp://127.0.0.1:0").await?),
-            System::Tarpc(tarpc_peer::connect(tarpc_peer::start(&srt).await?).await?),
-            System::Tonic(tonic_peer::connect(tonic_peer::start(&srt).await?).await?),
-            System::Protosocket(
+        let mut systems = Vec::new();
+        if config.runs(MITTO) {
+            systems.push(System::Mitto(
+                mitto_sys::MittoEcho::start(&srt, "tcp://127.0.0.1:0").await?,
+            ));
+        }
+        if config.runs(PEERS[0]) {
+            systems.push(System::Tarpc(
+                tarpc_peer::connect(tarpc_peer::start(&srt).await?).await?,
+            ));
+        }
+        if config.runs(PEERS[1]) {
+            systems.push(System::Tonic(
+                tonic_peer::connect(tonic_peer::start(&srt).await?).await?,
+            ));
+        }
+        if config.runs(PEERS[2]) {
+            systems.push(System::Protosocket(
                 protosocket_peer::connect(protosocket_peer::start(&srt).await?).await?,
-            ),
-        ];
+            ));
+        }
         let k = config.in_flight;
         for s in &systems {
             progress.step(format!("rpc-throughput {} warm-up", s.name()));

@@ -1,0 +1,389 @@
+//! Unary calls on a socket connection, shared by the callers and the connection's driver.
+//!
+//! A call through a command queue costs a command (built, moved and matched), an answer
+//! channel (allocated, with its own state machine and reference counts) and a map entry in the
+//! driver. Here the caller encodes its REQUEST straight into a buffer the driver takes whole
+//! (one chunk of the outbox per batch, no copy), and the answer is left in the call's entry of
+//! one table under the same lock: per call, one lock to start, one for the driver to answer,
+//! one for the caller to take the answer, and no allocation.
+//!
+//! The table is per connection. When the connection ends, every waiting call fails with its
+//! reason and the table refuses new calls, which then take the general path (that waits for a
+//! reconnect). In-process links carry frames, not bytes, and do not use it.
+
+use crate::client::Reply;
+use crate::error::{Error, Result};
+use bytes::{Bytes, BytesMut};
+use mitto_proto::{Frame, Status};
+use rustc_hash::FxHashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::time::Instant;
+
+/// Room the request buffer makes at once.
+const CHUNK: usize = 16 * 1024;
+
+/// The unary calls of one connection.
+pub(crate) struct Calls {
+    state: Mutex<State>,
+    /// Calls written and not yet taken by the driver, at most (more take the general path,
+    /// which waits for room).
+    cap: usize,
+}
+
+struct State {
+    /// Encoded REQUEST and CANCEL frames the driver has not taken yet.
+    out: BytesMut,
+    /// Frames in `out`.
+    queued: usize,
+    /// The earliest deadline of the calls started since the driver last took `out`.
+    earliest: Option<Instant>,
+    calls: FxHashMap<u64, Entry>,
+    /// The driver, when it waits for calls.
+    driver: Option<Waker>,
+    /// The connection ended: no more calls.
+    closed: bool,
+}
+
+struct Entry {
+    deadline: Instant,
+    answer: Answer,
+}
+
+enum Answer {
+    /// On the wire; the caller's waker.
+    Waiting(Waker),
+    Done(Result<Reply>),
+}
+
+/// What the driver takes from the table.
+pub(crate) struct Taken {
+    /// Encoded frames, in order.
+    pub(crate) bytes: Bytes,
+    /// The earliest deadline among the calls they start.
+    pub(crate) earliest: Option<Instant>,
+}
+
+impl Calls {
+    pub(crate) fn new(cap: usize) -> Calls {
+        Calls {
+            state: Mutex::new(State {
+                out: BytesMut::new(),
+                queued: 0,
+                earliest: None,
+                calls: FxHashMap::default(),
+                driver: None,
+                closed: false,
+            }),
+            cap: cap.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change below leaves the table whole before it can panic (encoding into a
+        // buffer, map operations): keep going after a panic elsewhere.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts call `f.id` (a REQUEST): encodes it for the driver and waits for its answer with
+    /// `cx`'s waker. False when the table refuses it (the connection ended, too many calls
+    /// waiting for the driver, a frame that cannot be encoded): nothing was sent.
+    pub(crate) fn start(&self, f: &Frame, deadline: Instant, cx: &Context<'_>) -> bool {
+        let mut s = self.lock();
+        if s.closed || s.queued >= self.cap {
+            return false;
+        }
+        let need = f.encoded_len();
+        if s.out.capacity() - s.out.len() < need {
+            s.out.reserve(need.max(CHUNK));
+        }
+        if f.encode(&mut s.out).is_err() {
+            return false;
+        }
+        s.queued += 1;
+        s.calls.insert(
+            f.id,
+            Entry {
+                deadline,
+                answer: Answer::Waiting(cx.waker().clone()),
+            },
+        );
+        if s.earliest.is_none_or(|e| deadline < e) {
+            s.earliest = Some(deadline);
+        }
+        let driver = s.driver.take();
+        drop(s);
+        if let Some(w) = driver {
+            w.wake();
+        }
+        true
+    }
+
+    /// The answer of call `id`, once it is there (the entry is then gone).
+    pub(crate) fn poll(&self, id: u64, cx: &Context<'_>) -> Poll<Result<Reply>> {
+        use std::collections::hash_map::Entry as Slot;
+        let mut s = self.lock();
+        let Slot::Occupied(mut e) = s.calls.entry(id) else {
+            return Poll::Ready(Err(Error::connection_lost(
+                "the call was lost with its connection",
+            )));
+        };
+        if let Answer::Waiting(w) = &mut e.get_mut().answer {
+            if !w.will_wake(cx.waker()) {
+                w.clone_from(cx.waker());
+            }
+            return Poll::Pending;
+        }
+        match e.remove().answer {
+            Answer::Done(r) => Poll::Ready(r),
+            Answer::Waiting(_) => Poll::Pending,
+        }
+    }
+
+    /// The caller gave up on call `id` (dropped its future): forgets it and, if its answer has
+    /// not come, sends CANCEL.
+    pub(crate) fn cancel(&self, id: u64) {
+        let mut s = self.lock();
+        let waiting = matches!(
+            s.calls.remove(&id),
+            Some(Entry {
+                answer: Answer::Waiting(_),
+                ..
+            })
+        );
+        if !waiting || s.closed {
+            return;
+        }
+        if Frame::cancel(id).encode(&mut s.out).is_ok() {
+            s.queued += 1;
+        }
+        let driver = s.driver.take();
+        drop(s);
+        if let Some(w) = driver {
+            w.wake();
+        }
+    }
+
+    /// The driver takes what callers wrote; `waker` is woken when more comes.
+    pub(crate) fn take(&self, waker: &Waker) -> Option<Taken> {
+        let mut s = self.lock();
+        if s.out.is_empty() {
+            if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                s.driver = Some(waker.clone());
+            }
+            return None;
+        }
+        s.queued = 0;
+        let bytes = s.out.split().freeze();
+        let earliest = s.earliest.take();
+        if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.driver = Some(waker.clone());
+        }
+        Some(Taken { bytes, earliest })
+    }
+
+    /// Answers call `id` with what `answer` makes of `f`; gives `f` back when `id` is not a
+    /// call of this table (or is no longer waiting).
+    // The frame comes back by value (moved, never cloned) for the caller's other tables.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn answer(
+        &self,
+        f: Frame,
+        answer: impl FnOnce(Frame) -> Result<Reply>,
+    ) -> std::result::Result<(), Frame> {
+        let mut s = self.lock();
+        let Some(e) = s.calls.get_mut(&f.id) else {
+            return Err(f);
+        };
+        let Answer::Waiting(_) = &e.answer else {
+            return Err(f);
+        };
+        let Answer::Waiting(w) = std::mem::replace(&mut e.answer, Answer::Done(answer(f))) else {
+            return Ok(());
+        };
+        drop(s);
+        w.wake();
+        Ok(())
+    }
+
+    /// Fails the calls whose deadline is at or before `now` (TIMEOUT); returns their ids (for
+    /// CANCEL) and the earliest deadline still waiting.
+    pub(crate) fn expire(&self, now: Instant) -> (Vec<u64>, Option<Instant>) {
+        let mut s = self.lock();
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut woken = Vec::new();
+        for (id, e) in s.calls.iter_mut() {
+            if !matches!(e.answer, Answer::Waiting(_)) {
+                continue;
+            }
+            if e.deadline <= now {
+                expired.push(*id);
+                let err = Error::new(Status::TIMEOUT, "deadline exceeded");
+                if let Answer::Waiting(w) = std::mem::replace(&mut e.answer, Answer::Done(Err(err)))
+                {
+                    woken.push(w);
+                }
+            } else if next.is_none_or(|n| e.deadline < n) {
+                next = Some(e.deadline);
+            }
+        }
+        drop(s);
+        for w in woken {
+            w.wake();
+        }
+        (expired, next)
+    }
+
+    /// The connection ended: every waiting call fails with `why`, later calls are refused.
+    pub(crate) fn close(&self, why: &Error) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.out.clear();
+        s.queued = 0;
+        let mut woken = Vec::new();
+        for e in s.calls.values_mut() {
+            if let Answer::Waiting(_) = e.answer {
+                if let Answer::Waiting(w) =
+                    std::mem::replace(&mut e.answer, Answer::Done(Err(why.clone())))
+                {
+                    woken.push(w);
+                }
+            }
+        }
+        let driver = s.driver.take();
+        drop(s);
+        woken.into_iter().chain(driver).for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mitto_proto::{Decoder, FrameType, Subject};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    fn request(id: u64) -> Frame {
+        Frame::request(id, Subject::literal("m").unwrap(), Bytes::from_static(b"x"))
+    }
+
+    fn frames(b: Bytes) -> Vec<Frame> {
+        let mut buf = BytesMut::from(&b[..]);
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        while let Some(f) = d.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    fn reply(p: &'static [u8]) -> impl FnOnce(Frame) -> Result<Reply> {
+        move |_| {
+            Ok(Reply {
+                headers: Default::default(),
+                payload: Bytes::from_static(p),
+            })
+        }
+    }
+
+    #[test]
+    fn requests_go_out_in_order_and_answers_reach_their_callers() {
+        let calls = Calls::new(8);
+        let (caller, cw) = waker();
+        let (driver, dw) = waker();
+        let cx = Context::from_waker(&cw);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(calls.take(&dw).is_none(), "nothing yet; the driver waits");
+        assert!(calls.start(&request(1), later, &cx));
+        assert_eq!(
+            driver.0.load(Ordering::SeqCst),
+            1,
+            "the driver is woken once"
+        );
+        assert!(calls.start(&request(2), later - Duration::from_secs(1), &cx));
+        let taken = calls.take(&dw).expect("two requests");
+        let ids: Vec<u64> = frames(taken.bytes).iter().map(|f| f.id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(taken.earliest, Some(later - Duration::from_secs(1)));
+        assert!(calls.poll(2, &cx).is_pending());
+        let mut answer = Frame::response(2, Status::OK, Bytes::new());
+        answer.frame_type = FrameType::Response;
+        assert!(calls.answer(answer, reply(b"two")).is_ok());
+        assert_eq!(caller.0.load(Ordering::SeqCst), 1, "the caller is woken");
+        match calls.poll(2, &cx) {
+            Poll::Ready(Ok(r)) => assert_eq!(&r.payload[..], b"two"),
+            other => panic!("{:?}", other.map(|r| r.map(|r| r.payload))),
+        }
+        let unknown = Frame::response(9, Status::OK, Bytes::new());
+        assert!(
+            calls.answer(unknown, reply(b"")).is_err(),
+            "not a call here"
+        );
+    }
+
+    #[test]
+    fn a_dropped_call_sends_cancel_and_a_late_answer_is_not_taken() {
+        let calls = Calls::new(8);
+        let (_, w) = waker();
+        let cx = Context::from_waker(&w);
+        assert!(calls.start(&request(5), Instant::now() + Duration::from_secs(5), &cx));
+        let _ = calls.take(&w);
+        calls.cancel(5);
+        let sent = frames(calls.take(&w).expect("a CANCEL").bytes);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].frame_type, sent[0].id), (FrameType::Cancel, 5));
+        let late = Frame::response(5, Status::OK, Bytes::new());
+        assert!(calls.answer(late, reply(b"")).is_err());
+    }
+
+    #[test]
+    fn deadlines_fail_calls_with_timeout_and_the_next_one_is_reported() {
+        let calls = Calls::new(8);
+        let (_, w) = waker();
+        let cx = Context::from_waker(&w);
+        let now = Instant::now();
+        assert!(calls.start(&request(1), now, &cx));
+        assert!(calls.start(&request(2), now + Duration::from_secs(9), &cx));
+        let (expired, next) = calls.expire(now);
+        assert_eq!(expired, [1]);
+        assert_eq!(next, Some(now + Duration::from_secs(9)));
+        match calls.poll(1, &cx) {
+            Poll::Ready(Err(e)) => assert_eq!(e.status(), Status::TIMEOUT),
+            _ => panic!("call 1 timed out"),
+        }
+    }
+
+    #[test]
+    fn a_closed_table_fails_waiting_calls_and_refuses_new_ones() {
+        let calls = Calls::new(1);
+        let (caller, w) = waker();
+        let cx = Context::from_waker(&w);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(calls.start(&request(1), later, &cx));
+        assert!(!calls.start(&request(2), later, &cx), "over capacity");
+        calls.close(&Error::connection_lost("gone"));
+        assert_eq!(caller.0.load(Ordering::SeqCst), 1);
+        match calls.poll(1, &cx) {
+            Poll::Ready(Err(e)) => assert!(e.message().contains("gone"), "{e}"),
+            _ => panic!("call 1 failed"),
+        }
+        assert!(!calls.start(&request(3), later, &cx), "closed");
+        assert!(calls.take(&w).is_none(), "nothing left to send");
+    }
+}
