@@ -280,6 +280,9 @@ impl Shape {
 struct Route {
     shape: Shape,
     handler: Handler,
+    /// The method name, interned when it is a valid subject (a request's copy of it then
+    /// costs no reference count).
+    name: Option<Subject>,
 }
 
 /// Server middleware: wraps every call (auth checks, logging, metrics, ...), as IMITTO's pipeline.
@@ -524,8 +527,15 @@ impl Server {
     }
 
     fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Server {
-        self.routes
-            .insert(method.to_owned(), Route { shape, handler });
+        let name = crate::pubsub::interned(method).ok();
+        self.routes.insert(
+            method.to_owned(),
+            Route {
+                shape,
+                handler,
+                name,
+            },
+        );
         self
     }
 
@@ -954,6 +964,7 @@ async fn run_connection(
         (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
     let reactor = ServerReactor {
         shared: shared.clone(),
+        now: None,
         peer,
         calls: FxHashMap::default(),
         running: FuturesUnordered::new(),
@@ -1126,7 +1137,18 @@ impl Future for CallTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
         match self.get_mut() {
-            CallTask::Direct(f) => f.poll(cx),
+            CallTask::Direct(f) => match f.shared.take() {
+                Some(shared) => {
+                    let r = f.poll_with(&shared, cx);
+                    f.shared = Some(shared);
+                    r
+                }
+                // Only a call polled in place has no server of its own; it is never here.
+                None => Poll::Ready((
+                    f.id,
+                    error_response(f.id, &Error::new(Status::INTERNAL, "call lost its server")),
+                )),
+            },
             CallTask::Chain(f) => f.as_mut().poll(cx),
         }
     }
@@ -1135,31 +1157,28 @@ impl Future for CallTask {
 /// A handler's future with what its RESPONSE needs; a panic inside it becomes an
 /// EXECUTION_ERROR response.
 struct Finishing {
-    shared: Arc<Shared>,
+    /// Set when the call joins the running set; a call answered at its first poll, in place,
+    /// is polled with the reactor's.
+    shared: Option<Arc<Shared>>,
     fut: futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Result<Response>>>>,
     id: u64,
     method: Subject,
 }
 
 impl Finishing {
-    fn new(
-        shared: Arc<Shared>,
-        fut: BoxFuture<'static, Result<Response>>,
-        id: u64,
-        method: Subject,
-    ) -> Finishing {
+    fn new(fut: BoxFuture<'static, Result<Response>>, id: u64, method: Subject) -> Finishing {
         Finishing {
-            shared,
+            shared: None,
             fut: AssertUnwindSafe(fut).catch_unwind(),
             id,
             method,
         }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
+    fn poll_with(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<(u64, Frame)> {
         let outcome = ready!(self.fut.poll_unpin(cx));
         let id = self.id;
-        Poll::Ready((id, call_frame(&self.shared, outcome, id, &self.method)))
+        Poll::Ready((id, call_frame(shared, outcome, id, &self.method)))
     }
 }
 
@@ -1174,6 +1193,8 @@ impl Call {
 
 struct ServerReactor {
     shared: Arc<Shared>,
+    /// The time of this turn of the driver, read when a call first needs it.
+    now: Option<Instant>,
     peer: Arc<PeerInfo>,
     calls: FxHashMap<u64, Call>,
     running: FuturesUnordered<CallFuture>,
@@ -1219,7 +1240,7 @@ impl ServerReactor {
             let e = Error::new(Status::UNAVAILABLE, "server is shutting down").retryable();
             return self.reject(id, e, cx);
         }
-        let Some(route) = self.shared.server.routes.get(f.subject.as_str()).cloned() else {
+        let Some(route) = self.shared.server.routes.get(f.subject.as_str()) else {
             let e = Error::new(
                 Status::METHOD_NOT_FOUND,
                 format!("no method {:?} on this server", f.subject.as_str()),
@@ -1265,7 +1286,7 @@ impl ServerReactor {
             f.payload
         };
         let left = f.headers.deadline();
-        let deadline = left.map(|d| Instant::now() + d);
+        let deadline = left.map(|d| *self.now.get_or_insert_with(Instant::now) + d);
         if left.is_some_and(|d| d.is_zero()) {
             bump(&stats.calls_timed_out);
             let e = Error::new(
@@ -1299,8 +1320,10 @@ impl ServerReactor {
         } else {
             (None, None)
         };
+        let method = route.name.clone().unwrap_or_else(|| f.subject.clone());
+        drop(f.subject);
         let req = Request {
-            method: f.subject,
+            method,
             headers: f.headers,
             payload,
             kind: f.kind,
@@ -1314,24 +1337,27 @@ impl ServerReactor {
         let method = req.method.clone();
         let mut task = if self.shared.server.middleware.is_empty() {
             // The handler's future is made here, so the call's future holds no request.
-            CallTask::Direct(Finishing::new(
-                self.shared.clone(),
-                (route.handler)(req),
-                id,
-                method.clone(),
-            ))
+            CallTask::Direct(Finishing::new((route.handler)(req), id, method.clone()))
         } else {
             CallTask::Chain(Box::pin(run_call(
                 self.shared.clone(),
-                route.handler,
+                route.handler.clone(),
                 req,
                 id,
             )))
         };
-        if route.shape == Shape::Unary {
-            // A unary handler that finishes at its first poll answers at once: no entry in
-            // the call table, no abort handle, no place in the running set.
-            let mut tcx = Context::from_waker(cx.waker());
+        let mut tcx = Context::from_waker(cx.waker());
+        if let CallTask::Direct(f) = &mut task {
+            if route.shape == Shape::Unary {
+                // A unary handler that finishes at its first poll answers at once: no entry
+                // in the call table, no abort handle, no place in the running set.
+                if let Poll::Ready((_, frame)) = f.poll_with(&self.shared, &mut tcx) {
+                    cx.send(&frame);
+                    return;
+                }
+            }
+            f.shared = Some(self.shared.clone());
+        } else if route.shape == Shape::Unary {
             if let Poll::Ready((_, frame)) = Pin::new(&mut task).poll(&mut tcx) {
                 cx.send(&frame);
                 return;
@@ -1578,6 +1604,10 @@ impl Reactor for ServerReactor {
             }
             None => {}
         }
+    }
+
+    fn on_turn(&mut self) {
+        self.now = None;
     }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
