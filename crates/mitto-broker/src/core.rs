@@ -1134,6 +1134,7 @@ impl Core {
     /// Forgets everything of a connection that went away.
     pub(crate) fn connection_gone(&self, conn: u64, mailbox: &Mailbox, services: &[(u32, String)]) {
         self.drop_subscriptions(conn, mailbox);
+        mailbox.end_all();
         self.release_calls(conn, services);
     }
 

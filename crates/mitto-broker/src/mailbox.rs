@@ -386,6 +386,21 @@ impl Mailbox {
         Some(sq.filter)
     }
 
+    /// Ends every subscription (the connection is gone): queued messages are freed and
+    /// in-process readers see their queue end.
+    pub(crate) fn end_all(&self) {
+        let mut q = self.lock();
+        let subs: Vec<_> = q.subs.drain().collect();
+        q.bytes = 0;
+        drop(q);
+        for (_, mut sq) in subs {
+            if let Some(w) = sq.waker.take() {
+                w.wake();
+            }
+        }
+        self.made_room();
+    }
+
     /// The filters and queue groups of every subscription (for clean-up and monitoring).
     pub(crate) fn subs(&self) -> Vec<(u32, String, Option<String>, u64, u64)> {
         let q = self.lock();

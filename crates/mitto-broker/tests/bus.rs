@@ -1336,10 +1336,11 @@ async fn case_publish_after_close(env: &Env) {
     );
 }
 
-/// An in-process client whose broker restarts (a new broker under the same `inproc://` name)
-/// reconnects and publishes to the new broker's subscribers, not into the port of the old one.
+/// In-process clients whose broker restarts (a new broker under the same `inproc://` name)
+/// reconnect: the publisher publishes to the new broker, not into the port of the old one, and
+/// the subscription made before the restart goes on with the new broker's messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_publishers_follow_a_restarted_broker() {
+async fn in_process_clients_follow_a_restarted_broker() {
     let name = format!("bus-restart-{}", std::process::id());
     let cfg = || BrokerConfig {
         listen: vec![format!("inproc://{name}")],
@@ -1356,12 +1357,22 @@ async fn in_process_publishers_follow_a_restarted_broker() {
     bounded("the old broker's shutdown", old.shutdown()).await;
     eventually("the publisher notices", || !p.is_connected()).await;
     let new = Broker::start(cfg()).await.unwrap();
-    eventually("the publisher is back", || p.is_connected()).await;
+    eventually("both clients are back and subscribed", || {
+        p.is_connected() && s.is_connected() && new.subscription_count() == 1
+    })
+    .await;
+    p.publish("restart.x", "2").await.unwrap();
+    assert_eq!(
+        text(&next(&mut sub).await),
+        "2",
+        "the old subscription goes on"
+    );
     let s2 = connect(&url, opts()).await;
     let mut sub2 = s2.subscribe("restart.x").await.unwrap();
-    p.publish("restart.x", "2").await.unwrap();
-    assert_eq!(text(&next(&mut sub2).await), "2");
-    assert_eq!(new.stats()["msgs_in"], 1, "the new broker routed it");
+    p.publish("restart.x", "3").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "3");
+    assert_eq!(text(&next(&mut sub2).await), "3");
+    assert_eq!(new.stats()["msgs_in"], 2, "the new broker routed both");
     bounded("the new broker's shutdown", new.shutdown()).await;
 }
 

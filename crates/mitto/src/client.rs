@@ -849,7 +849,7 @@ async fn supervise(shared: Arc<Shared>, mut driver: Driver<ClientReactor>) {
             .await
             {
                 Ok((d, conn, resumed)) => {
-                    crate::pubsub::resubscribe(&shared, &conn.ctl, resumed);
+                    crate::pubsub::resubscribe(&shared, &conn, resumed);
                     shared.state.send_replace(State::Up(conn));
                     break d;
                 }

@@ -88,6 +88,14 @@ impl InboxTx {
         Ok(())
     }
 
+    /// Wakes the receiver without a message (something else changed for it).
+    pub(crate) fn wake(&self) {
+        let w = self.0.lock().waker.take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
     /// Room left in the queue.
     pub(crate) fn capacity(&self) -> usize {
         self.0.capacity.saturating_sub(self.0.lock().msgs.len())

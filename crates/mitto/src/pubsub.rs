@@ -190,6 +190,25 @@ pub(crate) struct SubRecord {
     filter: Subject,
     opts: SubscribeOptions,
     tx: crate::inbox::InboxTx,
+    /// Where a reconnect to an in-process server leaves the subscription's new queue.
+    reattach: Arc<Reattach>,
+}
+
+/// A subscription's queue at an in-process server, handed over after a reconnect made the
+/// subscription there again (its old queue ended with the old connection).
+#[derive(Default)]
+pub(crate) struct Reattach(std::sync::Mutex<Option<Arc<dyn LocalQueue>>>);
+
+impl Reattach {
+    fn put(&self, q: Arc<dyn LocalQueue>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(q);
+        }
+    }
+
+    fn take(&self) -> Option<Arc<dyn LocalQueue>> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 fn current_ctl(shared: &Shared) -> Option<mpsc::UnboundedSender<Cmd>> {
@@ -201,8 +220,12 @@ fn current_ctl(shared: &Shared) -> Option<mpsc::UnboundedSender<Cmd>> {
 
 /// Re-subscribes every live subscription on a fresh connection; after a resumed session the
 /// server still has them, and only the local ends are attached again.
-pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>, resumed: bool) {
+pub(crate) fn resubscribe(shared: &Shared, conn: &Conn, resumed: bool) {
+    let ctl = &conn.ctl;
     let Ok(subs) = shared.subs.lock() else { return };
+    // An in-process server's queues are read directly: once the server has made each
+    // subscription again, its new queue is handed to the subscriber.
+    let mut attach = Vec::new();
     for (&sid, rec) in subs.iter() {
         if resumed {
             let _ = ctl.send(Cmd::Subscribe {
@@ -220,12 +243,51 @@ pub(crate) fn resubscribe(shared: &Shared, ctl: &mpsc::UnboundedSender<Cmd>, res
                     sid,
                     tx: rec.tx.clone(),
                 });
-                let _ = ctl.send(Cmd::Send(f));
+                if conn.port.is_none() {
+                    let _ = ctl.send(Cmd::Send(f));
+                    continue;
+                }
+                let id = RESUBSCRIBE_IDS | shared.next_sid.fetch_add(1, Ordering::Relaxed) as u64;
+                let (done, answer) = oneshot::channel();
+                let mut f = f.with_id(id);
+                f.flags.insert(Flags::ACK_REQUIRED);
+                let _ = ctl.send(Cmd::Call {
+                    id,
+                    frame: f,
+                    slot: Slot::Unary(done),
+                    deadline: None,
+                });
+                attach.push((sid, answer, rec.reattach.clone(), rec.tx.clone()));
             }
             Err(e) => tracing::warn!(sid, error = %e, "cannot re-subscribe"),
         }
     }
+    let Some(port) = conn.port.clone() else {
+        return;
+    };
+    if attach.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for (sid, answer, reattach, tx) in attach {
+            match answer.await {
+                Ok(Ok(_)) => {
+                    if let Some(q) = port.subscription(sid) {
+                        reattach.put(q);
+                        tx.wake();
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(sid, error = %e, "the server refused a re-subscription")
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
+
+/// Ids of the SUBSCRIBE calls a reconnect makes (apart from the client's call ids).
+const RESUBSCRIBE_IDS: u64 = 1 << 62;
 
 const NO_LIMIT: u32 = u32::MAX;
 
@@ -242,6 +304,10 @@ pub struct Subscription {
     closed: bool,
     /// The broker's queue of this subscription, read directly when the broker is in-process.
     local: Option<Arc<dyn LocalQueue>>,
+    /// The in-process queue ended: the subscription is waiting for a new one (see
+    /// [`Reattach`]) or for its end (its record dropped, which ends `rx`).
+    detached: bool,
+    reattach: Arc<Reattach>,
     batch: VecDeque<Frame>,
     /// Messages still to yield after [`Subscription::unsubscribe_after`]; `u32::MAX`: no limit.
     remaining: std::sync::atomic::AtomicU32,
@@ -349,18 +415,31 @@ impl Stream for Subscription {
         // a subscriber reading a long backlog yields now and then instead of holding its worker.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
-        if let Some(q) = &this.local {
-            loop {
-                if let Some(f) = this.batch.pop_front() {
-                    coop.made_progress();
-                    this.count_yield();
-                    return Poll::Ready(Some(Message::from_event(f)));
+        while let Some(q) = &this.local {
+            if let Some(f) = this.batch.pop_front() {
+                coop.made_progress();
+                this.count_yield();
+                return Poll::Ready(Some(Message::from_event(f)));
+            }
+            match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) if this.closed => return Poll::Ready(None),
+                Poll::Ready(false) => {
+                    // The server ended it, or the connection went away: wait on the inbox,
+                    // which ends with the subscription's record and is woken when a reconnect
+                    // hands over a new queue.
+                    this.local = None;
+                    this.detached = true;
                 }
-                match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
-                    Poll::Ready(true) => {}
-                    Poll::Ready(false) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
-                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if this.detached {
+            if let Some(q) = this.reattach.take() {
+                this.local = Some(q);
+                this.detached = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
         }
         match self.rx.poll_recv(cx) {
@@ -839,6 +918,7 @@ impl Client {
         }
         let filter = Subject::new(filter)?;
         let (tx, rx) = crate::inbox::inbox(opts.credit as usize);
+        let reattach = Arc::new(Reattach::default());
         let id = self.next_id();
         let mut frame = Frame::subscribe(sid, filter.clone(), &opts)?.with_id(id);
         frame.flags.insert(Flags::ACK_REQUIRED);
@@ -857,6 +937,7 @@ impl Client {
                     filter,
                     opts: opts.clone(),
                     tx,
+                    reattach: reattach.clone(),
                 },
             );
         }
@@ -869,6 +950,8 @@ impl Client {
             consumed: 0,
             closed: false,
             local: None,
+            detached: false,
+            reattach,
             batch: VecDeque::new(),
             remaining: std::sync::atomic::AtomicU32::new(NO_LIMIT),
             finished: false,
