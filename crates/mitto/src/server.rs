@@ -496,14 +496,19 @@ fn missing(what: &str) -> Error {
 /// ```
 #[derive(Clone, Default)]
 pub struct Server {
-    routes: FxHashMap<String, Route>,
+    /// By method name, as bytes: a request's subject is looked up without reading it as text.
+    routes: FxHashMap<Box<[u8]>, Route>,
     middleware: Vec<Arc<dyn Middleware>>,
     opts: ServerOptions,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut methods: Vec<_> = self.routes.keys().collect();
+        let mut methods: Vec<_> = self
+            .routes
+            .keys()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect();
         methods.sort();
         f.debug_struct("Server")
             .field("methods", &methods)
@@ -529,7 +534,7 @@ impl Server {
     fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Server {
         let name = crate::pubsub::interned(method).ok();
         self.routes.insert(
-            method.to_owned(),
+            method.as_bytes().into(),
             Route {
                 shape,
                 handler,
@@ -1010,7 +1015,13 @@ async fn attach_connect(
         let offer = crate::client::hello(client);
         let (agreed, _, mut buf) =
             handshake::client(&mut io, &offer, client.connect_timeout).await?;
-        let mut methods: Vec<&String> = shared.server.routes.keys().collect();
+        // Keys were made from `&str`s.
+        let mut methods: Vec<String> = shared
+            .server
+            .routes
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
         methods.sort();
         let mut wire = Vec::with_capacity(methods.len());
         for (i, m) in methods.iter().enumerate() {
@@ -1019,7 +1030,7 @@ async fn attach_connect(
                 .opts
                 .group
                 .clone()
-                .unwrap_or_else(|| (*m).clone());
+                .unwrap_or_else(|| m.clone());
             let opts = mitto_proto::SubscribeOptions {
                 queue: Some(group),
                 ..Default::default()
@@ -1240,7 +1251,7 @@ impl ServerReactor {
             let e = Error::new(Status::UNAVAILABLE, "server is shutting down").retryable();
             return self.reject(id, e, cx);
         }
-        let Some(route) = self.shared.server.routes.get(f.subject.as_str()) else {
+        let Some(route) = self.shared.server.routes.get(&f.subject.as_bytes()[..]) else {
             let e = Error::new(
                 Status::METHOD_NOT_FOUND,
                 format!("no method {:?} on this server", f.subject.as_str()),
