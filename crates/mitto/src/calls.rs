@@ -43,7 +43,14 @@ struct State {
     driver: Option<Waker>,
     /// The connection ended: no more calls.
     closed: bool,
+    /// The next call id (see [`FIRST_ID`]).
+    next_id: u64,
 }
+
+/// Ids of calls started through a table: apart from the ids the client gives its other calls
+/// (which count up from 1) and from those of re-subscriptions (bit 62), and given under the
+/// table's lock instead of from a shared counter.
+const FIRST_ID: u64 = 1 << 61;
 
 struct Entry {
     deadline: Instant,
@@ -74,6 +81,7 @@ impl Calls {
                 calls: FxHashMap::default(),
                 driver: None,
                 closed: false,
+                next_id: FIRST_ID,
             }),
             cap: cap.max(1),
         }
@@ -85,21 +93,22 @@ impl Calls {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts call `f.id` (a REQUEST): encodes it for the driver and waits for its answer with
-    /// `cx`'s waker. False when the table refuses it (the connection ended, too many calls
-    /// waiting for the driver, a frame that cannot be encoded): nothing was sent.
-    pub(crate) fn start(&self, f: &Frame, deadline: Instant, cx: &Context<'_>) -> bool {
+    /// Starts a call (a REQUEST): gives it an id (set in `f`, and returned), encodes it for the
+    /// driver and waits for its answer with `cx`'s waker. `None` when the table refuses it (the
+    /// connection ended, too many calls waiting for the driver, a frame that cannot be
+    /// encoded): nothing was sent.
+    pub(crate) fn start(&self, f: &mut Frame, deadline: Instant, cx: &Context<'_>) -> Option<u64> {
         let mut s = self.lock();
         if s.closed || s.queued >= self.cap {
-            return false;
+            return None;
         }
+        f.id = s.next_id;
         let need = f.encoded_len();
         if s.out.capacity() - s.out.len() < need {
             s.out.reserve(need.max(CHUNK));
         }
-        if f.encode(&mut s.out).is_err() {
-            return false;
-        }
+        f.encode(&mut s.out).ok()?;
+        s.next_id += 1;
         s.queued += 1;
         s.calls.insert(
             f.id,
@@ -116,7 +125,7 @@ impl Calls {
         if let Some(w) = driver {
             w.wake();
         }
-        true
+        Some(f.id)
     }
 
     /// The answer of call `id`, once it is there (the entry is then gone).
@@ -279,8 +288,8 @@ mod tests {
         (c.clone(), Waker::from(c))
     }
 
-    fn request(id: u64) -> Frame {
-        Frame::request(id, Subject::literal("m").unwrap(), Bytes::from_static(b"x"))
+    fn request() -> Frame {
+        Frame::request(0, Subject::literal("m").unwrap(), Bytes::from_static(b"x"))
     }
 
     fn frames(b: Bytes) -> Vec<Frame> {
@@ -310,23 +319,28 @@ mod tests {
         let cx = Context::from_waker(&cw);
         let later = Instant::now() + Duration::from_secs(5);
         assert!(calls.take(&dw).is_none(), "nothing yet; the driver waits");
-        assert!(calls.start(&request(1), later, &cx));
+        let one = calls.start(&mut request(), later, &cx).unwrap();
         assert_eq!(
             driver.0.load(Ordering::SeqCst),
             1,
             "the driver is woken once"
         );
-        assert!(calls.start(&request(2), later - Duration::from_secs(1), &cx));
+        let two = calls
+            .start(&mut request(), later - Duration::from_secs(1), &cx)
+            .unwrap();
+        assert!(
+            two > one && one >= FIRST_ID,
+            "ids count up, apart: {one} {two}"
+        );
         let taken = calls.take(&dw).expect("two requests");
         let ids: Vec<u64> = frames(taken.bytes).iter().map(|f| f.id).collect();
-        assert_eq!(ids, [1, 2]);
+        assert_eq!(ids, [one, two]);
         assert_eq!(taken.earliest, Some(later - Duration::from_secs(1)));
-        assert!(calls.poll(2, &cx).is_pending());
-        let mut answer = Frame::response(2, Status::OK, Bytes::new());
-        answer.frame_type = FrameType::Response;
+        assert!(calls.poll(two, &cx).is_pending());
+        let answer = Frame::response(two, Status::OK, Bytes::new());
         assert!(calls.answer(answer, reply(b"two")).is_ok());
         assert_eq!(caller.0.load(Ordering::SeqCst), 1, "the caller is woken");
-        match calls.poll(2, &cx) {
+        match calls.poll(two, &cx) {
             Poll::Ready(Ok(r)) => assert_eq!(&r.payload[..], b"two"),
             other => panic!("{:?}", other.map(|r| r.map(|r| r.payload))),
         }
@@ -342,13 +356,14 @@ mod tests {
         let calls = Calls::new(8);
         let (_, w) = waker();
         let cx = Context::from_waker(&w);
-        assert!(calls.start(&request(5), Instant::now() + Duration::from_secs(5), &cx));
+        let later = Instant::now() + Duration::from_secs(5);
+        let id = calls.start(&mut request(), later, &cx).unwrap();
         let _ = calls.take(&w);
-        calls.cancel(5);
+        calls.cancel(id);
         let sent = frames(calls.take(&w).expect("a CANCEL").bytes);
         assert_eq!(sent.len(), 1);
-        assert_eq!((sent[0].frame_type, sent[0].id), (FrameType::Cancel, 5));
-        let late = Frame::response(5, Status::OK, Bytes::new());
+        assert_eq!((sent[0].frame_type, sent[0].id), (FrameType::Cancel, id));
+        let late = Frame::response(id, Status::OK, Bytes::new());
         assert!(calls.answer(late, reply(b"")).is_err());
     }
 
@@ -358,14 +373,15 @@ mod tests {
         let (_, w) = waker();
         let cx = Context::from_waker(&w);
         let now = Instant::now();
-        assert!(calls.start(&request(1), now, &cx));
-        assert!(calls.start(&request(2), now + Duration::from_secs(9), &cx));
+        let due = calls.start(&mut request(), now, &cx).unwrap();
+        let later = now + Duration::from_secs(9);
+        calls.start(&mut request(), later, &cx).unwrap();
         let (expired, next) = calls.expire(now);
-        assert_eq!(expired, [1]);
-        assert_eq!(next, Some(now + Duration::from_secs(9)));
-        match calls.poll(1, &cx) {
+        assert_eq!(expired, [due]);
+        assert_eq!(next, Some(later));
+        match calls.poll(due, &cx) {
             Poll::Ready(Err(e)) => assert_eq!(e.status(), Status::TIMEOUT),
-            _ => panic!("call 1 timed out"),
+            _ => panic!("the first call timed out"),
         }
     }
 
@@ -375,15 +391,18 @@ mod tests {
         let (caller, w) = waker();
         let cx = Context::from_waker(&w);
         let later = Instant::now() + Duration::from_secs(5);
-        assert!(calls.start(&request(1), later, &cx));
-        assert!(!calls.start(&request(2), later, &cx), "over capacity");
+        let id = calls.start(&mut request(), later, &cx).unwrap();
+        assert!(
+            calls.start(&mut request(), later, &cx).is_none(),
+            "over capacity"
+        );
         calls.close(&Error::connection_lost("gone"));
         assert_eq!(caller.0.load(Ordering::SeqCst), 1);
-        match calls.poll(1, &cx) {
+        match calls.poll(id, &cx) {
             Poll::Ready(Err(e)) => assert!(e.message().contains("gone"), "{e}"),
-            _ => panic!("call 1 failed"),
+            _ => panic!("the call failed"),
         }
-        assert!(!calls.start(&request(3), later, &cx), "closed");
+        assert!(calls.start(&mut request(), later, &cx).is_none(), "closed");
         assert!(calls.take(&w).is_none(), "nothing left to send");
     }
 }

@@ -957,7 +957,7 @@ enum CallState<'a> {
     /// the future is dropped in this state.
     Table {
         id: u64,
-        calls: Arc<Calls>,
+        calls: TableRef<'a>,
         timeout: Duration,
     },
     /// On the connection; CANCEL goes out if the future is dropped in this state.
@@ -1062,6 +1062,23 @@ impl Drop for CallWith<'_> {
             if let State::Up(c) = &*self.client.inner.shared.state.borrow() {
                 let _ = c.ctl.send(Cmd::Cancel(id));
             }
+        }
+    }
+}
+
+/// The table a call was started in: the first connection's (borrowed from the client, no
+/// reference count per call) or a later one's.
+enum TableRef<'a> {
+    First(&'a Calls),
+    Later(Arc<Calls>),
+}
+
+impl std::ops::Deref for TableRef<'_> {
+    type Target = Calls;
+    fn deref(&self) -> &Calls {
+        match self {
+            TableRef::First(c) => c,
+            TableRef::Later(c) => c,
         }
     }
 }
@@ -1253,8 +1270,8 @@ impl Client {
             };
             if let Some(c) = up {
                 let timeout = options.timeout.unwrap_or(self.opts().timeout);
-                let id = self.next_id();
-                let frame = match self.request_frame(id, method, payload, &options, timeout) {
+                // The id comes from the call table, or from the client's counter below.
+                let mut frame = match self.request_frame(0, method, payload, &options, timeout) {
                     Ok(f) => f,
                     Err(e) => return CallState::Slow(Box::pin(std::future::ready(Err(e)))),
                 };
@@ -1264,14 +1281,16 @@ impl Client {
                         let e = payload_too_large(frame.payload.len(), max);
                         return CallState::Slow(Box::pin(std::future::ready(Err(e))));
                     }
-                    if calls.start(&frame, Instant::now() + timeout, cx) {
-                        return CallState::Table {
-                            id,
-                            calls: calls.clone(),
-                            timeout,
+                    if let Some(id) = calls.start(&mut frame, Instant::now() + timeout, cx) {
+                        let calls = match self.inner.first.calls.as_deref() {
+                            Some(first) if std::ptr::eq(first, &**calls) => TableRef::First(first),
+                            _ => TableRef::Later(calls.clone()),
                         };
+                        return CallState::Table { id, calls, timeout };
                     }
                 }
+                let id = self.next_id();
+                frame.id = id;
                 let (tx, rx) = oneshot::channel();
                 let cmd = Cmd::Call {
                     id,
