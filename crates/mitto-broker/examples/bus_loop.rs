@@ -3,10 +3,12 @@
 //! bounded at 1,024 (the publisher waits when it is full), on a 2-worker tokio runtime.
 //!
 //! ```text
-//! cargo run --release -p mitto-broker --example bus_loop [-- ROUNDS [mitto|mpsc]]
+//! cargo run --release -p mitto-broker --example bus_loop [-- ROUNDS [mitto|mpsc|typed]]
 //! ```
 //!
-//! With `mitto` or `mpsc` after the rounds only that system runs (for `perf`/`callgrind`).
+//! With `mitto` or `mpsc` after the rounds only that system runs (for `perf`/`callgrind`);
+//! `typed` runs mitto's typed events instead (`publish_shared` of an `Arc<Tick>`,
+//! `subscribe_typed::<Tick>`: the value itself travels, never serialized).
 //!
 //! Prints messages per second for mitto (`inproc://`, `Policy::Block`) and for
 //! `tokio::sync::mpsc`, and their ratio, for each round. The comparison suite
@@ -15,7 +17,15 @@
 
 use bytes::Bytes;
 use mitto::{Client, ClientOptions, Policy, SubscribeOptions};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The typed event: 16 bytes, like the byte payload.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Tick {
+    seq: u64,
+    at: u64,
+}
 
 const MESSAGES: u64 = 3_000_000;
 const CAPACITY: u32 = 1024;
@@ -52,6 +62,36 @@ async fn mitto_round(publisher: &Client, subscriber: &Client) -> Result<f64, mit
         .await
         .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))?;
     assert_eq!(got, MESSAGES, "every message arrives");
+    Ok(MESSAGES as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn typed_round(publisher: &Client, subscriber: &Client) -> Result<f64, mitto::Error> {
+    let mut sub = subscriber.subscribe_typed::<Tick>("loop.typed").await?;
+    let tick = Arc::new(Tick { seq: 1, at: 2 });
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < MESSAGES {
+            match sub.next().await {
+                Some(Ok(ev)) if ev.value().seq == 1 => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    let p = publisher.clone();
+    tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            p.publish_shared("loop.typed", tick.clone()).await?;
+        }
+        Ok::<_, mitto::Error>(())
+    })
+    .await
+    .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))??;
+    let got = reader
+        .await
+        .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))?;
+    assert_eq!(got, MESSAGES, "every value arrives");
     Ok(MESSAGES as f64 / start.elapsed().as_secs_f64())
 }
 
@@ -95,20 +135,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = mitto_broker::BrokerConfig {
             listen: vec!["inproc://bus-loop".into()],
             monitor: String::new(),
+            // What a typed subscription (which takes no options) gets: the same bound and
+            // policy as the byte loop's.
+            max_pending_msgs: CAPACITY,
+            slow_consumer: mitto_broker::PolicyName::Block,
             ..Default::default()
         };
         let broker = mitto_broker::Broker::start(cfg).await?;
         let publisher = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
         let subscriber = Client::connect("inproc://bus-loop", ClientOptions::new()).await?;
         for round in 1..=rounds {
-            let m = if run("mitto") {
+            let m = if only.as_deref() == Some("typed") {
+                typed_round(&publisher, &subscriber).await?
+            } else if run("mitto") {
                 mitto_round(&publisher, &subscriber).await?
             } else {
                 f64::NAN
             };
             let c = if run("mpsc") { mpsc_round().await } else { f64::NAN };
+            let name = if only.as_deref() == Some("typed") {
+                "mitto-typed"
+            } else {
+                "mitto"
+            };
             println!(
-                "round {round}: mitto {m:>12.0} msgs/s   tokio-mpsc {c:>12.0} msgs/s   mitto/mpsc {:.2}x",
+                "round {round}: {name} {m:>12.0} msgs/s   tokio-mpsc {c:>12.0} msgs/s   mitto/mpsc {:.2}x",
                 m / c
             );
         }

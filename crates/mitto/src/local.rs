@@ -99,16 +99,17 @@ impl<T: serde::Serialize + Send + Sync + 'static> LocalPayload for Typed<T> {
 
 /// The value attached to a frame, if it is a `T`: `Ok(None)` when no value is attached,
 /// `Err` (BAD_REQUEST, naming both types) when it is another type.
-pub(crate) fn take_typed<T: Send + Sync + 'static>(
+pub(crate) fn take_typed<'s, T: Send + Sync + 'static>(
     a: Option<&mitto_proto::local::Attachment>,
-    subject: &str,
+    subject: impl FnOnce() -> &'s str,
 ) -> Result<Option<Arc<T>>> {
     let Some(a) = a else { return Ok(None) };
     if let Some(t) = a.0.as_any().downcast_ref::<Typed<T>>() {
         return Ok(Some(t.value.clone()));
     }
+    // The subject is read (checked as text) only for the error.
     Err(type_mismatch(
-        subject,
+        subject(),
         a.0.type_name(),
         std::any::type_name::<T>(),
     ))

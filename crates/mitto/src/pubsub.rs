@@ -90,7 +90,7 @@ impl Message {
     /// The value itself when the message was published typed in this process as a `T`
     /// (no decoding); `None` otherwise (decode [`Message::payload`] instead).
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        crate::local::take_typed::<T>(self.value.as_ref(), self.subject())
+        crate::local::take_typed::<T>(self.value.as_ref(), || self.subject())
             .ok()
             .flatten()
     }
@@ -102,7 +102,7 @@ impl Message {
         &self,
         codec: Codec,
     ) -> Result<Arc<T>> {
-        if let Some(v) = crate::local::take_typed::<T>(self.value.as_ref(), self.subject())? {
+        if let Some(v) = crate::local::take_typed::<T>(self.value.as_ref(), || self.subject())? {
             return Ok(v);
         }
         let codec = match self.headers.content_type() {

@@ -25,7 +25,9 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-/// The `content-type` header of `codec`, built once.
+/// The `content-type` header of `codec`, built once and kept for the process (one per codec),
+/// so that the copy every typed message carries costs no reference count: a publisher and its
+/// subscribers on different cores would otherwise contend on it for every message.
 fn codec_headers(codec: Codec) -> Headers {
     static H: [OnceLock<Headers>; 2] = [OnceLock::new(), OnceLock::new()];
     let i = match codec {
@@ -33,10 +35,12 @@ fn codec_headers(codec: Codec) -> Headers {
         Codec::MsgPack => 1,
     };
     H[i].get_or_init(|| {
-        Headers::builder()
+        let built = Headers::builder()
             .insert(WellKnown::ContentType, codec.content_type())
             .map(|b| b.build())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let kept: &'static [u8] = Box::leak(built.as_bytes().to_vec().into_boxed_slice());
+        Headers::from_wire(Bytes::from_static(kept)).unwrap_or(built)
     })
     .clone()
 }
