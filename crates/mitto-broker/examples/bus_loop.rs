@@ -50,17 +50,26 @@ async fn mitto_round(publisher: &Client, subscriber: &Client) -> Result<f64, mit
         n
     });
     let p = publisher.clone();
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         for _ in 0..MESSAGES {
             p.publish("loop.bench", payload.clone()).await?;
         }
-        Ok::<_, mitto::Error>(())
-    })
-    .await
-    .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))??;
-    let got = reader
-        .await
-        .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))?;
+        Ok(())
+    });
+    rate(start, reader, writer).await
+}
+
+/// Waits for the publishing task, then for the reading one, which must have received every
+/// message; returns messages per second since `start`.
+async fn rate(
+    start: Instant,
+    reader: tokio::task::JoinHandle<u64>,
+    writer: tokio::task::JoinHandle<Result<(), mitto::Error>>,
+) -> Result<f64, mitto::Error> {
+    let lost =
+        |e: tokio::task::JoinError| mitto::Error::new(mitto::Status::INTERNAL, e.to_string());
+    writer.await.map_err(lost)??;
+    let got = reader.await.map_err(lost)?;
     assert_eq!(got, MESSAGES, "every message arrives");
     Ok(MESSAGES as f64 / start.elapsed().as_secs_f64())
 }
@@ -80,19 +89,13 @@ async fn typed_round(publisher: &Client, subscriber: &Client) -> Result<f64, mit
         n
     });
     let p = publisher.clone();
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         for _ in 0..MESSAGES {
             p.publish_shared("loop.typed", tick.clone()).await?;
         }
-        Ok::<_, mitto::Error>(())
-    })
-    .await
-    .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))??;
-    let got = reader
-        .await
-        .map_err(|e| mitto::Error::new(mitto::Status::INTERNAL, e.to_string()))?;
-    assert_eq!(got, MESSAGES, "every value arrives");
-    Ok(MESSAGES as f64 / start.elapsed().as_secs_f64())
+        Ok(())
+    });
+    rate(start, reader, writer).await
 }
 
 async fn mpsc_round() -> f64 {
