@@ -193,7 +193,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
                 conn: id,
                 mailbox,
                 perms: perms.clone(),
-                routes: std::sync::Mutex::new(crate::core::RouteCache::publisher()),
+                uid: crate::local::Port::next_uid(),
             }));
         }
         Ok(decided)

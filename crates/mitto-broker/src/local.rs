@@ -21,9 +21,59 @@ pub(crate) struct Port {
     pub(crate) conn: u64,
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) perms: Permissions,
-    /// Where this connection's last published subject goes (shared by the client's clones:
-    /// one publishing while another holds it routes without the memo).
-    pub(crate) routes: std::sync::Mutex<RouteCache>,
+    /// Unique in the process (connection ids are per broker): the key of the route memos
+    /// publishing threads keep for this port (see [`with_routes`]).
+    pub(crate) uid: u64,
+}
+
+impl Port {
+    /// A new port's `uid`.
+    pub(crate) fn next_uid() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Ports a thread keeps route memos for.
+const THREAD_ROUTES: usize = 4;
+
+/// A thread's route memos, by port `uid`, and the slot the next new port takes.
+type ThreadRoutes = ([Option<(u64, RouteCache)>; THREAD_ROUTES], usize);
+
+thread_local! {
+    /// Per thread, the route memos of the last ports it published through: a publishing loop
+    /// routes without taking a lock (a memo shared by a client's clones needed one per
+    /// message), and a task alternating between a few clients keeps each one's memo. Each memo
+    /// is only ever used by its thread, so its counts stay single-writer (see `tally`); at
+    /// most [`THREAD_ROUTES`] are kept, the oldest replaced.
+    static ROUTES: std::cell::RefCell<ThreadRoutes> =
+        const { std::cell::RefCell::new(([None, None, None, None], 0)) };
+}
+
+/// Runs `f` with this thread's route memo for port `uid`; `None` if the thread's memos are not
+/// available (the thread is ending, or `f` is already running further up this stack).
+fn with_routes<R>(uid: u64, f: impl FnOnce(&mut RouteCache) -> R) -> Option<R> {
+    ROUTES
+        .try_with(|cell| {
+            let mut guard = cell.try_borrow_mut().ok()?;
+            let (slots, next) = &mut *guard;
+            let i = match slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|(u, _)| *u == uid))
+            {
+                Some(i) => i,
+                None => {
+                    let i = *next;
+                    *next = (i + 1) % THREAD_ROUTES;
+                    slots[i] = Some((uid, RouteCache::publisher()));
+                    i
+                }
+            };
+            let (_, routes) = slots[i].as_mut()?;
+            Some(f(routes))
+        })
+        .ok()
+        .flatten()
 }
 
 impl LocalPort for Port {
@@ -42,9 +92,15 @@ impl LocalPort for Port {
                 return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
             }
         }
-        let routed = match self.routes.try_lock() {
-            Ok(mut routes) => self.core.publish_owned(f, &mut routes)?,
-            Err(_) => self.core.publish_owned(f, &mut RouteCache::default())?,
+        let mut f = Some(f);
+        let routed = match with_routes(self.uid, |routes| {
+            f.take().map(|f| self.core.publish_owned(f, routes))
+        }) {
+            Some(Some(r)) => r?,
+            _ => match f {
+                Some(f) => self.core.publish_owned(f, &mut RouteCache::default())?,
+                None => return Err(Error::new(Status::INTERNAL, "publish lost")),
+            },
         };
         match routed.blocked {
             Some(b) => {

@@ -543,6 +543,54 @@ async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
     b.shutdown().await;
 }
 
+/// One task publishing through more in-process clients than a thread keeps route memos for,
+/// in turn, to two subjects, across a subscription change: every message is delivered once, and
+/// the broker's counts (kept per memo) add up exactly, also after clients are dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn in_process_publishers_taking_turns_on_one_thread_count_and_deliver_exactly() {
+    let mut cfg = config();
+    cfg.listen.push("inproc://turns".into());
+    let (b, url) = start(cfg).await;
+    let watcher = client(&url).await;
+    let mut all = watcher.subscribe("turn.>").await.unwrap();
+    let mut publishers = Vec::new();
+    for _ in 0..6 {
+        publishers.push(client("inproc://turns").await);
+    }
+    let mut sent = 0u64;
+    for round in 0..20 {
+        if round == 10 {
+            let _late = watcher.subscribe("turn.b").await.unwrap();
+        }
+        for (i, p) in publishers.iter().enumerate() {
+            let subject = if i % 2 == 0 { "turn.a" } else { "turn.b" };
+            p.publish(subject, format!("{round}.{i}")).await.unwrap();
+            sent += 1;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..sent {
+        let m = next(&mut all).await;
+        assert!(seen.insert(text(&m)), "delivered twice: {}", text(&m));
+    }
+    drop(publishers.split_off(3));
+    assert_eq!(b.stats()["msgs_in"], sent);
+    let subj = http_get(b.monitor_addr().unwrap(), "/subjectz").await;
+    let body = subj.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let msgs = |name: &str| {
+        v["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["subject"] == name)
+            .and_then(|e| e["msgs"].as_u64())
+    };
+    assert_eq!(msgs("turn.a"), Some(sent / 2), "{body}");
+    assert_eq!(msgs("turn.b"), Some(sent / 2), "{body}");
+    b.shutdown().await;
+}
+
 /// Latency mode (`busy_poll_us`) on a broker running on a current-thread runtime: requests are
 /// answered as usual, and the broker shuts down (its poller with it).
 #[tokio::test(flavor = "current_thread")]
