@@ -45,7 +45,9 @@ thread_local! {
     /// routes without taking a lock (a memo shared by a client's clones needed one per
     /// message), and a task alternating between a few clients keeps each one's memo. Each memo
     /// is only ever used by its thread, so its counts stay single-writer (see `tally`); at
-    /// most [`THREAD_ROUTES`] are kept, the oldest replaced.
+    /// most [`THREAD_ROUTES`] are kept, the oldest replaced. A memo outlives its port until
+    /// then (or until the thread ends): it holds the list of subscription queues it matched
+    /// (emptied when their connections end) and its counts (still summed), nothing more.
     static ROUTES: std::cell::RefCell<ThreadRoutes> =
         const { std::cell::RefCell::new(([None, None, None, None], 0)) };
 }
