@@ -281,13 +281,9 @@ impl<'a> ClientNext<'a> {
 // connection state
 
 pub(crate) enum Cmd {
-    Call {
-        id: u64,
-        frame: Frame,
-        slot: Slot,
-        /// When the reactor fails the call with TIMEOUT (and sends CANCEL).
-        deadline: Option<Due>,
-    },
+    /// A call (boxed: unary calls on a socket go through the call table, so this is the rarer
+    /// command, and a small `Cmd` keeps a publish's trip through the command queue cheap).
+    Call(Box<CallCmd>),
     /// Registers the local end of subscription `sid` (its SUBSCRIBE goes as a `Call`).
     Subscribe {
         sid: u32,
@@ -298,6 +294,21 @@ pub(crate) enum Cmd {
     Send(Frame),
     Cancel(u64),
     Close,
+}
+
+/// A call for the connection's driver.
+pub(crate) struct CallCmd {
+    pub(crate) id: u64,
+    pub(crate) frame: Frame,
+    pub(crate) slot: Slot,
+    /// When the reactor fails the call with TIMEOUT (and sends CANCEL).
+    pub(crate) deadline: Option<Due>,
+}
+
+impl Cmd {
+    pub(crate) fn call(c: CallCmd) -> Cmd {
+        Cmd::Call(Box::new(c))
+    }
 }
 
 /// When a call times out.
@@ -623,12 +634,13 @@ impl Reactor for ClientReactor {
 
     fn on_command(&mut self, c: Option<Cmd>, cx: &mut Ctx<'_>) {
         match c {
-            Some(Cmd::Call {
-                id,
-                frame,
-                slot,
-                deadline,
-            }) => {
+            Some(Cmd::Call(c)) => {
+                let CallCmd {
+                    id,
+                    frame,
+                    slot,
+                    deadline,
+                } = *c;
                 if frame.payload.len() > cx.limits().max_payload as usize {
                     slot.fail(payload_too_large(
                         frame.payload.len(),
@@ -1292,12 +1304,12 @@ impl Client {
                 let id = self.next_id();
                 frame.id = id;
                 let (tx, rx) = oneshot::channel();
-                let cmd = Cmd::Call {
+                let cmd = Cmd::call(CallCmd {
                     id,
                     frame,
                     slot: Slot::Unary(tx),
                     deadline: Some(Due::After(timeout)),
-                };
+                });
                 let sent = match c.lane.push(cmd) {
                     Ok(()) => Ok(()),
                     Err(cmd) => c.cmds.try_send(cmd),
@@ -1305,9 +1317,9 @@ impl Client {
                 match sent {
                     Ok(()) => return CallState::Sent { id, rx, timeout },
                     Err(
-                        mpsc::error::TrySendError::Full(Cmd::Call { frame, .. })
-                        | mpsc::error::TrySendError::Closed(Cmd::Call { frame, .. }),
-                    ) => payload = frame.payload,
+                        mpsc::error::TrySendError::Full(Cmd::Call(c))
+                        | mpsc::error::TrySendError::Closed(Cmd::Call(c)),
+                    ) => payload = c.frame.payload,
                     Err(_) => {
                         return CallState::Slow(Box::pin(std::future::ready(Err(Error::new(
                             Status::INTERNAL,
@@ -1374,12 +1386,12 @@ impl Client {
             };
             // The connection's reactor enforces the deadline (one timer per connection), so
             // the common path arms no timer per call.
-            let cmd = Cmd::Call {
+            let cmd = Cmd::call(CallCmd {
                 id,
                 frame,
                 slot: Slot::Unary(tx),
                 deadline: Some(Due::At(deadline)),
-            };
+            });
             let sent = match conn.cmds.try_send(cmd) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
@@ -1516,12 +1528,12 @@ impl Client {
             credit: credit.clone(),
         };
         conn.cmds
-            .send(Cmd::Call {
+            .send(Cmd::call(CallCmd {
                 id,
                 frame,
                 slot,
                 deadline: None,
-            })
+            }))
             .await
             .map_err(|_| Error::connection_lost("connection closed"))?;
         let sink = RequestSink {
@@ -1577,12 +1589,12 @@ impl Client {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         conn.cmds
-            .send(Cmd::Call {
+            .send(Cmd::call(CallCmd {
                 id,
                 frame: frame_of(id),
                 slot: Slot::Unary(tx),
                 deadline: None,
-            })
+            }))
             .await
             .map_err(|_| Error::connection_lost("connection closed"))?;
         let mut guard = CancelGuard {

@@ -3,7 +3,7 @@
 //! subscriber makes the broker queue (under the subscription's slow-consumer policy) instead of
 //! this process buffering without bound; they are made again after a reconnect.
 
-use crate::client::{Client, Cmd, Conn, Shared, Slot, State};
+use crate::client::{CallCmd, Client, Cmd, Conn, Shared, Slot, State};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::local::{LocalPort, LocalQueue, Published};
@@ -251,12 +251,12 @@ pub(crate) fn resubscribe(shared: &Shared, conn: &Conn, resumed: bool) {
                 let (done, answer) = oneshot::channel();
                 let mut f = f.with_id(id);
                 f.flags.insert(Flags::ACK_REQUIRED);
-                let _ = ctl.send(Cmd::Call {
+                let _ = ctl.send(Cmd::call(CallCmd {
                     id,
                     frame: f,
                     slot: Slot::Unary(done),
                     deadline: None,
-                });
+                }));
                 attach.push((sid, answer, rec.reattach.clone(), rec.tx.clone()));
             }
             Err(e) => tracing::warn!(sid, error = %e, "cannot re-subscribe"),
@@ -864,12 +864,12 @@ impl Client {
         f.flags.insert(Flags::ACK_REQUIRED);
         let (tx, rx) = oneshot::channel();
         conn.cmds
-            .send(Cmd::Call {
+            .send(Cmd::call(CallCmd {
                 id,
                 frame: f,
                 slot: Slot::Unary(tx),
                 deadline: None,
-            })
+            }))
             .await
             .map_err(closed)?;
         match tokio::time::timeout(timeout, rx).await {
@@ -957,12 +957,12 @@ impl Client {
             finished: false,
         };
         conn.cmds
-            .send(Cmd::Call {
+            .send(Cmd::call(CallCmd {
                 id,
                 frame,
                 slot: Slot::Unary(done_tx),
                 deadline: None,
-            })
+            }))
             .await
             .map_err(closed)?;
         match tokio::time::timeout_at(deadline, done_rx).await {
@@ -1048,5 +1048,13 @@ mod tests {
     fn a_publish_future_moves_without_memcpy() {
         // A publishing loop makes one per message; above 128 bytes each move calls memcpy.
         assert!(std::mem::size_of::<Publish<'static>>() <= 128);
+    }
+
+    #[test]
+    fn a_command_moves_without_memcpy() {
+        // A publish over a socket goes to the driver as a command, copied into the queue and
+        // out: above 128 bytes each of those moves calls memcpy.
+        let size = std::mem::size_of::<Cmd>();
+        assert!(size <= 128, "{size}");
     }
 }
