@@ -63,6 +63,20 @@ enum Answer {
     Done(Result<Reply>),
 }
 
+impl Entry {
+    /// Leaves `r` as the answer of a call still waiting (made by `r` only then); the caller's
+    /// waker, to wake once the lock is released. `None` for an answered call.
+    fn settle(&mut self, r: impl FnOnce() -> Result<Reply>) -> Option<Waker> {
+        if !matches!(self.answer, Answer::Waiting(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.answer, Answer::Done(r())) {
+            Answer::Waiting(w) => Some(w),
+            Answer::Done(_) => None,
+        }
+    }
+}
+
 /// What the driver takes from the table.
 pub(crate) struct Taken {
     /// Encoded frames, in order.
@@ -176,19 +190,17 @@ impl Calls {
     /// The driver takes what callers wrote; `waker` is woken when more comes.
     pub(crate) fn take(&self, waker: &Waker) -> Option<Taken> {
         let mut s = self.lock();
-        if s.out.is_empty() {
-            if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                s.driver = Some(waker.clone());
-            }
-            return None;
-        }
-        s.queued = 0;
-        let bytes = s.out.split().freeze();
-        let earliest = s.earliest.take();
         if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
             s.driver = Some(waker.clone());
         }
-        Some(Taken { bytes, earliest })
+        if s.out.is_empty() {
+            return None;
+        }
+        s.queued = 0;
+        Some(Taken {
+            bytes: s.out.split().freeze(),
+            earliest: s.earliest.take(),
+        })
     }
 
     /// Answers call `id` with what `answer` makes of `f`; gives `f` back when `id` is not a
@@ -201,18 +213,15 @@ impl Calls {
         answer: impl FnOnce(Frame) -> Result<Reply>,
     ) -> std::result::Result<(), Frame> {
         let mut s = self.lock();
-        let Some(e) = s.calls.get_mut(&f.id) else {
-            return Err(f);
-        };
-        let Answer::Waiting(_) = &e.answer else {
-            return Err(f);
-        };
-        let Answer::Waiting(w) = std::mem::replace(&mut e.answer, Answer::Done(answer(f))) else {
-            return Ok(());
-        };
-        drop(s);
-        w.wake();
-        Ok(())
+        match s.calls.get_mut(&f.id) {
+            Some(e) if matches!(e.answer, Answer::Waiting(_)) => {
+                let w = e.settle(|| answer(f));
+                drop(s);
+                w.into_iter().for_each(Waker::wake);
+                Ok(())
+            }
+            _ => Err(f),
+        }
     }
 
     /// Fails the calls whose deadline is at or before `now` (TIMEOUT); returns their ids (for
@@ -228,11 +237,7 @@ impl Calls {
             }
             if e.deadline <= now {
                 expired.push(*id);
-                let err = Error::new(Status::TIMEOUT, "deadline exceeded");
-                if let Answer::Waiting(w) = std::mem::replace(&mut e.answer, Answer::Done(Err(err)))
-                {
-                    woken.push(w);
-                }
+                woken.extend(e.settle(|| Err(Error::new(Status::TIMEOUT, "deadline exceeded"))));
             } else if next.is_none_or(|n| e.deadline < n) {
                 next = Some(e.deadline);
             }
@@ -250,16 +255,11 @@ impl Calls {
         s.closed = true;
         s.out.clear();
         s.queued = 0;
-        let mut woken = Vec::new();
-        for e in s.calls.values_mut() {
-            if let Answer::Waiting(_) = e.answer {
-                if let Answer::Waiting(w) =
-                    std::mem::replace(&mut e.answer, Answer::Done(Err(why.clone())))
-                {
-                    woken.push(w);
-                }
-            }
-        }
+        let woken: Vec<Waker> = s
+            .calls
+            .values_mut()
+            .filter_map(|e| e.settle(|| Err(why.clone())))
+            .collect();
         let driver = s.driver.take();
         drop(s);
         woken.into_iter().chain(driver).for_each(Waker::wake);

@@ -453,21 +453,28 @@ fn deadline_only(left: Duration) -> Headers {
 fn default_deadline(timeout: Duration) -> Headers {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static KEPT: OnceLock<Mutex<HashMap<Duration, &'static [u8]>>> = OnceLock::new();
+    static KEPT: OnceLock<Mutex<HashMap<Duration, Headers>>> = OnceLock::new();
     let fresh = deadline_only(timeout);
     let Ok(mut kept) = KEPT.get_or_init(Default::default).lock() else {
         return fresh;
     };
-    let block = match kept.get(&timeout) {
-        Some(b) => *b,
+    match kept.get(&timeout) {
+        Some(h) => h.clone(),
         None if kept.len() < KEPT_DEADLINES => {
-            let b: &'static [u8] = Box::leak(fresh.as_bytes().to_vec().into_boxed_slice());
-            kept.insert(timeout, b);
-            b
+            let h = kept_for_the_process(fresh);
+            kept.insert(timeout, h.clone());
+            h
         }
-        None => return fresh,
-    };
-    Headers::from_wire(Bytes::from_static(block)).unwrap_or(fresh)
+        None => fresh,
+    }
+}
+
+/// `h` in bytes kept for the life of the process, so that its copies and drops touch no
+/// reference count (for the few blocks every call or message of a kind carries; callers bound
+/// how many they make).
+pub(crate) fn kept_for_the_process(h: Headers) -> Headers {
+    let kept: &'static [u8] = Box::leak(h.as_bytes().to_vec().into_boxed_slice());
+    Headers::from_wire(Bytes::from_static(kept)).unwrap_or(h)
 }
 
 /// Distinct default timeouts whose headers [`default_deadline`] keeps.
@@ -1021,30 +1028,15 @@ impl Future for CallWith<'_> {
                     let answer = ready!(calls.poll(*id, cx));
                     let timeout = *timeout;
                     this.state = CallState::Done;
-                    return Poll::Ready(match answer {
-                        Err(e) if e.status() == Status::TIMEOUT && !e.is_remote() => {
-                            Err(Error::new(
-                                Status::TIMEOUT,
-                                format!("{} exceeded its deadline of {timeout:?}", this.method),
-                            ))
-                        }
-                        r => r,
-                    });
+                    return Poll::Ready(named_timeout(answer, this.method, timeout));
                 }
                 CallState::Sent { rx, timeout, .. } => {
-                    let answer = ready!(Pin::new(rx).poll(cx));
+                    let answer = ready!(Pin::new(rx).poll(cx)).unwrap_or_else(|_| {
+                        Err(Error::connection_lost("connection closed during the call"))
+                    });
                     let timeout = *timeout;
                     this.state = CallState::Done;
-                    return Poll::Ready(match answer {
-                        Ok(Err(e)) if e.status() == Status::TIMEOUT && !e.is_remote() => {
-                            Err(Error::new(
-                                Status::TIMEOUT,
-                                format!("{} exceeded its deadline of {timeout:?}", this.method),
-                            ))
-                        }
-                        Ok(r) => r,
-                        Err(_) => Err(Error::connection_lost("connection closed during the call")),
-                    });
+                    return Poll::Ready(named_timeout(answer, this.method, timeout));
                 }
                 CallState::Slow(f) => {
                     let r = ready!(f.as_mut().poll(cx));
@@ -1075,6 +1067,18 @@ impl Drop for CallWith<'_> {
                 let _ = c.ctl.send(Cmd::Cancel(id));
             }
         }
+    }
+}
+
+/// A call's answer, its connection's own TIMEOUT (not a remote one) named after the method and
+/// the deadline it missed.
+fn named_timeout(answer: Result<Reply>, method: &str, timeout: Duration) -> Result<Reply> {
+    match answer {
+        Err(e) if e.status() == Status::TIMEOUT && !e.is_remote() => Err(Error::new(
+            Status::TIMEOUT,
+            format!("{method} exceeded its deadline of {timeout:?}"),
+        )),
+        r => r,
     }
 }
 

@@ -288,11 +288,6 @@ impl Ctx<'_> {
         self.out.push_encoded(b);
     }
 
-    /// Whether the connection carries frames by reference (an in-process link), not bytes.
-    pub fn is_link(&self) -> bool {
-        self.out.link
-    }
-
     /// Starts a graceful close: CLOSE is sent after what is queued, then the socket shuts down.
     pub fn close(&mut self, status: Status, reason: impl Into<String>) {
         if self.close.is_none() {

@@ -247,7 +247,8 @@ pub(crate) fn resubscribe(shared: &Shared, conn: &Conn, resumed: bool) {
                     let _ = ctl.send(Cmd::Send(f));
                     continue;
                 }
-                let id = RESUBSCRIBE_IDS | shared.next_sid.fetch_add(1, Ordering::Relaxed) as u64;
+                // One SUBSCRIBE per sid on a fresh connection: the sid makes the id unique.
+                let id = RESUBSCRIBE_IDS | u64::from(sid);
                 let (done, answer) = oneshot::channel();
                 let mut f = f.with_id(id);
                 f.flags.insert(Flags::ACK_REQUIRED);
@@ -415,31 +416,33 @@ impl Stream for Subscription {
         // a subscriber reading a long backlog yields now and then instead of holding its worker.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
-        while let Some(q) = &this.local {
-            if let Some(f) = this.batch.pop_front() {
-                coop.made_progress();
-                this.count_yield();
-                return Poll::Ready(Some(Message::from_event(f)));
-            }
-            match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
-                Poll::Ready(true) => {}
-                Poll::Ready(false) if this.closed => return Poll::Ready(None),
-                Poll::Ready(false) => {
-                    // The server ended it, or the connection went away: wait on the inbox,
-                    // which ends with the subscription's record and is woken when a reconnect
-                    // hands over a new queue.
-                    this.local = None;
-                    this.detached = true;
+        loop {
+            while let Some(q) = &this.local {
+                if let Some(f) = this.batch.pop_front() {
+                    coop.made_progress();
+                    this.count_yield();
+                    return Poll::Ready(Some(Message::from_event(f)));
                 }
-                Poll::Pending => return Poll::Pending,
+                match q.poll_batch(cx, &mut this.batch, LOCAL_BATCH) {
+                    Poll::Ready(true) => {}
+                    Poll::Ready(false) if this.closed => return Poll::Ready(None),
+                    Poll::Ready(false) => {
+                        // The server ended it, or the connection went away: wait on the inbox,
+                        // which ends with the subscription's record and is woken when a
+                        // reconnect hands over a new queue.
+                        this.local = None;
+                        this.detached = true;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-        }
-        if this.detached {
-            if let Some(q) = this.reattach.take() {
-                this.local = Some(q);
-                this.detached = false;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            // Only a subscription whose in-process queue ended looks for a new one.
+            match this.detached.then(|| this.reattach.take()).flatten() {
+                Some(q) => {
+                    this.local = Some(q);
+                    this.detached = false;
+                }
+                None => break,
             }
         }
         match self.rx.poll_recv(cx) {
@@ -796,58 +799,28 @@ impl Client {
         }
     }
 
-    async fn send_publish(&self, f: Frame, ack: bool, timeout: Duration) -> Result<()> {
-        let mut pending = Some(f);
-        // In-process broker: routed now, in this task (under the state's read lock, without
-        // taking a reference to the port); its answer is the ACK.
-        let routed = match &*self.inner.shared.state.borrow() {
-            State::Up(Conn {
-                port: Some(port),
-                agreed,
-                ..
-            }) => match pending.take() {
-                Some(f) => {
-                    let max = agreed.limits.max_payload;
-                    if f.payload.len() > max as usize {
-                        return Err(too_large(f.payload.len(), max));
-                    }
-                    Some(port.publish(f))
-                }
-                None => None,
-            },
-            _ => None,
-        };
-        if let Some(routed) = routed {
-            return match routed? {
-                Published::Done => Ok(()),
-                Published::Blocked(wait) => match tokio::time::timeout(timeout, wait).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::new(
-                        mitto_proto::Status::BACKPRESSURE_REJECTION,
-                        format!("the subscribers stayed full for {timeout:?}"),
-                    )
-                    .retryable()),
-                },
-            };
-        }
-        let Some(mut f) = pending else {
-            return Err(Error::new(mitto_proto::Status::INTERNAL, "publish lost"));
-        };
+    async fn send_publish(&self, mut f: Frame, ack: bool, timeout: Duration) -> Result<()> {
         // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
         let conn = self.conn_fast(timeout).await?;
+        if let Some(port) = &conn.port {
+            // In-process broker: routed now, in this task; its answer is the ACK.
+            return match publish_local(port, conn.agreed.limits.max_payload, f, timeout) {
+                Now::Done(r) => r,
+                Now::Later(wait) => wait.await,
+            };
+        }
         if f.value.is_some() {
             // A value for a byte transport: encoded here, once.
             f.materialize()
                 .map_err(|e| Error::new(mitto_proto::Status::INTERNAL, e))?;
             f.value = None;
         }
-        let opts_ack = ack;
         let max = conn.agreed.limits.max_payload;
         if f.payload.len() > max as usize {
             return Err(too_large(f.payload.len(), max));
         }
         let closed = |_| Error::connection_lost("connection closed before the publish was sent");
-        if !opts_ack {
+        if !ack {
             // No wait (and no await point) while the connection's queue has room.
             return match conn.cmds.try_send(Cmd::Send(f)) {
                 Ok(()) => Ok(()),

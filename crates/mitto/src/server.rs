@@ -1331,8 +1331,7 @@ impl ServerReactor {
         } else {
             (None, None)
         };
-        let method = route.name.clone().unwrap_or_else(|| f.subject.clone());
-        drop(f.subject);
+        let method = route.name.clone().unwrap_or(f.subject);
         let req = Request {
             method,
             headers: f.headers,

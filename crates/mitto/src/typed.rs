@@ -35,12 +35,12 @@ fn codec_headers(codec: Codec) -> Headers {
         Codec::MsgPack => 1,
     };
     H[i].get_or_init(|| {
-        let built = Headers::builder()
-            .insert(WellKnown::ContentType, codec.content_type())
-            .map(|b| b.build())
-            .unwrap_or_default();
-        let kept: &'static [u8] = Box::leak(built.as_bytes().to_vec().into_boxed_slice());
-        Headers::from_wire(Bytes::from_static(kept)).unwrap_or(built)
+        crate::client::kept_for_the_process(
+            Headers::builder()
+                .insert(WellKnown::ContentType, codec.content_type())
+                .map(|b| b.build())
+                .unwrap_or_default(),
+        )
     })
     .clone()
 }
@@ -64,15 +64,10 @@ impl Client {
         value: Arc<T>,
     ) -> Result<()> {
         let codec = self.opts().codec;
-        let first = self.inner.first_port().map(|(p, _)| p);
-        let current;
-        let port = match first {
-            Some(p) => p,
+        let port = match self.inner.first_port() {
+            Some((p, _)) => p.clone(),
             None => match self.local_port_only() {
-                Some(p) => {
-                    current = p;
-                    &current
-                }
+                Some(p) => p,
                 None => {
                     let payload = codec.encode(&*value)?;
                     let opts = PublishOptions::new().headers(codec_headers(codec));
@@ -80,7 +75,7 @@ impl Client {
                 }
             },
         };
-        self.bind_type::<T>(port, subject)?;
+        self.bind_type::<T>(&port, subject)?;
         let mut f = Frame::publish(self.subject_of(subject)?, Bytes::new())
             .with_headers(codec_headers(codec));
         f.value = Some(Attachment::new(Typed::new(value, codec)));
