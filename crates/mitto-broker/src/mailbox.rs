@@ -389,16 +389,10 @@ impl Mailbox {
     /// Ends every subscription (the connection is gone): queued messages are freed and
     /// in-process readers see their queue end.
     pub(crate) fn end_all(&self) {
-        let mut q = self.lock();
-        let subs: Vec<_> = q.subs.drain().collect();
-        q.bytes = 0;
-        drop(q);
-        for (_, mut sq) in subs {
-            if let Some(w) = sq.waker.take() {
-                w.wake();
-            }
+        let sids: Vec<u32> = self.lock().subs.keys().copied().collect();
+        for sid in sids {
+            self.remove_sub(sid);
         }
-        self.made_room();
     }
 
     /// The filters and queue groups of every subscription (for clean-up and monitoring).

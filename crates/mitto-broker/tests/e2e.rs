@@ -502,6 +502,25 @@ async fn monitoring_endpoint_reports_json_and_prometheus() {
     b.shutdown().await;
 }
 
+/// Messages and bytes per subject, as the monitor's `/subjectz` reports them.
+async fn subject_counts(b: &Broker) -> std::collections::HashMap<String, (u64, u64)> {
+    let resp = http_get(b.monitor_addr().unwrap(), "/subjectz").await;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = |k: &str| e[k].as_u64().unwrap();
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                (n("msgs"), n("bytes")),
+            )
+        })
+        .collect()
+}
+
 /// The per-subject counts of `/subjectz` are exact for publishers over a socket and in the
 /// broker's process alike (each keeps a memo of where its last subject goes, and counts through
 /// it), across a change of the subscriptions and a change of subject.
@@ -527,19 +546,13 @@ async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
     for _ in 0..30 {
         next(&mut all).await;
     }
-    let subj = http_get(b.monitor_addr().unwrap(), "/subjectz").await;
-    let body = subj.split("\r\n\r\n").nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    let of = |name: &str| {
-        v["subjects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["subject"] == name)
-            .map(|e| (e["msgs"].as_u64().unwrap(), e["bytes"].as_u64().unwrap()))
-    };
-    assert_eq!(of("cnt.a"), Some((20, 10 * 5 + 10 * 3)), "{body}");
-    assert_eq!(of("cnt.b"), Some((10, 10)), "{body}");
+    let counts = subject_counts(&b).await;
+    assert_eq!(
+        counts.get("cnt.a"),
+        Some(&(20, 10 * 5 + 10 * 3)),
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("cnt.b"), Some(&(10, 10)), "{counts:?}");
     b.shutdown().await;
 }
 
@@ -575,19 +588,17 @@ async fn in_process_publishers_taking_turns_on_one_thread_count_and_deliver_exac
     }
     drop(publishers.split_off(3));
     assert_eq!(b.stats()["msgs_in"], sent);
-    let subj = http_get(b.monitor_addr().unwrap(), "/subjectz").await;
-    let body = subj.split("\r\n\r\n").nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    let msgs = |name: &str| {
-        v["subjects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["subject"] == name)
-            .and_then(|e| e["msgs"].as_u64())
-    };
-    assert_eq!(msgs("turn.a"), Some(sent / 2), "{body}");
-    assert_eq!(msgs("turn.b"), Some(sent / 2), "{body}");
+    let counts = subject_counts(&b).await;
+    assert_eq!(
+        counts.get("turn.a").map(|c| c.0),
+        Some(sent / 2),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("turn.b").map(|c| c.0),
+        Some(sent / 2),
+        "{counts:?}"
+    );
     b.shutdown().await;
 }
 
