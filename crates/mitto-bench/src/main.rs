@@ -63,6 +63,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = cli.reps {
         config = config.with_reps(n);
     }
+    if !cli.only.is_empty() {
+        // Only `rpc-throughput` runs a subset of its systems.
+        let rpc = list
+            .iter()
+            .find(|s| s.name == "rpc-throughput")
+            .ok_or_else(|| anyhow::anyhow!("--only applies to rpc-throughput, which is not run"))?;
+        for name in &cli.only {
+            anyhow::ensure!(
+                rpc.systems.contains(&name.as_str()),
+                "--only {name}: rpc-throughput has no such system (it has {})",
+                rpc.systems.join(", ")
+            );
+        }
+    }
     config.only = cli.only;
     println!(
         "mitto-bench: mode {:?}, {} repetition(s){}",

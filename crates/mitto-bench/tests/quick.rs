@@ -142,3 +142,33 @@ fn json_has_the_documented_fields() {
         );
     }
 }
+
+#[test]
+fn only_names_a_system_of_rpc_throughput_or_is_refused() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mitto-bench"))
+            .args(args)
+            .output()
+            .expect("mitto-bench runs")
+    };
+    let out = run(&["rpc-throughput", "--tiny", "--only", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--only nope") && err.contains("protosocket-rpc"),
+        "{err}"
+    );
+    let out = run(&["codec", "--tiny", "--only", "mitto"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rpc-throughput"), "{err}");
+    let out = run(&["rpc-throughput", "--tiny", "--only", "mitto"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("pipelined-256  mitto"), "{table}");
+    assert!(!table.contains("protosocket-rpc  32 B"), "{table}");
+}

@@ -48,14 +48,20 @@ pub const REGISTRY: &[Scenario] = &[
     Scenario {
         name: "rpc-latency",
         about: "sequential 32 B round trips over TCP and Unix sockets beside a raw ping-pong",
-        systems: &["mitto", "raw-tcp", "raw-unix"],
+        systems: &["mitto", "mitto-busy-poll", "raw-tcp", "raw-unix"],
         external: &[],
         run: rpc_latency::run,
     },
     Scenario {
         name: "rpc-throughput",
         about: "256 calls in flight on one TCP connection: mitto, tarpc, tonic, protosocket-rpc",
-        systems: &["mitto", "tarpc", "tonic", "protosocket-rpc"],
+        systems: &[
+            "mitto",
+            "mitto-busy-poll",
+            "tarpc",
+            "tonic",
+            "protosocket-rpc",
+        ],
         external: &[],
         run: rpc_throughput::run,
     },
@@ -79,7 +85,7 @@ pub const REGISTRY: &[Scenario] = &[
         name: "reqrep",
         about: "sequential request/reply through the broker, 32 B: p50/p99 and msgs/s, mitto and \
                 nats-server",
-        systems: &["mitto", "nats"],
+        systems: &["mitto", "mitto-busy-poll", "nats"],
         external: &["nats"],
         run: reqrep::run,
     },
