@@ -169,6 +169,7 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::{Frame, Status, Subject};
+    use bytes::Bytes;
 
     fn publish(payload_len: usize) -> BytesMut {
         let mut b = BytesMut::new();
@@ -176,6 +177,32 @@ mod tests {
             .encode(&mut b)
             .unwrap();
         b
+    }
+
+    #[test]
+    fn a_payload_is_a_view_of_the_read_buffer_and_an_empty_one_holds_none_of_it() {
+        let mut dec = Decoder::default();
+        let reclaimable = |buf: &mut BytesMut| {
+            buf.clear();
+            buf.try_reclaim(1024)
+        };
+        let mut buf = BytesMut::with_capacity(1024);
+        Frame::response(1, Status::OK, Bytes::new())
+            .encode(&mut buf)
+            .unwrap();
+        let empty = dec.decode(&mut buf).unwrap().unwrap();
+        assert!(empty.payload.is_empty());
+        assert!(reclaimable(&mut buf), "an empty payload keeps no view");
+        let mut buf = BytesMut::with_capacity(1024);
+        Frame::response(2, Status::OK, Bytes::from_static(b"abc"))
+            .encode(&mut buf)
+            .unwrap();
+        let full = dec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&full.payload[..], b"abc");
+        assert!(!reclaimable(&mut buf), "the payload is a view, not a copy");
+        drop(full);
+        assert!(reclaimable(&mut buf));
+        drop(empty);
     }
 
     #[test]
