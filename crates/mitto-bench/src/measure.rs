@@ -34,11 +34,31 @@ pub(crate) fn spread(values: &[f64]) -> Spread {
     }
 }
 
+/// CPU time this process has used so far, all threads together.
+pub(crate) fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// CPU microseconds per message: `cpu` spent over `done` messages (0 without any).
+fn cpu_us_per_msg(cpu: Duration, done: u64) -> f64 {
+    if done == 0 {
+        0.0
+    } else {
+        cpu.as_secs_f64() * 1e6 / done as f64
+    }
+}
+
 /// The round trips of one system in one repetition, gathered over one or more slices.
 pub(crate) struct LatencyAcc {
     hist: Histogram<u64>,
     done: u64,
     busy: Duration,
+    /// CPU time of the whole process (client and server threads) while measuring.
+    cpu: Duration,
 }
 
 /// What a [`LatencyAcc`] adds up to.
@@ -47,6 +67,8 @@ pub(crate) struct LatencySample {
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) msgs_per_s: f64,
+    /// CPU microseconds (both ends together) per round trip.
+    pub(crate) cpu_us: f64,
 }
 
 impl LatencyAcc {
@@ -57,6 +79,7 @@ impl LatencyAcc {
                 .context("creating the latency histogram")?,
             done: 0,
             busy: Duration::ZERO,
+            cpu: Duration::ZERO,
         })
     }
 
@@ -72,6 +95,7 @@ impl LatencyAcc {
             } else {
                 0.0
             },
+            cpu_us: cpu_us_per_msg(self.cpu, self.done),
         })
     }
 }
@@ -87,6 +111,7 @@ pub(crate) async fn sequential<F>(
 where
     F: AsyncFnMut() -> anyhow::Result<()>,
 {
+    let cpu = process_cpu();
     let start = Instant::now();
     let mut done = 0u64;
     let mut last = start;
@@ -103,6 +128,7 @@ where
     }
     acc.done += done;
     acc.busy += last - start;
+    acc.cpu += process_cpu().saturating_sub(cpu);
     Ok(())
 }
 
@@ -111,6 +137,8 @@ where
 pub(crate) struct ThroughputAcc {
     done: u64,
     busy: Duration,
+    /// CPU time of the whole process while measuring (where the loop records it).
+    cpu: Duration,
 }
 
 impl ThroughputAcc {
@@ -119,6 +147,11 @@ impl ThroughputAcc {
     pub(crate) fn add(&mut self, done: u64, busy: Duration) {
         self.done += done;
         self.busy += busy;
+    }
+
+    /// CPU microseconds of the whole process per completed call (0 where not recorded).
+    pub(crate) fn cpu_us_per_msg(&self) -> f64 {
+        cpu_us_per_msg(self.cpu, self.done)
     }
 
     /// Calls completed per second of measuring.
@@ -149,6 +182,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut pending = FuturesUnordered::new();
+    let cpu = process_cpu();
     let start = Instant::now();
     let mut issued = 0u64;
     let mut done = 0u64;
@@ -171,6 +205,7 @@ where
     }
     acc.done += done;
     acc.busy += start.elapsed();
+    acc.cpu += process_cpu().saturating_sub(cpu);
     Ok(())
 }
 

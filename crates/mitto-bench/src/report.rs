@@ -21,6 +21,9 @@ pub enum Metric {
     BytesPerS,
     /// Resident memory per connection, bytes; lower is better.
     BytesPerConn,
+    /// CPU time of the whole benchmark process (client and server threads) per message,
+    /// microseconds; lower is better.
+    CpuUsPerMsg,
 }
 
 impl Metric {
@@ -33,6 +36,7 @@ impl Metric {
             Metric::NsPerOp => "ns_per_op",
             Metric::BytesPerS => "bytes_per_s",
             Metric::BytesPerConn => "bytes_per_conn",
+            Metric::CpuUsPerMsg => "cpu_us_per_msg",
         }
     }
 
@@ -44,6 +48,7 @@ impl Metric {
             Metric::NsPerOp => "ns",
             Metric::BytesPerS => "B/s",
             Metric::BytesPerConn => "B",
+            Metric::CpuUsPerMsg => "us",
         }
     }
 
@@ -56,6 +61,7 @@ impl Metric {
             Metric::NsPerOp => "ns/op",
             Metric::BytesPerS => "B/s",
             Metric::BytesPerConn => "B/conn",
+            Metric::CpuUsPerMsg => "CPU µs/msg",
         }
     }
 
@@ -133,6 +139,7 @@ pub fn format_value(metric: Metric, v: f64) -> String {
     match metric {
         Metric::MsgsPerS | Metric::BytesPerS | Metric::BytesPerConn => group(v.round() as u64),
         Metric::NsPerOp if v >= 10_000.0 => group(v.round() as u64),
+        Metric::CpuUsPerMsg => format!("{v:.2}"),
         Metric::NsPerOp | Metric::P50Us | Metric::P99Us if v >= 100.0 => format!("{v:.0}"),
         _ => format!("{v:.1}"),
     }
@@ -230,7 +237,8 @@ pub fn render(report: &ScenarioReport) -> String {
     let _ = writeln!(
         out,
         "ratio = mitto / this row: for msgs/s above 1 means mitto is faster, for µs and ns/op \
-         above 1 means mitto is slower, for B/conn above 1 means mitto uses more memory."
+         above 1 means mitto is slower, for B/conn above 1 means mitto uses more memory, for \
+         CPU µs/msg above 1 means mitto uses more CPU."
     );
     for n in &report.notes {
         let _ = writeln!(out, "{n}");
@@ -337,6 +345,9 @@ mod tests {
         assert_eq!(format_size(32), "32 B");
         assert_eq!(format_size(0), "");
         assert_eq!(format_value(Metric::BytesPerConn, 4321.6), "4,322");
+        assert_eq!(format_value(Metric::CpuUsPerMsg, 0.8349), "0.83");
+        assert_eq!(Metric::CpuUsPerMsg.key(), "cpu_us_per_msg");
+        assert!(!Metric::CpuUsPerMsg.higher_is_better());
         assert_eq!(Metric::BytesPerConn.key(), "bytes_per_conn");
         assert!(!Metric::BytesPerConn.higher_is_better());
         assert!(render(&rep).contains("3.00x"));

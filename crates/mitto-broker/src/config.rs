@@ -108,6 +108,11 @@ pub struct BrokerConfig {
     /// every hop of a message, at the price of one CPU kept busy while traffic flows; meant for
     /// a broker on a current-thread runtime (`mitto server --busy-poll-us` runs it on one).
     pub busy_poll_us: u64,
+    /// Spin-then-park window of each socket connection, in microseconds (0: off): while a
+    /// connection's reads come less than this apart, its driver polls the sockets instead of
+    /// sleeping between them, for at most this long after the last read (see
+    /// `mitto::ClientOptions::spin`). Sparse traffic and idle connections cost no CPU.
+    pub spin_us: u64,
 }
 
 impl Default for BrokerConfig {
@@ -131,6 +136,7 @@ impl Default for BrokerConfig {
             users: Vec::new(),
             tls: None,
             busy_poll_us: 0,
+            spin_us: mitto::DEFAULT_SPIN.as_micros() as u64,
         }
     }
 }
@@ -200,6 +206,9 @@ impl BrokerConfig {
         if self.busy_poll_us > 1_000_000 {
             return bad("busy_poll_us is at most 1000000 (one second)".into());
         }
+        if self.spin_us > 10_000 {
+            return bad("spin_us is at most 10000 (ten milliseconds)".into());
+        }
         if self.token.is_some() && !self.users.is_empty() {
             return bad("use either token or users, not both".into());
         }
@@ -251,5 +260,17 @@ mod tests {
         c.validate().unwrap();
         let c = BrokerConfig::from_toml("busy_poll_us = 2000000").unwrap();
         assert!(c.validate().is_err(), "over a second of polling is refused");
+        assert_eq!(
+            BrokerConfig::default().spin_us,
+            mitto::DEFAULT_SPIN.as_micros() as u64
+        );
+        let c = BrokerConfig::from_toml("spin_us = 0").unwrap();
+        assert_eq!(c.spin_us, 0);
+        c.validate().unwrap();
+        let e = BrokerConfig::from_toml("spin_us = 20000")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("spin_us"), "{e}");
     }
 }

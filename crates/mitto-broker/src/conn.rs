@@ -262,6 +262,7 @@ pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
             limits: agreed.limits,
             keepalive,
             busy_poll: core.busy_poll.clone(),
+            spin: core.spin,
         },
         reactor,
         cmd_rx,

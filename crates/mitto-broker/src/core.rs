@@ -281,6 +281,8 @@ pub(crate) struct Core {
     generation: AtomicU64,
     /// Latency mode (`busy_poll_us`): the poller every connection keeps awake.
     pub(crate) busy_poll: Option<Arc<mitto::BusyPoll>>,
+    /// Spin-then-park window of socket connections (`spin_us`).
+    pub(crate) spin: Duration,
 }
 
 /// Result of a publish.
@@ -358,6 +360,7 @@ impl Core {
             generation: AtomicU64::new(0),
             busy_poll: (cfg.busy_poll_us > 0)
                 .then(|| mitto::BusyPoll::new(Duration::from_micros(cfg.busy_poll_us))),
+            spin: Duration::from_micros(cfg.spin_us),
             cfg,
         }
     }

@@ -88,6 +88,11 @@ struct ServerArgs {
     /// of sleeping (one CPU busy while traffic flows); the broker then runs on one thread.
     #[arg(long, env = "MITTO_BUSY_POLL_US")]
     busy_poll_us: Option<u64>,
+    /// Spin-then-park window of each connection, in microseconds (default 100, 0 turns it
+    /// off): a connection whose reads come closer together than this keeps being polled for
+    /// this long after a read instead of sleeping between them.
+    #[arg(long, env = "MITTO_SPIN_US")]
+    spin_us: Option<u64>,
     /// Log filter (tracing's env-filter syntax), e.g. info or mitto_broker=debug.
     #[arg(long, env = "MITTO_LOG", default_value = "info")]
     log: String,
@@ -280,6 +285,9 @@ fn server_config(a: &ServerArgs) -> Result<BrokerConfig, String> {
     }
     if let Some(us) = a.busy_poll_us {
         cfg.busy_poll_us = us;
+    }
+    if let Some(us) = a.spin_us {
+        cfg.spin_us = us;
     }
     Ok(cfg)
 }

@@ -269,4 +269,8 @@ async fn latency_mode_serves_and_stops() {
     assert_eq!(code, 1);
     assert!(err.contains("busy_poll_us"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run(&["server", "--spin-us", "50000"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("spin_us is at most 10000"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -43,6 +43,77 @@ pub struct Frame {
     pub value: Option<crate::local::Attachment>,
 }
 
+/// A frame whose parts are borrowed: what a sender that keeps its subject, headers and payload
+/// elsewhere encodes without building (and dropping) a [`Frame`]. Same wire bytes as the
+/// [`Frame`] with the same fields.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    /// The frame type.
+    pub frame_type: FrameType,
+    /// Flag bits.
+    pub flags: Flags,
+    /// Message kind.
+    pub kind: MsgKind,
+    /// Message id, call id, or the id of the frame this one answers.
+    pub id: u64,
+    /// Subscription id, 0 where unused.
+    pub aux: u32,
+    /// Status code.
+    pub status: Status,
+    /// Subject.
+    pub subject: &'a Subject,
+    /// Key/value headers.
+    pub headers: &'a Headers,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    /// The fixed header this frame encodes to.
+    pub fn header(&self) -> Result<Header, EncodeError> {
+        let too_large = |what, len: usize, max: u64| EncodeError::TooLarge {
+            what,
+            len: len as u64,
+            max,
+        };
+        let subject_len = u16::try_from(self.subject.len())
+            .map_err(|_| too_large("subject", self.subject.len(), u16::MAX.into()))?;
+        let headers_len = u32::try_from(self.headers.as_bytes().len())
+            .map_err(|_| too_large("headers", self.headers.as_bytes().len(), u32::MAX.into()))?;
+        let payload_len = u32::try_from(self.payload.len())
+            .map_err(|_| too_large("payload", self.payload.len(), u32::MAX.into()))?;
+        Ok(Header {
+            version: VERSION_MAJOR,
+            flags: self.flags,
+            frame_type: self.frame_type as u8,
+            kind: self.kind,
+            id: self.id,
+            aux: self.aux,
+            status: self.status.0,
+            subject_len,
+            headers_len,
+            payload_len,
+        })
+    }
+
+    /// Total encoded length.
+    #[inline]
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.subject.len() + self.headers.as_bytes().len() + self.payload.len()
+    }
+
+    /// Appends the whole frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let h = self.header()?;
+        dst.reserve(self.encoded_len());
+        dst.put_slice(&h.to_bytes());
+        dst.put_slice(self.subject.as_bytes());
+        dst.put_slice(self.headers.as_bytes());
+        dst.put_slice(self.payload);
+        Ok(())
+    }
+}
+
 /// Whether a frame type carries a subject.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum SubjectRule {
@@ -332,47 +403,35 @@ impl Frame {
         self
     }
 
-    /// The fixed header this frame encodes to.
-    pub fn header(&self) -> Result<Header, EncodeError> {
-        let too_large = |what, len: usize, max: u64| EncodeError::TooLarge {
-            what,
-            len: len as u64,
-            max,
-        };
-        let subject_len = u16::try_from(self.subject.len())
-            .map_err(|_| too_large("subject", self.subject.len(), u16::MAX.into()))?;
-        let headers_len = u32::try_from(self.headers.as_bytes().len())
-            .map_err(|_| too_large("headers", self.headers.as_bytes().len(), u32::MAX.into()))?;
-        let payload_len = u32::try_from(self.payload.len())
-            .map_err(|_| too_large("payload", self.payload.len(), u32::MAX.into()))?;
-        Ok(Header {
-            version: VERSION_MAJOR,
+    /// A borrowed view of the frame, for encoding.
+    #[inline]
+    pub fn as_ref(&self) -> FrameRef<'_> {
+        FrameRef {
+            frame_type: self.frame_type,
             flags: self.flags,
-            frame_type: self.frame_type as u8,
             kind: self.kind,
             id: self.id,
             aux: self.aux,
-            status: self.status.0,
-            subject_len,
-            headers_len,
-            payload_len,
-        })
+            status: self.status,
+            subject: &self.subject,
+            headers: &self.headers,
+            payload: &self.payload,
+        }
+    }
+
+    /// The fixed header this frame encodes to.
+    pub fn header(&self) -> Result<Header, EncodeError> {
+        self.as_ref().header()
     }
 
     /// Total encoded length.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.subject.len() + self.headers.as_bytes().len() + self.payload.len()
+        self.as_ref().encoded_len()
     }
 
     /// Appends the whole frame to `dst`. Many frames appended to one buffer make one write.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let h = self.header()?;
-        dst.reserve(self.encoded_len());
-        dst.put_slice(&h.to_bytes());
-        dst.put_slice(self.subject.as_bytes());
-        dst.put_slice(self.headers.as_bytes());
-        dst.put_slice(&self.payload);
-        Ok(())
+        self.as_ref().encode(dst)
     }
 
     /// Appends everything but the payload, for a vectored write that sends the payload `Bytes`

@@ -60,7 +60,7 @@ pub use body::{
 };
 pub use codec::Decoder;
 pub use error::{DecodeError, DecodeErrorKind, EncodeError};
-pub use frame::Frame;
+pub use frame::{Frame, FrameRef};
 pub use header::{
     Flags, FrameType, Header, MsgKind, HEADER_LEN, MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };

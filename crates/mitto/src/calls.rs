@@ -14,14 +14,22 @@
 use crate::client::Reply;
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
-use mitto_proto::{Frame, Status};
-use rustc_hash::FxHashMap;
+use mitto_proto::{Frame, FrameRef, Status};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Room the request buffer makes at once.
 const CHUNK: usize = 16 * 1024;
+
+/// The low bits of a table id name the call's slot in the table (so that finding a call costs
+/// no hashing); the bits above count the calls started, so that an id is never given twice even
+/// when its slot is (a late answer to a cancelled call never reaches the slot's next call).
+const SLOT_BITS: u32 = 20;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Calls a table holds at once, at most (more take the general path).
+const MAX_SLOTS: usize = 1 << SLOT_BITS;
 
 /// The unary calls of one connection.
 pub(crate) struct Calls {
@@ -36,25 +44,40 @@ struct State {
     out: BytesMut,
     /// Frames in `out`.
     queued: usize,
-    /// The earliest deadline of the calls started since the driver last took `out`.
-    earliest: Option<Instant>,
-    calls: FxHashMap<u64, Entry>,
+    /// The slots of the calls started since the driver last took `out`: their deadlines count
+    /// from that take (one clock reading for the batch instead of one per call).
+    fresh: Vec<u32>,
+    /// The calls, by slot (see [`SLOT_BITS`]).
+    slots: Vec<Option<Entry>>,
+    /// Slots free for the next calls (the last freed first, still in cache).
+    free: Vec<u32>,
     /// The driver, when it waits for calls.
     driver: Option<Waker>,
     /// The connection ended: no more calls.
     closed: bool,
-    /// The next call id (see [`FIRST_ID`]).
-    next_id: u64,
+    /// Calls started so far (see [`FIRST_ID`]).
+    started: u64,
 }
 
 /// Ids of calls started through a table: apart from the ids the client gives its other calls
 /// (which count up from 1) and from those of re-subscriptions (bit 62), and given under the
 /// table's lock instead of from a shared counter.
 const FIRST_ID: u64 = 1 << 61;
+/// Calls a table starts in its life, at most (ids stay below bit 62).
+const MAX_STARTED: u64 = (1 << (61 - SLOT_BITS)) - 1;
 
 struct Entry {
-    deadline: Instant,
+    id: u64,
+    due: Due,
     answer: Answer,
+}
+
+/// When a call times out.
+#[derive(Clone, Copy)]
+enum Due {
+    /// This long after the driver takes its REQUEST.
+    After(Duration),
+    At(Instant),
 }
 
 enum Answer {
@@ -77,6 +100,45 @@ impl Entry {
     }
 }
 
+impl State {
+    /// The slot index `id` names, whether or not it holds that call.
+    fn slot_of(id: u64) -> usize {
+        (id & SLOT_MASK) as usize
+    }
+
+    /// Call `id`'s entry, if it is in the table.
+    fn get_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(Self::slot_of(id))
+            .and_then(Option::as_mut)
+            .filter(|e| e.id == id)
+    }
+
+    /// Takes call `id` out of the table (its slot is free again).
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let slot = Self::slot_of(id);
+        let e = self.slots.get_mut(slot)?;
+        if e.as_ref().is_some_and(|e| e.id == id) {
+            self.free.push(slot as u32);
+            e.take()
+        } else {
+            None
+        }
+    }
+
+    /// A free slot, if the table has room.
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(slot) = self.free.pop() {
+            return Some(slot);
+        }
+        if self.slots.len() >= MAX_SLOTS {
+            return None;
+        }
+        self.slots.push(None);
+        Some((self.slots.len() - 1) as u32)
+    }
+}
+
 /// What the driver takes from the table.
 pub(crate) struct Taken {
     /// Encoded frames, in order.
@@ -91,11 +153,12 @@ impl Calls {
             state: Mutex::new(State {
                 out: BytesMut::new(),
                 queued: 0,
-                earliest: None,
-                calls: FxHashMap::default(),
+                fresh: Vec::new(),
+                slots: Vec::new(),
+                free: Vec::new(),
                 driver: None,
                 closed: false,
-                next_id: FIRST_ID,
+                started: 0,
             }),
             cap: cap.max(1),
         }
@@ -103,37 +166,43 @@ impl Calls {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every change below leaves the table whole before it can panic (encoding into a
-        // buffer, map operations): keep going after a panic elsewhere.
+        // buffer, vector operations): keep going after a panic elsewhere.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a call (a REQUEST): gives it an id (set in `f`, and returned), encodes it for the
-    /// driver and waits for its answer with `cx`'s waker. `None` when the table refuses it (the
-    /// connection ended, too many calls waiting for the driver, a frame that cannot be
-    /// encoded): nothing was sent.
-    pub(crate) fn start(&self, f: &mut Frame, deadline: Instant, cx: &Context<'_>) -> Option<u64> {
+    /// Starts a call (a REQUEST) that times out `timeout` after the driver takes it: gives it
+    /// an id (set in `f`, and returned), encodes it for the driver and waits for its answer
+    /// with `cx`'s waker. `None` when the table refuses it (the connection ended, too many
+    /// calls waiting for the driver or in the table, a frame that cannot be encoded): nothing
+    /// was sent.
+    pub(crate) fn start(
+        &self,
+        mut f: FrameRef<'_>,
+        timeout: Duration,
+        cx: &Context<'_>,
+    ) -> Option<u64> {
         let mut s = self.lock();
-        if s.closed || s.queued >= self.cap {
+        if s.closed || s.queued >= self.cap || s.started >= MAX_STARTED {
             return None;
         }
-        f.id = s.next_id;
+        let slot = s.alloc()?;
+        f.id = FIRST_ID + (s.started << SLOT_BITS) + u64::from(slot);
         let need = f.encoded_len();
         if s.out.capacity() - s.out.len() < need {
             s.out.reserve(need.max(CHUNK));
         }
-        f.encode(&mut s.out).ok()?;
-        s.next_id += 1;
-        s.queued += 1;
-        s.calls.insert(
-            f.id,
-            Entry {
-                deadline,
-                answer: Answer::Waiting(cx.waker().clone()),
-            },
-        );
-        if s.earliest.is_none_or(|e| deadline < e) {
-            s.earliest = Some(deadline);
+        if f.encode(&mut s.out).is_err() {
+            s.free.push(slot);
+            return None;
         }
+        s.started += 1;
+        s.queued += 1;
+        s.slots[slot as usize] = Some(Entry {
+            id: f.id,
+            due: Due::After(timeout),
+            answer: Answer::Waiting(cx.waker().clone()),
+        });
+        s.fresh.push(slot);
         let driver = s.driver.take();
         drop(s);
         if let Some(w) = driver {
@@ -144,22 +213,21 @@ impl Calls {
 
     /// The answer of call `id`, once it is there (the entry is then gone).
     pub(crate) fn poll(&self, id: u64, cx: &Context<'_>) -> Poll<Result<Reply>> {
-        use std::collections::hash_map::Entry as Slot;
         let mut s = self.lock();
-        let Slot::Occupied(mut e) = s.calls.entry(id) else {
+        let Some(e) = s.get_mut(id) else {
             return Poll::Ready(Err(Error::connection_lost(
                 "the call was lost with its connection",
             )));
         };
-        if let Answer::Waiting(w) = &mut e.get_mut().answer {
+        if let Answer::Waiting(w) = &mut e.answer {
             if !w.will_wake(cx.waker()) {
                 w.clone_from(cx.waker());
             }
             return Poll::Pending;
         }
-        match e.remove().answer {
-            Answer::Done(r) => Poll::Ready(r),
-            Answer::Waiting(_) => Poll::Pending,
+        match s.remove(id).map(|e| e.answer) {
+            Some(Answer::Done(r)) => Poll::Ready(r),
+            _ => Poll::Pending,
         }
     }
 
@@ -168,7 +236,7 @@ impl Calls {
     pub(crate) fn cancel(&self, id: u64) {
         let mut s = self.lock();
         let waiting = matches!(
-            s.calls.remove(&id),
+            s.remove(id),
             Some(Entry {
                 answer: Answer::Waiting(_),
                 ..
@@ -187,7 +255,8 @@ impl Calls {
         }
     }
 
-    /// The driver takes what callers wrote; `waker` is woken when more comes.
+    /// The driver takes what callers wrote (the deadlines of the calls it starts count from
+    /// now); `waker` is woken when more comes.
     pub(crate) fn take(&self, waker: &Waker) -> Option<Taken> {
         let mut s = self.lock();
         if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -197,9 +266,24 @@ impl Calls {
             return None;
         }
         s.queued = 0;
+        let mut earliest: Option<Instant> = None;
+        if !s.fresh.is_empty() {
+            let now = Instant::now();
+            let State { fresh, slots, .. } = &mut *s;
+            for slot in fresh.drain(..) {
+                // A slot freed and taken again in the same batch shows twice: stamped once.
+                if let Some(Some(e)) = slots.get_mut(slot as usize) {
+                    if let Due::After(t) = e.due {
+                        let at = now + t;
+                        e.due = Due::At(at);
+                        earliest = Some(earliest.map_or(at, |x| x.min(at)));
+                    }
+                }
+            }
+        }
         Some(Taken {
             bytes: s.out.split().freeze(),
-            earliest: s.earliest.take(),
+            earliest,
         })
     }
 
@@ -213,7 +297,7 @@ impl Calls {
         answer: impl FnOnce(Frame) -> Result<Reply>,
     ) -> std::result::Result<(), Frame> {
         let mut s = self.lock();
-        match s.calls.get_mut(&f.id) {
+        match s.get_mut(f.id) {
             Some(e) if matches!(e.answer, Answer::Waiting(_)) => {
                 let w = e.settle(|| answer(f));
                 drop(s);
@@ -224,22 +308,26 @@ impl Calls {
         }
     }
 
-    /// Fails the calls whose deadline is at or before `now` (TIMEOUT); returns their ids (for
-    /// CANCEL) and the earliest deadline still waiting.
+    /// Fails the calls sent with a deadline at or before `now` (TIMEOUT); returns their ids
+    /// (for CANCEL) and the earliest deadline still waiting.
     pub(crate) fn expire(&self, now: Instant) -> (Vec<u64>, Option<Instant>) {
         let mut s = self.lock();
         let mut expired = Vec::new();
         let mut next: Option<Instant> = None;
         let mut woken = Vec::new();
-        for (id, e) in s.calls.iter_mut() {
+        for e in s.slots.iter_mut().flatten() {
+            let Due::At(at) = e.due else {
+                // Not taken by the driver yet: its deadline starts with the take.
+                continue;
+            };
             if !matches!(e.answer, Answer::Waiting(_)) {
                 continue;
             }
-            if e.deadline <= now {
-                expired.push(*id);
+            if at <= now {
+                expired.push(e.id);
                 woken.extend(e.settle(|| Err(Error::new(Status::TIMEOUT, "deadline exceeded"))));
-            } else if next.is_none_or(|n| e.deadline < n) {
-                next = Some(e.deadline);
+            } else if next.is_none_or(|n| at < n) {
+                next = Some(at);
             }
         }
         drop(s);
@@ -255,9 +343,11 @@ impl Calls {
         s.closed = true;
         s.out.clear();
         s.queued = 0;
+        s.fresh.clear();
         let woken: Vec<Waker> = s
-            .calls
-            .values_mut()
+            .slots
+            .iter_mut()
+            .flatten()
             .filter_map(|e| e.settle(|| Err(why.clone())))
             .collect();
         let driver = s.driver.take();
@@ -317,25 +407,32 @@ mod tests {
         let (caller, cw) = waker();
         let (driver, dw) = waker();
         let cx = Context::from_waker(&cw);
-        let later = Instant::now() + Duration::from_secs(5);
+        let later = Duration::from_secs(5);
         assert!(calls.take(&dw).is_none(), "nothing yet; the driver waits");
-        let one = calls.start(&mut request(), later, &cx).unwrap();
+        let one = calls.start(request().as_ref(), later, &cx).unwrap();
         assert_eq!(
             driver.0.load(Ordering::SeqCst),
             1,
             "the driver is woken once"
         );
         let two = calls
-            .start(&mut request(), later - Duration::from_secs(1), &cx)
+            .start(request().as_ref(), later - Duration::from_secs(1), &cx)
             .unwrap();
         assert!(
             two > one && one >= FIRST_ID,
             "ids count up, apart: {one} {two}"
         );
+        let before = Instant::now();
         let taken = calls.take(&dw).expect("two requests");
+        let after = Instant::now();
         let ids: Vec<u64> = frames(taken.bytes).iter().map(|f| f.id).collect();
         assert_eq!(ids, [one, two]);
-        assert_eq!(taken.earliest, Some(later - Duration::from_secs(1)));
+        let earliest = taken.earliest.expect("deadlines counted from the take");
+        assert!(
+            earliest >= before + Duration::from_secs(4)
+                && earliest <= after + Duration::from_secs(4),
+            "the shorter timeout, from the take"
+        );
         assert!(calls.poll(two, &cx).is_pending());
         let answer = Frame::response(two, Status::OK, Bytes::new());
         assert!(calls.answer(answer, reply(b"two")).is_ok());
@@ -356,8 +453,8 @@ mod tests {
         let calls = Calls::new(8);
         let (_, w) = waker();
         let cx = Context::from_waker(&w);
-        let later = Instant::now() + Duration::from_secs(5);
-        let id = calls.start(&mut request(), later, &cx).unwrap();
+        let later = Duration::from_secs(5);
+        let id = calls.start(request().as_ref(), later, &cx).unwrap();
         let _ = calls.take(&w);
         calls.cancel(id);
         let sent = frames(calls.take(&w).expect("a CANCEL").bytes);
@@ -372,13 +469,27 @@ mod tests {
         let calls = Calls::new(8);
         let (_, w) = waker();
         let cx = Context::from_waker(&w);
+        let due = calls
+            .start(request().as_ref(), Duration::ZERO, &cx)
+            .unwrap();
+        calls
+            .start(request().as_ref(), Duration::from_secs(9), &cx)
+            .unwrap();
+        let (expired, next) = calls.expire(Instant::now() + Duration::from_secs(60));
+        assert!(
+            expired.is_empty() && next.is_none(),
+            "a call the driver has not taken has no deadline yet"
+        );
+        let taken = calls.take(&w).expect("two requests").earliest;
         let now = Instant::now();
-        let due = calls.start(&mut request(), now, &cx).unwrap();
-        let later = now + Duration::from_secs(9);
-        calls.start(&mut request(), later, &cx).unwrap();
         let (expired, next) = calls.expire(now);
         assert_eq!(expired, [due]);
-        assert_eq!(next, Some(later));
+        assert!(
+            taken.is_some_and(|t| t <= now),
+            "the first one's, at the take"
+        );
+        let next = next.expect("the second is waiting");
+        assert!(next > now + Duration::from_secs(8) && next <= now + Duration::from_secs(9));
         match calls.poll(due, &cx) {
             Poll::Ready(Err(e)) => assert_eq!(e.status(), Status::TIMEOUT),
             _ => panic!("the first call timed out"),
@@ -390,10 +501,10 @@ mod tests {
         let calls = Calls::new(1);
         let (caller, w) = waker();
         let cx = Context::from_waker(&w);
-        let later = Instant::now() + Duration::from_secs(5);
-        let id = calls.start(&mut request(), later, &cx).unwrap();
+        let later = Duration::from_secs(5);
+        let id = calls.start(request().as_ref(), later, &cx).unwrap();
         assert!(
-            calls.start(&mut request(), later, &cx).is_none(),
+            calls.start(request().as_ref(), later, &cx).is_none(),
             "over capacity"
         );
         calls.close(&Error::connection_lost("gone"));
@@ -402,7 +513,48 @@ mod tests {
             Poll::Ready(Err(e)) => assert!(e.message().contains("gone"), "{e}"),
             _ => panic!("the call failed"),
         }
-        assert!(calls.start(&mut request(), later, &cx).is_none(), "closed");
+        assert!(
+            calls.start(request().as_ref(), later, &cx).is_none(),
+            "closed"
+        );
         assert!(calls.take(&w).is_none(), "nothing left to send");
+    }
+
+    #[test]
+    fn a_slot_is_used_again_under_a_new_id_and_a_late_answer_misses_it() {
+        let calls = Calls::new(8);
+        let (caller, w) = waker();
+        let cx = Context::from_waker(&w);
+        let t = Duration::from_secs(5);
+        let old = calls.start(request().as_ref(), t, &cx).unwrap();
+        let _ = calls.take(&w);
+        calls.cancel(old);
+        let new = calls.start(request().as_ref(), t, &cx).unwrap();
+        assert_eq!(
+            State::slot_of(old),
+            State::slot_of(new),
+            "the freed slot is used again"
+        );
+        assert_ne!(old, new, "under another id");
+        let late = Frame::response(old, Status::OK, Bytes::new());
+        assert!(
+            calls.answer(late, reply(b"old")).is_err(),
+            "not the new call's"
+        );
+        assert!(calls.poll(new, &cx).is_pending());
+        let woken = caller.0.load(Ordering::SeqCst);
+        let answer = Frame::response(new, Status::OK, Bytes::new());
+        assert!(calls.answer(answer, reply(b"new")).is_ok());
+        assert_eq!(caller.0.load(Ordering::SeqCst), woken + 1);
+        match calls.poll(new, &cx) {
+            Poll::Ready(Ok(r)) => assert_eq!(&r.payload[..], b"new"),
+            _ => panic!("the new call has its own answer"),
+        }
+        // Ids a peer makes up name no call, whatever slot their low bits point at.
+        for id in [0, 1, u64::MAX, FIRST_ID, new + (1 << SLOT_BITS)] {
+            assert!(calls
+                .answer(Frame::response(id, Status::OK, Bytes::new()), reply(b""))
+                .is_err());
+        }
     }
 }

@@ -45,6 +45,7 @@ pub use client::{
     PendingReply, Pool, Reply, RequestSink, ResponseStream,
 };
 pub use codec::{decode_proto, encode_proto, Codec, OCTET_STREAM, PROTOBUF};
+pub use conn::DEFAULT_SPIN;
 pub use error::{Error, Result};
 pub use mitto_proto as proto;
 pub use mitto_proto::SubscribeOptions;

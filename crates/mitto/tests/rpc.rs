@@ -636,3 +636,50 @@ async fn busy_polling_connections_serve_calls_and_the_poller_sleeps_when_quiet()
         .expect("the poller stops")
         .unwrap();
 }
+
+/// CPU time this process has used so far, all threads together.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Spin-then-park: dense traffic keeps the connections polling, and once it stops they go back
+/// to sleep within a window, so an idle process burns no CPU. A window of zero turns it off;
+/// calls flow the same either way. (A window far wider than the default, so that the traffic
+/// of this unoptimized build counts as dense.)
+#[tokio::test(flavor = "current_thread")]
+async fn spinning_connections_sleep_once_traffic_stops() {
+    for spin in [Duration::from_millis(5), Duration::ZERO] {
+        let srv = mitto::Server::with_options(mitto::ServerOptions::default().spin(spin))
+            .route("echo", |req: mitto::Request| async move {
+                Ok(req.payload().clone())
+            })
+            .bind("tcp://127.0.0.1:0")
+            .await
+            .unwrap();
+        let c = Client::connect(srv.local_url(), mitto::ClientOptions::new().spin(spin))
+            .await
+            .unwrap();
+        // Dense traffic: 64 calls in flight at a time.
+        for round in 0..50u32 {
+            let calls = (0..64u32).map(|i| {
+                let p = Bytes::from(format!("{round}.{i}"));
+                let c = &c;
+                async move { (c.call("echo", p.clone()).await.unwrap(), p) }
+            });
+            for (got, sent) in futures_util::future::join_all(calls).await {
+                assert_eq!(got, sent);
+            }
+        }
+        // Idle: both connections (on this one thread) must be asleep, not polling.
+        let before = process_cpu();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let used = process_cpu().saturating_sub(before);
+        assert!(
+            used < Duration::from_millis(100),
+            "spin {spin:?}: {used:?} of CPU over 300 ms of idle connections"
+        );
+        c.close().await;
+        srv.shutdown().await;
+    }
+}

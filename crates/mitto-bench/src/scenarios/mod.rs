@@ -48,7 +48,13 @@ pub const REGISTRY: &[Scenario] = &[
     Scenario {
         name: "rpc-latency",
         about: "sequential 32 B round trips over TCP and Unix sockets beside a raw ping-pong",
-        systems: &["mitto", "mitto-busy-poll", "raw-tcp", "raw-unix"],
+        systems: &[
+            "mitto",
+            "mitto-no-spin",
+            "mitto-busy-poll",
+            "raw-tcp",
+            "raw-unix",
+        ],
         external: &[],
         run: rpc_latency::run,
     },
@@ -57,6 +63,7 @@ pub const REGISTRY: &[Scenario] = &[
         about: "256 calls in flight on one TCP connection: mitto, tarpc, tonic, protosocket-rpc",
         systems: &[
             "mitto",
+            "mitto-no-spin",
             "mitto-busy-poll",
             "tarpc",
             "tonic",

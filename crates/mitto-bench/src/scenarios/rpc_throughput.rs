@@ -17,6 +17,8 @@ use std::time::Duration;
 const NAME: &str = "rpc-throughput";
 /// mitto with both ends in latency mode, its row's name (not a peer: no target applies).
 const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
+/// mitto with spin-then-park off at both ends, its row's name (not a peer: no target applies).
+const MITTO_NO_SPIN: &str = "mitto-no-spin";
 /// The latency mode's polling window.
 const BUSY_POLL: Duration = Duration::from_micros(200);
 
@@ -25,6 +27,7 @@ pub const PEERS: [&str; 3] = ["tarpc", "tonic", "protosocket-rpc"];
 
 enum System {
     Mitto(mitto_sys::MittoEcho),
+    MittoNoSpin(mitto_sys::MittoEcho),
     MittoBusy(mitto_sys::MittoEcho),
     Tarpc(tarpc_peer::EchoClient),
     Tonic(tonic_peer::EchoClient<tonic::transport::Channel>),
@@ -35,6 +38,7 @@ impl System {
     fn name(&self) -> &'static str {
         match self {
             System::Mitto(_) => MITTO,
+            System::MittoNoSpin(_) => MITTO_NO_SPIN,
             System::MittoBusy(_) => MITTO_BUSY_POLL,
             System::Tarpc(_) => PEERS[0],
             System::Tonic(_) => PEERS[1],
@@ -52,7 +56,7 @@ impl System {
     ) -> anyhow::Result<()> {
         let k = in_flight;
         match self {
-            System::Mitto(m) | System::MittoBusy(m) => {
+            System::Mitto(m) | System::MittoNoSpin(m) | System::MittoBusy(m) => {
                 let c = &m.client;
                 pipelined(acc, k, count, max, || mitto_sys::call(c, payload.clone())).await
             }
@@ -84,6 +88,11 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
         if config.runs(MITTO) {
             systems.push(System::Mitto(
                 mitto_sys::MittoEcho::start(&srt, "tcp://127.0.0.1:0").await?,
+            ));
+        }
+        if config.runs(MITTO_NO_SPIN) {
+            systems.push(System::MittoNoSpin(
+                mitto_sys::MittoEcho::start_no_spin(&srt, "tcp://127.0.0.1:0").await?,
             ));
         }
         if config.runs(MITTO_BUSY_POLL) {
@@ -118,8 +127,11 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
             config.throughput_time,
             config.slices,
         );
-        let mut samples: Vec<(&'static str, Vec<f64>)> =
-            systems.iter().map(|s| (s.name(), Vec::new())).collect();
+        // Per system: calls per second, CPU microseconds per call.
+        let mut samples: Vec<(&'static str, Vec<f64>, Vec<f64>)> = systems
+            .iter()
+            .map(|s| (s.name(), Vec::new(), Vec::new()))
+            .collect();
         for rep in 0..config.reps {
             let mut accs = vec![ThroughputAcc::default(); systems.len()];
             for part in 0..config.slices.max(1) {
@@ -135,12 +147,13 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
                     s.run(acc, n, max, &payload, k).await?;
                 }
             }
-            for ((_, out), acc) in samples.iter_mut().zip(&accs) {
-                out.push(acc.msgs_per_s()?);
+            for ((_, rate, cpu), acc) in samples.iter_mut().zip(&accs) {
+                rate.push(acc.msgs_per_s()?);
+                cpu.push(acc.cpu_us_per_msg());
             }
         }
         for s in systems {
-            if let System::Mitto(m) | System::MittoBusy(m) = s {
+            if let System::Mitto(m) | System::MittoNoSpin(m) | System::MittoBusy(m) = s {
                 m.stop(&srt).await?;
             }
         }
@@ -150,20 +163,27 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
         scenario: NAME.to_owned(),
         ..ScenarioReport::default()
     };
-    for (system, values) in &samples {
-        report.rows.push(super::row_from(
-            NAME,
-            &case,
-            system,
-            Metric::MsgsPerS,
-            config.rpc_payload,
-            values,
-        ));
+    for metric in [Metric::MsgsPerS, Metric::CpuUsPerMsg] {
+        for (system, rate, cpu) in &samples {
+            let values = if metric == Metric::MsgsPerS {
+                rate
+            } else {
+                cpu
+            };
+            report.rows.push(super::row_from(
+                NAME,
+                &case,
+                system,
+                metric,
+                config.rpc_payload,
+                values,
+            ));
+        }
     }
     let best = report
         .rows
         .iter()
-        .filter(|r| PEERS.contains(&r.system.as_str()))
+        .filter(|r| r.metric == Metric::MsgsPerS && PEERS.contains(&r.system.as_str()))
         .max_by(|a, b| a.value.total_cmp(&b.value));
     if let Some(best) = best {
         if let Some(x) = report.mitto_ratio(best) {
@@ -172,7 +192,26 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
                 best.system
             ));
         }
-        if let Some(busy) = report.rows.iter().find(|r| r.system == MITTO_BUSY_POLL) {
+        let rate_of = |system: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.metric == Metric::MsgsPerS && r.system == system)
+        };
+        if let Some(calm) = rate_of(MITTO_NO_SPIN) {
+            if best.value > 0.0 {
+                report.notes.push(format!(
+                    "mitto-no-spin / best peer ({}): {:.2}x. mitto-no-spin is mitto with \
+                     spin-then-park off at both ends (each sleeps until woken, as the peers do); \
+                     mitto's default keeps polling a connection for {} µs after a read while \
+                     its reads come closer together than that.",
+                    best.system,
+                    calm.value / best.value,
+                    mitto::DEFAULT_SPIN.as_micros()
+                ));
+            }
+        }
+        if let Some(busy) = rate_of(MITTO_BUSY_POLL) {
             if best.value > 0.0 {
                 report.notes.push(format!(
                     "mitto-busy-poll / best peer ({}): {:.2}x. mitto-busy-poll is mitto with \
@@ -186,6 +225,11 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
             }
         }
     }
+    report.notes.push(
+        "CPU µs/msg: CPU time of the whole process (client and server threads together) while \
+         the system ran, per call."
+            .to_owned(),
+    );
     report.notes.push(format!(
         "{} calls in flight on one connection, {} B echoed, servers on one dedicated thread, \
          clients on one current-thread runtime; the systems take turns in {} slices per \

@@ -17,7 +17,13 @@ impl MittoEcho {
     /// Binds `url` (`tcp://127.0.0.1:0`, `unix:///path`) on `srt` and connects a client from the
     /// caller's runtime.
     pub(crate) async fn start(srt: &ServerRuntime, url: &str) -> anyhow::Result<MittoEcho> {
-        MittoEcho::start_with(srt, url, None).await
+        MittoEcho::start_with(srt, url, None, true).await
+    }
+
+    /// [`MittoEcho::start`] with spin-then-park off at both ends (`spin(Duration::ZERO)`): each
+    /// end sleeps until woken, as the peers and the raw floors do.
+    pub(crate) async fn start_no_spin(srt: &ServerRuntime, url: &str) -> anyhow::Result<MittoEcho> {
+        MittoEcho::start_with(srt, url, None, false).await
     }
 
     /// [`MittoEcho::start`] with both ends in latency mode: a poller on each runtime keeps it
@@ -27,25 +33,32 @@ impl MittoEcho {
         url: &str,
         window: std::time::Duration,
     ) -> anyhow::Result<MittoEcho> {
-        MittoEcho::start_with(srt, url, Some(window)).await
+        MittoEcho::start_with(srt, url, Some(window), true).await
     }
 
     async fn start_with(
         srt: &ServerRuntime,
         url: &str,
         busy_poll: Option<std::time::Duration>,
+        spin: bool,
     ) -> anyhow::Result<MittoEcho> {
+        let spin = if spin {
+            mitto::DEFAULT_SPIN
+        } else {
+            std::time::Duration::ZERO
+        };
         let url = url.to_owned();
         let server_poller = busy_poll.map(mitto::BusyPoll::new);
         let sp = server_poller.clone();
         let (server, url) = srt
             .run(async move {
+                let opts = mitto::ServerOptions::default().spin(spin);
                 let opts = match sp {
                     Some(p) => {
                         tokio::spawn(p.clone().run());
-                        mitto::ServerOptions::default().busy_poll(p)
+                        opts.busy_poll(p)
                     }
-                    None => mitto::ServerOptions::default(),
+                    None => opts,
                 };
                 let server = mitto::Server::with_options(opts)
                     .route(METHOD, |req: mitto::Request| async move {
@@ -58,7 +71,7 @@ impl MittoEcho {
             })
             .await?;
         let mut pollers: Vec<_> = server_poller.into_iter().collect();
-        let mut opts = mitto::ClientOptions::new();
+        let mut opts = mitto::ClientOptions::new().spin(spin);
         if let Some(w) = busy_poll {
             let p = mitto::BusyPoll::new(w);
             tokio::spawn(p.clone().run());
