@@ -434,10 +434,11 @@ impl ServerOptions {
         self.busy_poll = Some(poller);
         self
     }
-    /// Spin-then-park window of socket connections (default 50 µs, zero turns it off): while
-    /// a connection's reads come less than this apart, its driver polls the runtime's sockets
-    /// instead of sleeping between them, for at most this long after the last read. Dense
-    /// traffic then costs no thread wake-ups; sparse traffic and idle connections cost no CPU.
+    /// Spin-then-park window of socket connections ([`crate::DEFAULT_SPIN`], 100 µs, by
+    /// default; zero turns it off): while a connection's reads come less than this apart, its
+    /// driver polls the runtime's sockets instead of sleeping between them, for at most this
+    /// long after the last read. Dense traffic (many calls in flight) then costs no thread
+    /// wake-ups; sparse traffic and an idle connection cost no CPU.
     pub fn spin(mut self, window: Duration) -> Self {
         self.spin = window;
         self
