@@ -336,7 +336,9 @@ pub struct DriverConfig {
     /// Latency mode: every read of the connection keeps this poller polling (see
     /// [`crate::BusyPoll`]).
     pub busy_poll: Option<Arc<crate::BusyPoll>>,
-    /// Spin-then-park window of a socket connection (see [`Spin`]); zero never spins.
+    /// Spin-then-park window of a socket connection: while its reads come less than this
+    /// apart, the driver polls instead of sleeping, for at most this long after the last read;
+    /// zero never spins.
     pub spin: Duration,
 }
 
