@@ -111,6 +111,47 @@ async fn wildcards_route_to_every_matching_subscription() {
     b.shutdown().await;
 }
 
+/// What one client sends on a connection arrives in the order it was sent, whatever path each
+/// frame takes inside the client (publishes and requests written straight for the connection,
+/// subscriptions, flushes and large publishes through its command queue): a responder that
+/// answers `t.get` with the last `t.state` it saw always answers with the one published just
+/// before the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_then_a_request_arrive_in_that_order() {
+    let (b, url) = start(config()).await;
+    let responder = client(&url).await;
+    // One subscription for both subjects: one stream, in the broker's order.
+    let mut sub = responder.subscribe("t.>").await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        let mut last = Bytes::new();
+        while let Some(m) = sub.next().await {
+            if m.subject() == "t.state" {
+                last = m.payload().clone();
+            } else {
+                r2.respond(&m, last.clone()).await.unwrap();
+            }
+        }
+    });
+    let c = client(&url).await;
+    for i in 0..300u32 {
+        let mut state = i.to_string().into_bytes();
+        if i % 10 == 3 {
+            // A large publish takes the command queue: the request after it, written straight
+            // for the connection, must not overtake it.
+            state.resize(64 * 1024, b'.');
+        }
+        let state = Bytes::from(state);
+        c.publish("t.state", state.clone()).await.unwrap();
+        if i % 50 == 7 {
+            c.flush().await.unwrap();
+        }
+        let got = c.request("t.get", "?").await.unwrap();
+        assert_eq!(got, state, "request {i} saw an older state");
+    }
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_groups_deliver_each_message_to_one_member() {
     let (b, url) = start(config()).await;

@@ -7,6 +7,10 @@
 //! one table under the same lock: per call, one lock to start, one for the driver to answer,
 //! one for the caller to take the answer, and no allocation.
 //!
+//! Fire-and-forget publishes are written into the same buffer ([`Calls::publish`]), so that
+//! everything a client writes straight for the driver leaves in the order it was written; the
+//! command queue keeps its commands in that order too (see [`crate::queue`]).
+//!
 //! The table is per connection. When the connection ends, every waiting call fails with its
 //! reason and the table refuses new calls, which then take the general path (that waits for a
 //! reconnect). In-process links carry frames, not bytes, and do not use it.
@@ -22,6 +26,12 @@ use tokio::time::Instant;
 
 /// Room the request buffer makes at once.
 const CHUNK: usize = 16 * 1024;
+/// Bytes of publishes the buffer takes, at most (more wait in the command queue, which has
+/// room for a bounded number of frames and makes its senders wait).
+const MAX_PUBLISH_BYTES: usize = 256 * 1024;
+/// Payloads larger than this are not copied into the buffer: they take the command queue, where
+/// the driver writes them from the publisher's own bytes.
+pub(crate) const MAX_BUFFERED_PAYLOAD: usize = 4 * 1024;
 
 /// The low bits of a table id name the call's slot in the table (so that finding a call costs
 /// no hashing); the bits above count the calls started, so that an id is never given twice even
@@ -39,8 +49,8 @@ pub(crate) struct Calls {
     cap: usize,
 }
 
-struct State {
-    /// Encoded REQUEST and CANCEL frames the driver has not taken yet.
+pub(crate) struct State {
+    /// Encoded REQUEST, CANCEL and PUBLISH frames the driver has not taken yet.
     out: BytesMut,
     /// Frames in `out`.
     queued: usize,
@@ -101,6 +111,42 @@ impl Entry {
 }
 
 impl State {
+    /// Whether anything was written since the driver last took the buffer.
+    pub(crate) fn has_written(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Everything written so far, for the command queue (ahead of a command); the calls it
+    /// starts are stamped when the driver takes it from there ([`Calls::stamp`]).
+    pub(crate) fn drain(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() {
+            return None;
+        }
+        self.queued = 0;
+        Some(self.out.split().freeze())
+    }
+
+    /// Deadlines of the fresh calls from now; the earliest.
+    fn stamp(&mut self) -> Option<Instant> {
+        if self.fresh.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        let State { fresh, slots, .. } = self;
+        for slot in fresh.drain(..) {
+            // A slot freed and taken again in the same batch shows twice: stamped once.
+            if let Some(Some(e)) = slots.get_mut(slot as usize) {
+                if let Due::After(t) = e.due {
+                    let at = now + t;
+                    e.due = Due::At(at);
+                    earliest = Some(earliest.map_or(at, |x| x.min(at)));
+                }
+            }
+        }
+        earliest
+    }
+
     /// The slot index `id` names, whether or not it holds that call.
     fn slot_of(id: u64) -> usize {
         (id & SLOT_MASK) as usize
@@ -255,36 +301,63 @@ impl Calls {
         }
     }
 
+    /// Writes a fire-and-forget frame (a PUBLISH) for the driver, behind what was written
+    /// before it; `false` when the buffer is full or the connection ended (nothing was written:
+    /// the caller takes the command queue).
+    pub(crate) fn publish(&self, f: FrameRef<'_>) -> bool {
+        let need = f.encoded_len();
+        let mut s = self.lock();
+        if s.closed || s.queued >= self.cap || s.out.len() + need > MAX_PUBLISH_BYTES {
+            return false;
+        }
+        if s.out.capacity() - s.out.len() < need {
+            s.out.reserve(need.max(CHUNK));
+        }
+        if f.encode(&mut s.out).is_err() {
+            return false;
+        }
+        s.queued += 1;
+        let driver = s.driver.take();
+        drop(s);
+        if let Some(w) = driver {
+            w.wake();
+        }
+        true
+    }
+
     /// The driver takes what callers wrote (the deadlines of the calls it starts count from
-    /// now); `waker` is woken when more comes.
-    pub(crate) fn take(&self, waker: &Waker) -> Option<Taken> {
+    /// now), unless commands queued after some of it are still in the command queue
+    /// (`queue_waiting`, asked under the table's lock): those go first (see [`crate::queue`]).
+    /// `waker` is woken when more comes.
+    pub(crate) fn take(
+        &self,
+        waker: &Waker,
+        queue_waiting: impl FnOnce() -> bool,
+    ) -> Option<Taken> {
         let mut s = self.lock();
         if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
             s.driver = Some(waker.clone());
         }
-        if s.out.is_empty() {
+        if s.out.is_empty() || queue_waiting() {
             return None;
         }
+        let earliest = s.stamp();
         s.queued = 0;
-        let mut earliest: Option<Instant> = None;
-        if !s.fresh.is_empty() {
-            let now = Instant::now();
-            let State { fresh, slots, .. } = &mut *s;
-            for slot in fresh.drain(..) {
-                // A slot freed and taken again in the same batch shows twice: stamped once.
-                if let Some(Some(e)) = slots.get_mut(slot as usize) {
-                    if let Due::After(t) = e.due {
-                        let at = now + t;
-                        e.due = Due::At(at);
-                        earliest = Some(earliest.map_or(at, |x| x.min(at)));
-                    }
-                }
-            }
-        }
         Some(Taken {
             bytes: s.out.split().freeze(),
             earliest,
         })
+    }
+
+    /// The calls whose REQUEST reached the driver through the command queue count their
+    /// deadlines from now; the earliest of them.
+    pub(crate) fn stamp(&self) -> Option<Instant> {
+        self.lock().stamp()
+    }
+
+    /// Holds the table while a command enters the command queue behind what was written.
+    pub(crate) fn hold(&self) -> MutexGuard<'_, State> {
+        self.lock()
     }
 
     /// Answers call `id` with what `answer` makes of `f`; gives `f` back when `id` is not a
@@ -408,7 +481,10 @@ mod tests {
         let (driver, dw) = waker();
         let cx = Context::from_waker(&cw);
         let later = Duration::from_secs(5);
-        assert!(calls.take(&dw).is_none(), "nothing yet; the driver waits");
+        assert!(
+            calls.take(&dw, || false).is_none(),
+            "nothing yet; the driver waits"
+        );
         let one = calls.start(request().as_ref(), later, &cx).unwrap();
         assert_eq!(
             driver.0.load(Ordering::SeqCst),
@@ -423,7 +499,7 @@ mod tests {
             "ids count up, apart: {one} {two}"
         );
         let before = Instant::now();
-        let taken = calls.take(&dw).expect("two requests");
+        let taken = calls.take(&dw, || false).expect("two requests");
         let after = Instant::now();
         let ids: Vec<u64> = frames(taken.bytes).iter().map(|f| f.id).collect();
         assert_eq!(ids, [one, two]);
@@ -455,9 +531,9 @@ mod tests {
         let cx = Context::from_waker(&w);
         let later = Duration::from_secs(5);
         let id = calls.start(request().as_ref(), later, &cx).unwrap();
-        let _ = calls.take(&w);
+        let _ = calls.take(&w, || false);
         calls.cancel(id);
-        let sent = frames(calls.take(&w).expect("a CANCEL").bytes);
+        let sent = frames(calls.take(&w, || false).expect("a CANCEL").bytes);
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].frame_type, sent[0].id), (FrameType::Cancel, id));
         let late = Frame::response(id, Status::OK, Bytes::new());
@@ -480,7 +556,7 @@ mod tests {
             expired.is_empty() && next.is_none(),
             "a call the driver has not taken has no deadline yet"
         );
-        let taken = calls.take(&w).expect("two requests").earliest;
+        let taken = calls.take(&w, || false).expect("two requests").earliest;
         let now = Instant::now();
         let (expired, next) = calls.expire(now);
         assert_eq!(expired, [due]);
@@ -517,7 +593,7 @@ mod tests {
             calls.start(request().as_ref(), later, &cx).is_none(),
             "closed"
         );
-        assert!(calls.take(&w).is_none(), "nothing left to send");
+        assert!(calls.take(&w, || false).is_none(), "nothing left to send");
     }
 
     #[test]
@@ -527,7 +603,7 @@ mod tests {
         let cx = Context::from_waker(&w);
         let t = Duration::from_secs(5);
         let old = calls.start(request().as_ref(), t, &cx).unwrap();
-        let _ = calls.take(&w);
+        let _ = calls.take(&w, || false);
         calls.cancel(old);
         let new = calls.start(request().as_ref(), t, &cx).unwrap();
         assert_eq!(

@@ -8,6 +8,7 @@ use crate::deadlines::Deadlines;
 use crate::error::{Error, Result};
 use crate::handshake;
 use crate::pubsub::{Message, SubRecord};
+use crate::queue::CmdTx;
 use crate::transport::{self, Endpoint, TlsClientConfig};
 use crate::INITIAL_STREAM_CREDIT;
 use bytes::Bytes;
@@ -303,6 +304,9 @@ pub(crate) enum Cmd {
     /// Forgets subscription `sid` locally.
     DropSub(u32),
     Send(Frame),
+    /// Frames written into the call table before a command entered the queue (see
+    /// [`crate::queue`]).
+    Encoded(Bytes),
     Cancel(u64),
     Close,
 }
@@ -368,7 +372,8 @@ impl Slot {
 
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) cmds: mpsc::Sender<Cmd>,
+    /// Commands, in order with what is written into the call table (see [`crate::queue`]).
+    pub(crate) cmds: CmdTx,
     /// Unary calls, handed to the driver in batches (see [`Lane`]).
     pub(crate) lane: Arc<Lane<Cmd>>,
     pub(crate) ctl: mpsc::UnboundedSender<Cmd>,
@@ -698,6 +703,13 @@ impl Reactor for ClientReactor {
                     cx.send(&f);
                 }
             }
+            Some(Cmd::Encoded(b)) => {
+                cx.send_encoded(b);
+                // Calls among these frames count their deadlines from now.
+                if let Some(d) = self.calls.as_ref().and_then(|c| c.stamp()) {
+                    self.deadlines.note(d);
+                }
+            }
             Some(Cmd::Cancel(id)) => {
                 if let Some(slot) = self.take(id) {
                     cx.send(&Frame::cancel(id));
@@ -731,7 +743,12 @@ impl Reactor for ClientReactor {
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
         let mut progress = false;
-        if let Some(t) = self.calls.as_ref().and_then(|c| c.take(cx.waker())) {
+        // The queue is asked under the table's lock: see `crate::queue` on order.
+        if let Some(t) = self
+            .calls
+            .as_ref()
+            .and_then(|c| c.take(cx.waker(), || cx.commands_waiting()))
+        {
             cx.send_encoded(t.bytes);
             if let Some(d) = t.earliest {
                 self.deadlines.note(d);
@@ -818,14 +835,15 @@ async fn open(
             )
             .retryable()
         })??;
-    let (cmds_tx, cmds_rx) = mpsc::channel(opts.queue_capacity);
+    // At least two: a command and the publishes buffered before it enter together.
+    let (cmds_tx, cmds_rx) = mpsc::channel(opts.queue_capacity.max(2));
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let port = match &io {
         transport::Io::Link(l) => l.port(),
         _ => None,
     };
-    let calls =
-        (!matches!(io, transport::Io::Link(_))).then(|| Arc::new(Calls::new(opts.queue_capacity)));
+    let bytes = !matches!(io, transport::Io::Link(_));
+    let calls = bytes.then(|| Arc::new(Calls::new(opts.queue_capacity)));
     let keepalive =
         (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
     let cfg = DriverConfig {
@@ -854,7 +872,7 @@ async fn open(
     Ok((
         driver,
         Conn {
-            cmds: cmds_tx,
+            cmds: CmdTx::new(cmds_tx, calls.clone()),
             lane,
             ctl: ctl_tx,
             agreed: Arc::new(agreed),
@@ -1757,7 +1775,7 @@ impl Drop for ResponseStream {
 /// Sends the items of a request stream, waiting for the server's credit.
 pub struct RequestSink {
     id: u64,
-    cmds: mpsc::Sender<Cmd>,
+    cmds: CmdTx,
     credit: Option<Arc<Semaphore>>,
     finished: bool,
 }

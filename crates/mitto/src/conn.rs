@@ -253,6 +253,19 @@ pub struct Ctx<'a> {
     out: &'a mut Outbox,
     close: &'a mut Option<(Status, String)>,
     limits: &'a Limits,
+    /// The driver's (bounded) command queue.
+    queue: &'a dyn CommandQueue,
+}
+
+/// What a [`Ctx`] can ask of the driver's command queue.
+trait CommandQueue {
+    fn is_empty(&self) -> bool;
+}
+
+impl<T> CommandQueue for mpsc::Receiver<T> {
+    fn is_empty(&self) -> bool {
+        mpsc::Receiver::is_empty(self)
+    }
 }
 
 impl Ctx<'_> {
@@ -280,6 +293,12 @@ impl Ctx<'_> {
             // before it reached the driver. Report instead of panicking all the same.
             tracing::error!(error = %e, "dropping a frame that cannot be encoded");
         }
+    }
+
+    /// Whether commands are waiting in the driver's queue (the driver takes them before it
+    /// next asks the reactor for frames of its own).
+    pub(crate) fn commands_waiting(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Queues frames already encoded (whole frames, in order) as they are, without a copy.
@@ -557,6 +576,7 @@ impl<R: Reactor> Driver<R> {
                 out: &mut self.out,
                 close: &mut self.close,
                 limits: &self.limits,
+                queue: &self.cmds,
             },
         )
     }

@@ -35,6 +35,7 @@ pub mod handshake;
 mod inbox;
 pub mod local;
 mod pubsub;
+mod queue;
 mod server;
 pub mod transport;
 mod typed;

@@ -3,6 +3,7 @@
 //! subscriber makes the broker queue (under the subscription's slow-consumer policy) instead of
 //! this process buffering without bound; they are made again after a reconnect.
 
+use crate::calls::MAX_BUFFERED_PAYLOAD;
 use crate::client::{CallCmd, Client, Cmd, Conn, Shared, Slot, State};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -499,6 +500,13 @@ fn publish_on(
         return Ok(publish_local(port, max, f, timeout));
     }
     if !ack && !c.cmds.is_closed() && f.value.is_none() && f.payload.len() <= max as usize {
+        // A small publish on a socket is written straight for the driver, in order with calls
+        // (see `crate::calls`); a large one, or one that finds the buffer full, takes the queue.
+        let buffered = f.payload.len() <= MAX_BUFFERED_PAYLOAD
+            && c.calls.as_ref().is_some_and(|t| t.publish(f.as_ref()));
+        if buffered {
+            return Ok(Now::Done(Ok(())));
+        }
         return Ok(queue_now(c, f));
     }
     Err(f)
