@@ -5,6 +5,7 @@ use crate::error::{DecodeError, DecodeErrorKind};
 use crate::frame::Frame;
 use crate::header::{Header, HEADER_LEN, MAGIC};
 use crate::negotiate::Limits;
+use crate::subject::SubjectCache;
 use bytes::{Buf, BytesMut};
 
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ enum State {
 pub struct Decoder {
     limits: Limits,
     state: State,
+    /// The subjects this decoder sees over and over.
+    subjects: SubjectCache,
 }
 
 impl Default for Decoder {
@@ -57,6 +60,7 @@ impl Decoder {
         Decoder {
             limits,
             state: State::Head,
+            subjects: SubjectCache::default(),
         }
     }
 
@@ -120,7 +124,7 @@ impl Decoder {
             return Ok(None);
         }
         let buf = src.split_to(total).freeze();
-        Frame::from_parts(h, buf, &self.limits).map(Some)
+        Frame::from_parts(h, buf, &self.limits, &mut self.subjects).map(Some)
     }
 
     /// Call at end of stream: an error if a partial frame is left over.
@@ -177,6 +181,50 @@ mod tests {
             .encode(&mut b)
             .unwrap();
         b
+    }
+
+    #[test]
+    fn a_subject_seen_again_is_decoded_as_a_kept_copy_and_one_off_subjects_are_not_kept() {
+        let mut dec = Decoder::default();
+        let reclaimable = |buf: &mut BytesMut| {
+            buf.clear();
+            buf.try_reclaim(1024)
+        };
+        let frame = |subject: &str| {
+            let mut b = BytesMut::with_capacity(1024);
+            Frame::publish(Subject::literal(subject).unwrap(), Bytes::new())
+                .encode(&mut b)
+                .unwrap();
+            b
+        };
+        // First sight: a view of the read buffer.
+        let mut buf = frame("orders.eu");
+        let first = dec.decode(&mut buf).unwrap().unwrap().subject;
+        assert!(!reclaimable(&mut buf), "the first one is a view");
+        drop(first);
+        // Second sight: kept; from then on no view of the read buffer.
+        for _ in 0..3 {
+            let mut buf = frame("orders.eu");
+            let s = dec.decode(&mut buf).unwrap().unwrap().subject;
+            assert_eq!(s.as_str(), "orders.eu");
+            assert!(
+                reclaimable(&mut buf),
+                "a kept subject holds nothing of the buffer"
+            );
+        }
+        // Subjects seen once each are never kept.
+        for i in 0..20 {
+            let mut buf = frame(&format!("_INBOX.x.{i}"));
+            let s = dec.decode(&mut buf).unwrap().unwrap().subject;
+            assert!(!reclaimable(&mut buf), "one-off subject {i} is a view");
+            drop(s);
+        }
+        // A kept subject is still only valid where the frame type allows it.
+        let mut b = BytesMut::new();
+        let mut f = Frame::publish(Subject::literal("orders.eu").unwrap(), Bytes::new());
+        f.frame_type = crate::FrameType::Response;
+        f.encode(&mut b).unwrap();
+        assert!(dec.decode(&mut b).is_err(), "RESPONSE carries no subject");
     }
 
     #[test]

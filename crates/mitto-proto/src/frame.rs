@@ -9,7 +9,7 @@ use crate::header::{Flags, FrameType, Header, MsgKind, HEADER_LEN, VERSION_MAJOR
 use crate::headers::Headers;
 use crate::negotiate::Limits;
 use crate::status::Status;
-use crate::subject::Subject;
+use crate::subject::{Subject, SubjectCache};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// One frame. Fields are public: build one with a constructor and adjust what you need.
@@ -463,6 +463,7 @@ impl Frame {
         h: Header,
         mut buf: Bytes,
         limits: &Limits,
+        subjects: &mut SubjectCache,
     ) -> Result<Frame, DecodeError> {
         let err = |k| DecodeError::new(k, h.id);
         let t = FrameType::from_u8(h.frame_type)
@@ -496,16 +497,23 @@ impl Frame {
                 return Err(err(DecodeErrorKind::UnexpectedSubject(t.name())))
             }
             (_, 0) => return Err(err(DecodeErrorKind::MissingSubject(t.name()))),
-            (rule, _) => {
-                let (s, wildcard) =
-                    Subject::from_wire(buf.slice(HEADER_LEN..s_end)).map_err(err)?;
-                if wildcard && rule == SubjectRule::Literal {
-                    return Err(err(DecodeErrorKind::InvalidSubject(
-                        "wildcards are only allowed in subscriptions",
-                    )));
+            (rule, _) => match subjects.get(&buf[HEADER_LEN..s_end]) {
+                // A literal subject this decoder keeps: checked when it was kept.
+                Some(s) => s,
+                None => {
+                    let (s, wildcard) =
+                        Subject::from_wire(buf.slice(HEADER_LEN..s_end)).map_err(err)?;
+                    if wildcard && rule == SubjectRule::Literal {
+                        return Err(err(DecodeErrorKind::InvalidSubject(
+                            "wildcards are only allowed in subscriptions",
+                        )));
+                    }
+                    match wildcard {
+                        false => subjects.saw(&s).unwrap_or(s),
+                        true => s,
+                    }
                 }
-                s
-            }
+            },
         };
         let headers = if h.headers_len == 0 {
             Headers::new()

@@ -9,6 +9,57 @@ use crate::error::{DecodeErrorKind, EncodeError};
 use bytes::Bytes;
 use std::fmt;
 
+/// Bytes of subjects kept for the life of the process by [`Subject::interned`], at most.
+pub const INTERN_BYTES: usize = 1 << 20;
+
+/// The literal subjects one decoder sees over and over (a subscriber's few subjects, a
+/// broker's publishers'), decoded as [`Subject::interned`] copies: no check and no reference
+/// to the read buffer per frame. A subject is kept once it comes twice within the last
+/// [`RECENT`] distinct ones it saw, so a stream of one-off subjects (reply inboxes) keeps
+/// nothing; at most [`HOT`] are held at once.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SubjectCache {
+    hot: [Option<Subject>; HOT],
+    next_hot: usize,
+    recent: [u64; RECENT],
+    next_recent: usize,
+}
+
+/// Subjects a [`SubjectCache`] holds.
+const HOT: usize = 4;
+/// Subjects (hashes) a [`SubjectCache`] remembers seeing.
+const RECENT: usize = 8;
+
+impl SubjectCache {
+    /// The kept copy of `b`, if this decoder keeps it.
+    #[inline]
+    pub(crate) fn get(&self, b: &[u8]) -> Option<Subject> {
+        self.hot
+            .iter()
+            .flatten()
+            .find(|s| s.0.len() == b.len() && s.0[..] == *b)
+            .cloned()
+    }
+
+    /// A literal subject decoded the long way: counted, and kept when it came recently; the
+    /// kept copy, to use in its place.
+    pub(crate) fn saw(&mut self, s: &Subject) -> Option<Subject> {
+        use std::hash::BuildHasher;
+        // Never 0, the value of an empty place.
+        let h = rustc_hash::FxBuildHasher.hash_one(&s.0[..]) | 1;
+        if !self.recent.contains(&h) {
+            self.recent[self.next_recent] = h;
+            self.next_recent = (self.next_recent + 1) % RECENT;
+            return None;
+        }
+        // A copy of its own in any case: a kept subject holds nothing of the read buffer.
+        let k = Subject::interned(s.as_str()).ok()?;
+        self.hot[self.next_hot] = Some(k.clone());
+        self.next_hot = (self.next_hot + 1) % HOT;
+        Some(k)
+    }
+}
+
 /// A validated subject or subject filter, held as shared bytes (no copy when decoded).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Subject(Bytes);
@@ -159,6 +210,39 @@ impl Subject {
             });
         }
         Ok(())
+    }
+
+    /// `s` as a checked literal subject backed by a copy kept for the life of the process, so
+    /// that its clones and drops touch no shared counter (a publisher and its subscribers on
+    /// different cores would otherwise contend on it for every message). Meant for the few
+    /// subjects a process uses over and over: the copies are bounded by [`INTERN_BYTES`] in
+    /// all, past which subjects are plain copies; reply subjects (`_INBOX.`), used once, are
+    /// never kept.
+    pub fn interned(s: &str) -> Result<Subject, EncodeError> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        type Table = (HashMap<&'static str, Subject>, usize);
+        static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+        if s.starts_with("_INBOX.") {
+            return Subject::literal(s);
+        }
+        let table = TABLE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
+        let Ok(mut t) = table.lock() else {
+            return Subject::literal(s);
+        };
+        if let Some(k) = t.0.get(s) {
+            return Ok(k.clone());
+        }
+        // Checked before anything is kept.
+        let checked = Subject::literal(s)?;
+        if t.1 + s.len() > INTERN_BYTES {
+            return Ok(checked);
+        }
+        let kept: &'static str = Box::leak(s.to_owned().into_boxed_str());
+        let k = Subject(Bytes::from_static(kept.as_bytes()));
+        t.1 += s.len();
+        t.0.insert(kept, k.clone());
+        Ok(k)
     }
 
     /// The empty subject, for frames that carry none.

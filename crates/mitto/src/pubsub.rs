@@ -18,7 +18,6 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -534,37 +533,10 @@ fn publish_local(port: &Arc<dyn LocalPort>, max: u32, f: Frame, timeout: Duratio
     }
 }
 
-/// Bytes of subjects kept for the life of the process by [`interned`], at most.
-const INTERN_BYTES: usize = 1 << 20;
-
 /// `subject` backed by a process-lifetime copy, so that its clones and drops touch no shared
-/// counter (a publisher and its subscribers on different cores would otherwise contend on it for
-/// every message). The copies are bounded by [`INTERN_BYTES`]; past that, subjects are plain.
+/// counter (see [`Subject::interned`], which bounds the copies).
 pub(crate) fn interned(subject: &str) -> Result<Subject> {
-    use std::collections::HashMap;
-    if subject.starts_with("_INBOX.") {
-        // Reply subjects are used once: nothing to gain from keeping them.
-        return Ok(Subject::literal(subject)?);
-    }
-    use std::sync::Mutex;
-    static TABLE: OnceLock<Mutex<(HashMap<&'static str, Subject>, usize)>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
-    let Ok(mut t) = table.lock() else {
-        return Ok(Subject::literal(subject)?);
-    };
-    if let Some(s) = t.0.get(subject) {
-        return Ok(s.clone());
-    }
-    // Checked before anything is kept.
-    let checked = Subject::literal(subject)?;
-    if t.1 + subject.len() > INTERN_BYTES {
-        return Ok(checked);
-    }
-    let kept: &'static str = Box::leak(subject.to_owned().into_boxed_str());
-    let s = Subject::from_static(kept)?;
-    t.1 += subject.len();
-    t.0.insert(kept, s.clone());
-    Ok(s)
+    Ok(Subject::interned(subject)?)
 }
 
 /// Which of a thread's last-subject caches [`cached_subject`] uses: the subject last published
