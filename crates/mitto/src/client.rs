@@ -1379,9 +1379,16 @@ impl Client {
                     slot: Slot::Unary(tx),
                     deadline: Some(Due::After(timeout)),
                 });
-                let sent = match c.lane.push(cmd) {
-                    Ok(()) => Ok(()),
-                    Err(cmd) => c.cmds.try_send(cmd),
+                // On a socket (a call the table refused: full, or URGENT) the command queue,
+                // behind what was written into the table before it (see `crate::queue`); on
+                // an in-process link the lane.
+                let sent = if c.calls.is_some() {
+                    c.cmds.try_send(cmd)
+                } else {
+                    match c.lane.push(cmd) {
+                        Ok(()) => Ok(()),
+                        Err(cmd) => c.cmds.try_send(cmd),
+                    }
                 };
                 match sent {
                     Ok(()) => return CallState::Sent { id, rx, timeout },
