@@ -1005,7 +1005,8 @@ mod tests {
 
     #[test]
     fn a_command_moves_without_memcpy() {
-        // A publish over a socket goes to the driver as a command, copied into the queue and
+        // A publish the connection's buffer does not take (a large one, or one over an
+        // in-process link's queue) goes to the driver as a command, copied into the queue and
         // out: above 128 bytes each of those moves calls memcpy.
         let size = std::mem::size_of::<Cmd>();
         assert!(size <= 128, "{size}");
