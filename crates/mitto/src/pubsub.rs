@@ -1005,9 +1005,9 @@ mod tests {
 
     #[test]
     fn a_command_moves_without_memcpy() {
-        // A publish the connection's buffer does not take (a large one, or one over an
-        // in-process link's queue) goes to the driver as a command, copied into the queue and
-        // out: above 128 bytes each of those moves calls memcpy.
+        // A publish that the connection's buffer does not take (a large one, a full buffer, a
+        // link without one) goes to the driver as a command, copied into the queue and out:
+        // above 128 bytes each of those moves calls memcpy.
         let size = std::mem::size_of::<Cmd>();
         assert!(size <= 128, "{size}");
     }
