@@ -133,14 +133,23 @@ impl State {
         }
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
+        // Nearly every call of a batch has the same timeout: one addition for all of them.
+        let mut last: Option<(Duration, Instant)> = None;
         let State { fresh, slots, .. } = self;
         for slot in fresh.drain(..) {
             // A slot freed and taken again in the same batch shows twice: stamped once.
             if let Some(Some(e)) = slots.get_mut(slot as usize) {
                 if let Due::After(t) = e.due {
-                    let at = now + t;
+                    let at = match last {
+                        Some((lt, at)) if lt == t => at,
+                        _ => {
+                            let at = now + t;
+                            last = Some((t, at));
+                            earliest = Some(earliest.map_or(at, |x| x.min(at)));
+                            at
+                        }
+                    };
                     e.due = Due::At(at);
-                    earliest = Some(earliest.map_or(at, |x| x.min(at)));
                 }
             }
         }
