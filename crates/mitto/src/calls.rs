@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Room the request buffer makes at once.
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 64 * 1024;
 /// Bytes of publishes the buffer takes, at most (more wait in the command queue, which has
 /// room for a bounded number of frames and makes its senders wait).
 const MAX_PUBLISH_BYTES: usize = 256 * 1024;
