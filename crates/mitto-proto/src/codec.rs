@@ -184,6 +184,41 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_response_decodes_whole_and_any_other_shape_meets_every_rule() {
+        let encode = |f: &Frame| {
+            let mut b = BytesMut::new();
+            f.encode(&mut b).unwrap();
+            b
+        };
+        let decode = |mut b: BytesMut| Decoder::default().decode(&mut b);
+        // The plain shape, every field back as sent.
+        let mut f = Frame::response(7, Status::TIMEOUT, Bytes::from_static(b"xy"));
+        f.kind = crate::MsgKind(200);
+        f.aux = 3;
+        let got = decode(encode(&f)).unwrap().unwrap();
+        assert_eq!(got, f);
+        // A reserved kind, a reserved flag bit, a flag a RESPONSE may not carry, a subject: each
+        // refused with its own reason.
+        let mut bad_kind = f.clone();
+        bad_kind.kind = crate::MsgKind(9);
+        let mut reserved = encode(&f);
+        reserved[5] |= crate::Flags::RESERVED_MASK;
+        let subject = Frame::publish(Subject::literal("a").unwrap(), Bytes::new());
+        let mut with_subject = encode(&subject);
+        with_subject[6] = crate::FrameType::Response as u8;
+        let mut not_allowed = f.clone();
+        not_allowed.flags.insert(crate::Flags::END);
+        for (why, b) in [
+            ("kind", encode(&bad_kind)),
+            ("reserved flag", reserved),
+            ("subject", with_subject),
+            ("END", encode(&not_allowed)),
+        ] {
+            assert!(decode(b).is_err(), "a RESPONSE with a {why} is refused");
+        }
+    }
+
+    #[test]
     fn a_subject_seen_again_is_decoded_as_a_kept_copy_and_one_off_subjects_are_not_kept() {
         let mut dec = Decoder::default();
         let reclaimable = |buf: &mut BytesMut| {

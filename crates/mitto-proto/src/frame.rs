@@ -465,6 +465,33 @@ impl Frame {
         limits: &Limits,
         subjects: &mut SubjectCache,
     ) -> Result<Frame, DecodeError> {
+        if h.frame_type == FrameType::Response as u8
+            && h.flags.bits() == 0
+            && h.subject_len == 0
+            && h.headers_len == 0
+            && h.kind.is_valid()
+        {
+            // The commonest frame, an answer with neither flags, subject nor headers: the
+            // rules below have nothing else to check in it.
+            let payload = if buf.len() > HEADER_LEN {
+                buf.advance(HEADER_LEN);
+                buf
+            } else {
+                Bytes::new()
+            };
+            return Ok(Frame {
+                frame_type: FrameType::Response,
+                flags: h.flags,
+                kind: h.kind,
+                id: h.id,
+                aux: h.aux,
+                status: Status(h.status),
+                subject: Subject::empty(),
+                headers: Headers::new(),
+                payload,
+                value: None,
+            });
+        }
         let err = |k| DecodeError::new(k, h.id);
         let t = FrameType::from_u8(h.frame_type)
             .ok_or_else(|| err(DecodeErrorKind::UnknownFrameType(h.frame_type)))?;
