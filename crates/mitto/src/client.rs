@@ -419,7 +419,7 @@ struct ClientReactor {
     pending: FxHashMap<u64, (Slot, Option<Instant>)>,
     /// The earliest deadline of the pending calls; one timer for all.
     deadlines: Deadlines,
-    subs: HashMap<u32, crate::inbox::InboxTx>,
+    subs: FxHashMap<u32, crate::inbox::InboxTx>,
     table: SubTable,
     /// The connection's unary calls written straight by their callers (see [`Calls`]).
     calls: Option<Arc<Calls>>,
@@ -860,7 +860,7 @@ async fn open(
             now: None,
             pending: FxHashMap::default(),
             deadlines: Deadlines::new(),
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             table: table.clone(),
             calls: calls.clone(),
         },
