@@ -175,6 +175,12 @@ mod tests {
     use crate::{Frame, Status, Subject};
     use bytes::Bytes;
 
+    /// Whether `buf`'s memory is its own again once emptied (no decoded frame holds a view of it).
+    fn reclaimable(buf: &mut BytesMut) -> bool {
+        buf.clear();
+        buf.try_reclaim(1024)
+    }
+
     fn publish(payload_len: usize) -> BytesMut {
         let mut b = BytesMut::new();
         Frame::publish(Subject::literal("a").unwrap(), vec![7u8; payload_len])
@@ -221,10 +227,6 @@ mod tests {
     #[test]
     fn a_subject_seen_again_is_decoded_as_a_kept_copy_and_one_off_subjects_are_not_kept() {
         let mut dec = Decoder::default();
-        let reclaimable = |buf: &mut BytesMut| {
-            buf.clear();
-            buf.try_reclaim(1024)
-        };
         let frame = |subject: &str| {
             let mut b = BytesMut::with_capacity(1024);
             Frame::publish(Subject::literal(subject).unwrap(), Bytes::new())
@@ -265,10 +267,6 @@ mod tests {
     #[test]
     fn a_payload_is_a_view_of_the_read_buffer_and_an_empty_one_holds_none_of_it() {
         let mut dec = Decoder::default();
-        let reclaimable = |buf: &mut BytesMut| {
-            buf.clear();
-            buf.try_reclaim(1024)
-        };
         let mut buf = BytesMut::with_capacity(1024);
         Frame::response(1, Status::OK, Bytes::new())
             .encode(&mut buf)
