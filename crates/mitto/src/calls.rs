@@ -15,7 +15,7 @@
 //! reason and the table refuses new calls, which then take the general path (that waits for a
 //! reconnect). In-process links carry frames, not bytes, and do not use it.
 
-use crate::client::Reply;
+use crate::client::{Due, Reply};
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use mitto_proto::{Frame, FrameRef, Status};
@@ -44,8 +44,8 @@ const MAX_SLOTS: usize = 1 << SLOT_BITS;
 /// The unary calls of one connection.
 pub(crate) struct Calls {
     state: Mutex<State>,
-    /// Calls written and not yet taken by the driver, at most (more take the general path,
-    /// which waits for room).
+    /// Frames written and not yet taken by the driver, at most (more calls take the general
+    /// path and more publishes the command queue, which wait for room).
     cap: usize,
 }
 
@@ -82,14 +82,6 @@ struct Entry {
     answer: Answer,
 }
 
-/// When a call times out.
-#[derive(Clone, Copy)]
-enum Due {
-    /// This long after the driver takes its REQUEST.
-    After(Duration),
-    At(Instant),
-}
-
 enum Answer {
     /// On the wire; the caller's waker.
     Waiting(Waker),
@@ -124,6 +116,20 @@ impl State {
         }
         self.queued = 0;
         Some(self.out.split().freeze())
+    }
+
+    /// Encodes `f` behind what was written; `false` (nothing written) when it cannot be
+    /// encoded.
+    fn write(&mut self, f: FrameRef<'_>) -> bool {
+        let need = f.encoded_len();
+        if self.out.capacity() - self.out.len() < need {
+            self.out.reserve(need.max(CHUNK));
+        }
+        if f.encode(&mut self.out).is_err() {
+            return false;
+        }
+        self.queued += 1;
+        true
     }
 
     /// Deadlines of the fresh calls from now; the earliest.
@@ -194,6 +200,15 @@ impl State {
     }
 }
 
+/// Releases the table, then wakes the driver if it waits for what was just written.
+fn wake_driver(mut s: MutexGuard<'_, State>) {
+    let driver = s.driver.take();
+    drop(s);
+    if let Some(w) = driver {
+        w.wake();
+    }
+}
+
 /// What the driver takes from the table.
 pub(crate) struct Taken {
     /// Encoded frames, in order.
@@ -242,27 +257,18 @@ impl Calls {
         }
         let slot = s.alloc()?;
         f.id = FIRST_ID + (s.started << SLOT_BITS) + u64::from(slot);
-        let need = f.encoded_len();
-        if s.out.capacity() - s.out.len() < need {
-            s.out.reserve(need.max(CHUNK));
-        }
-        if f.encode(&mut s.out).is_err() {
+        if !s.write(f) {
             s.free.push(slot);
             return None;
         }
         s.started += 1;
-        s.queued += 1;
         s.slots[slot as usize] = Some(Entry {
             id: f.id,
             due: Due::After(timeout),
             answer: Answer::Waiting(cx.waker().clone()),
         });
         s.fresh.push(slot);
-        let driver = s.driver.take();
-        drop(s);
-        if let Some(w) = driver {
-            w.wake();
-        }
+        wake_driver(s);
         Some(f.id)
     }
 
@@ -300,37 +306,22 @@ impl Calls {
         if !waiting || s.closed {
             return;
         }
-        if Frame::cancel(id).encode(&mut s.out).is_ok() {
-            s.queued += 1;
-        }
-        let driver = s.driver.take();
-        drop(s);
-        if let Some(w) = driver {
-            w.wake();
-        }
+        s.write(Frame::cancel(id).as_ref());
+        wake_driver(s);
     }
 
     /// Writes a fire-and-forget frame (a PUBLISH) for the driver, behind what was written
     /// before it; `false` when the buffer is full or the connection ended (nothing was written:
     /// the caller takes the command queue).
     pub(crate) fn publish(&self, f: FrameRef<'_>) -> bool {
-        let need = f.encoded_len();
         let mut s = self.lock();
-        if s.closed || s.queued >= self.cap || s.out.len() + need > MAX_PUBLISH_BYTES {
+        if s.closed || s.queued >= self.cap || s.out.len() + f.encoded_len() > MAX_PUBLISH_BYTES {
             return false;
         }
-        if s.out.capacity() - s.out.len() < need {
-            s.out.reserve(need.max(CHUNK));
-        }
-        if f.encode(&mut s.out).is_err() {
+        if !s.write(f) {
             return false;
         }
-        s.queued += 1;
-        let driver = s.driver.take();
-        drop(s);
-        if let Some(w) = driver {
-            w.wake();
-        }
+        wake_driver(s);
         true
     }
 
@@ -347,15 +338,11 @@ impl Calls {
         if !s.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
             s.driver = Some(waker.clone());
         }
-        if s.out.is_empty() || queue_waiting() {
+        if !s.has_written() || queue_waiting() {
             return None;
         }
         let earliest = s.stamp();
-        s.queued = 0;
-        Some(Taken {
-            bytes: s.out.split().freeze(),
-            earliest,
-        })
+        s.drain().map(|bytes| Taken { bytes, earliest })
     }
 
     /// The calls whose REQUEST reached the driver through the command queue count their
