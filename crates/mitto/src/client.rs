@@ -374,8 +374,8 @@ impl Slot {
 pub(crate) struct Conn {
     /// Commands, in order with what is written into the call table (see [`crate::queue`]).
     pub(crate) cmds: CmdTx,
-    /// Unary calls, handed to the driver in batches (see [`Lane`]).
-    pub(crate) lane: Arc<Lane<Cmd>>,
+    /// Unary calls on an in-process link, handed to the driver in batches (see [`Lane`]).
+    pub(crate) lane: Option<Arc<Lane<Cmd>>>,
     pub(crate) ctl: mpsc::UnboundedSender<Cmd>,
     pub(crate) agreed: Arc<Negotiated>,
     /// Direct entry points of a server in this process (in-process links to a broker).
@@ -867,8 +867,15 @@ async fn open(
         cmds_rx,
         ctl_rx,
     );
-    let lane = Arc::new(Lane::new(opts.queue_capacity));
-    let driver = driver.with_lane(lane.clone());
+    // A socket's unary calls go through the call table; only an in-process link has a lane
+    // (so a socket's driver locks no lane on each turn).
+    let lane = calls
+        .is_none()
+        .then(|| Arc::new(Lane::new(opts.queue_capacity)));
+    let driver = match &lane {
+        Some(l) => driver.with_lane(l.clone()),
+        None => driver,
+    };
     Ok((
         driver,
         Conn {
@@ -1379,16 +1386,15 @@ impl Client {
                     slot: Slot::Unary(tx),
                     deadline: Some(Due::After(timeout)),
                 });
-                // On a socket (a call the table refused: full, or URGENT) the command queue,
-                // behind what was written into the table before it (see `crate::queue`); on
-                // an in-process link the lane.
-                let sent = if c.calls.is_some() {
-                    c.cmds.try_send(cmd)
-                } else {
-                    match c.lane.push(cmd) {
+                // On an in-process link the lane; on a socket (a call the table refused: full,
+                // or URGENT) the command queue, behind what was written into the table before
+                // it (see `crate::queue`).
+                let sent = match &c.lane {
+                    Some(lane) => match lane.push(cmd) {
                         Ok(()) => Ok(()),
                         Err(cmd) => c.cmds.try_send(cmd),
-                    }
+                    },
+                    None => c.cmds.try_send(cmd),
                 };
                 match sent {
                     Ok(()) => return CallState::Sent { id, rx, timeout },
