@@ -533,12 +533,6 @@ fn publish_local(port: &Arc<dyn LocalPort>, max: u32, f: Frame, timeout: Duratio
     }
 }
 
-/// `subject` backed by a process-lifetime copy, so that its clones and drops touch no shared
-/// counter (see [`Subject::interned`], which bounds the copies).
-pub(crate) fn interned(subject: &str) -> Result<Subject> {
-    Ok(Subject::interned(subject)?)
-}
-
 /// Which of a thread's last-subject caches [`cached_subject`] uses: the subject last published
 /// to, or the method last called (kept apart so that a task doing both misses neither).
 #[derive(Clone, Copy)]
@@ -557,7 +551,7 @@ thread_local! {
 /// thread, so that a caller repeating its subject (a publisher, a client calling one method)
 /// neither validates nor allocates it again and takes no lock (a per-client cache behind a
 /// mutex cost two locked instructions per message); subjects used often are interned (see
-/// [`interned`]) so that copies of them cost no reference count.
+/// [`Subject::interned`]) so that copies of them cost no reference count.
 pub(crate) fn cached_subject(slot: SubjectUse, subject: &str) -> Result<Subject> {
     let hit = LAST_SUBJECTS.try_with(|cache| {
         let mut cache = cache.try_borrow_mut().ok()?;
@@ -567,7 +561,11 @@ pub(crate) fn cached_subject(slot: SubjectUse, subject: &str) -> Result<Subject>
                 return Some(Ok(s.clone()));
             }
         }
-        Some(interned(subject).inspect(|s| *last = Some(s.clone())))
+        Some(
+            Subject::interned(subject)
+                .map_err(Error::from)
+                .inspect(|s| *last = Some(s.clone())),
+        )
     });
     match hit {
         Ok(Some(r)) => r,
@@ -782,35 +780,26 @@ impl Client {
     async fn send_publish(&self, mut f: Frame, ack: bool, timeout: Duration) -> Result<()> {
         // No clock read on the fire-and-forget path: the deadline matters only for an ACK.
         let conn = self.conn_fast(timeout).await?;
-        if let Some(port) = &conn.port {
-            // In-process broker: routed now, in this task; its answer is the ACK.
-            return match publish_local(port, conn.agreed.limits.max_payload, f, timeout) {
-                Now::Done(r) => r,
-                Now::Later(wait) => wait.await,
-            };
-        }
-        if f.value.is_some() {
+        if f.value.is_some() && conn.port.is_none() {
             // A value for a byte transport: encoded here, once.
             f.materialize()
                 .map_err(|e| Error::new(mitto_proto::Status::INTERNAL, e))?;
             f.value = None;
         }
+        // An in-process server, or a fire-and-forget publish: as on the first connection.
+        let mut f = match publish_on(&conn, f, ack, timeout) {
+            Ok(Now::Done(r)) => return r,
+            Ok(Now::Later(wait)) => return wait.await,
+            Err(f) => f,
+        };
         let max = conn.agreed.limits.max_payload;
         if f.payload.len() > max as usize {
             return Err(too_large(f.payload.len(), max));
         }
-        let closed = |_| Error::connection_lost("connection closed before the publish was sent");
+        let closed = || Error::connection_lost("connection closed before the publish was sent");
         if !ack {
-            // No wait (and no await point) while the connection's queue has room.
-            return match conn.cmds.try_send(Cmd::Send(f)) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(cmd)) => {
-                    Box::pin(conn.cmds.send(cmd)).await.map_err(closed)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::connection_lost(
-                    "connection closed before the publish was sent",
-                )),
-            };
+            // `publish_on` takes every fire-and-forget publish while the connection is up.
+            return Err(closed());
         }
         let id = self.next_id();
         f.id = id;
@@ -824,7 +813,7 @@ impl Client {
                 deadline: None,
             }))
             .await
-            .map_err(closed)?;
+            .map_err(|_| closed())?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r.map(|_| ()),
             Ok(Err(_)) => Err(Error::connection_lost("connection closed before the ACK")),

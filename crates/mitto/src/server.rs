@@ -543,7 +543,7 @@ impl Server {
     }
 
     fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Server {
-        let name = crate::pubsub::interned(method).ok();
+        let name = Subject::interned(method).ok();
         self.routes.insert(
             method.as_bytes().into(),
             Route {
