@@ -97,6 +97,13 @@ pub struct Row {
 
 /// The name of the system under test in every row.
 pub const MITTO: &str = "mitto";
+/// mitto in latency mode (both ends, or the broker and its clients), its rows' name.
+pub const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
+/// mitto with spin-then-park off at both ends (sleeping until woken, as the peers and floors
+/// do), its rows' name.
+pub const MITTO_NO_SPIN: &str = "mitto-no-spin";
+/// The latency mode's polling window wherever a scenario measures it.
+pub const BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// What one scenario produced.
 #[derive(Clone, Debug, Default)]

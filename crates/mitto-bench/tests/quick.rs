@@ -135,7 +135,8 @@ fn json_has_the_documented_fields() {
                 "p99_us",
                 "ns_per_op",
                 "bytes_per_s",
-                "bytes_per_conn"
+                "bytes_per_conn",
+                "cpu_us_per_msg"
             ]
             .contains(&metric),
             "{metric}"

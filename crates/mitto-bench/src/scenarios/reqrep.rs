@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::measure::{sequential, slice, LatencyAcc, LatencySample};
 use crate::progress::Progress;
-use crate::report::{Metric, ScenarioReport, MITTO};
+use crate::report::{Metric, ScenarioReport, MITTO, MITTO_BUSY_POLL};
 use crate::runtime::{client_runtime, ServerRuntime};
 use crate::systems::broker_sys::InProcBroker;
 use crate::systems::nats_peer;
@@ -20,10 +20,8 @@ use tokio::task::JoinHandle;
 
 const NAME: &str = "reqrep";
 const NATS: &str = "nats";
-/// mitto's broker in latency mode, its row's name.
-const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
 /// The latency mode's polling window, microseconds.
-const BUSY_POLL_US: u64 = 200;
+const BUSY_POLL_US: u64 = crate::report::BUSY_POLL.as_micros() as u64;
 /// The target stated beside the ratio: mitto's p50 round trip at most this times nats'.
 pub const TARGET_VS_NATS: f64 = 0.5;
 

@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::measure::{sequential, slice, LatencyAcc, LatencySample};
 use crate::progress::Progress;
-use crate::report::{Metric, ScenarioReport, MITTO};
+use crate::report::{Metric, ScenarioReport, BUSY_POLL, MITTO, MITTO_BUSY_POLL, MITTO_NO_SPIN};
 use crate::runtime::{client_runtime, ServerRuntime};
 use crate::systems::{mitto_sys, raw, SocketPath};
 use bytes::Bytes;
@@ -15,12 +15,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const NAME: &str = "rpc-latency";
-/// Both ends in latency mode, its rows' name.
-const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
-/// Both ends with spin-then-park off (sleeping until woken, as the floor does), its rows' name.
-const MITTO_NO_SPIN: &str = "mitto-no-spin";
-/// The latency mode's polling window.
-const BUSY_POLL: Duration = Duration::from_micros(200);
 /// The target reported beside the ratio: mitto's p50 round trip at most this times the floor's.
 pub const TARGET_RATIO: f64 = 1.2;
 

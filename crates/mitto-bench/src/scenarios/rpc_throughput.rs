@@ -8,19 +8,13 @@
 use crate::config::Config;
 use crate::measure::{pipelined, slice, ThroughputAcc};
 use crate::progress::Progress;
-use crate::report::{Metric, ScenarioReport, MITTO};
+use crate::report::{Metric, ScenarioReport, BUSY_POLL, MITTO, MITTO_BUSY_POLL, MITTO_NO_SPIN};
 use crate::runtime::{client_runtime, ServerRuntime};
 use crate::systems::{mitto_sys, protosocket_peer, tarpc_peer, tonic_peer};
 use bytes::Bytes;
 use std::time::Duration;
 
 const NAME: &str = "rpc-throughput";
-/// mitto with both ends in latency mode, its row's name (not a peer: no target applies).
-const MITTO_BUSY_POLL: &str = "mitto-busy-poll";
-/// mitto with spin-then-park off at both ends, its row's name (not a peer: no target applies).
-const MITTO_NO_SPIN: &str = "mitto-no-spin";
-/// The latency mode's polling window.
-const BUSY_POLL: Duration = Duration::from_micros(200);
 
 /// The peers' names in the rows.
 pub const PEERS: [&str; 3] = ["tarpc", "tonic", "protosocket-rpc"];
