@@ -847,6 +847,7 @@ impl<R: Reactor> Driver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mitto_proto::Subject;
 
     #[test]
     fn spin_polls_only_between_dense_reads_and_for_one_window() {
@@ -869,7 +870,6 @@ mod tests {
         s.read(last + Duration::from_millis(5));
         assert!(!s.keep_polling(last + Duration::from_millis(5)));
     }
-    use mitto_proto::Subject;
 
     /// Counts its wakes.
     struct CountWake(std::sync::atomic::AtomicUsize);

@@ -45,19 +45,20 @@ impl CmdTx {
         if !held.has_written() {
             return self.tx.try_send(cmd);
         }
-        match self.tx.try_reserve_many(2) {
-            Ok(mut permits) => {
-                if let (Some(a), Some(b)) = (permits.next(), permits.next()) {
-                    if let Some(bytes) = held.drain() {
-                        a.send(Cmd::Encoded(bytes));
-                    }
-                    b.send(cmd);
-                }
-                Ok(())
-            }
-            Err(TrySendError::Full(())) => Err(TrySendError::Full(cmd)),
-            Err(TrySendError::Closed(())) => Err(TrySendError::Closed(cmd)),
+        let mut permits = match self.tx.try_reserve_many(2) {
+            Ok(permits) => permits,
+            Err(TrySendError::Full(())) => return Err(TrySendError::Full(cmd)),
+            Err(TrySendError::Closed(())) => return Err(TrySendError::Closed(cmd)),
+        };
+        let (Some(a), Some(b)) = (permits.next(), permits.next()) else {
+            // Two permits were asked for: never here, and nothing is lost if it were.
+            return Err(TrySendError::Full(cmd));
+        };
+        if let Some(bytes) = held.drain() {
+            a.send(Cmd::Encoded(bytes));
         }
+        b.send(cmd);
+        Ok(())
     }
 
     /// Queues `cmd`, waiting for room.
