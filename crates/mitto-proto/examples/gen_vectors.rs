@@ -70,6 +70,21 @@ fn valid() -> Vec<Value> {
         Frame::hello(&hello_body(true), true).unwrap().with_id(0),
     );
     add(
+        "hello_other_major",
+        "client HELLO whose body offers major 2 in a major-1 header: it decodes (the body's \
+         version is negotiated, not checked by the decoder); a server that speaks only major 1 \
+         refuses it with ERROR and CLOSE UNSUPPORTED_VERSION (sections 7.1, 8.1)",
+        Frame::hello(
+            &Hello {
+                version: Version { major: 2, minor: 0 },
+                ..hello_body(false)
+            },
+            false,
+        )
+        .unwrap()
+        .with_id(3),
+    );
+    add(
         "subscribe_defaults",
         "SUBSCRIBE sid 1 to a literal subject, empty body = defaults",
         Frame::subscribe(1, s("orders.created"), &SubscribeOptions::default()).unwrap(),
@@ -88,6 +103,7 @@ fn valid() -> Vec<Value> {
                 max_deliver: 5,
                 credit: 64,
                 queue: Some("workers".into()),
+                durable: None,
             },
         )
         .unwrap()
@@ -106,6 +122,22 @@ fn valid() -> Vec<Value> {
             },
         )
         .unwrap(),
+    );
+    add(
+        "subscribe_durable",
+        "SUBSCRIBE at-least-once with the durable name 'billing' after an empty queue group (1.1)",
+        Frame::subscribe(
+            4,
+            s("orders.>"),
+            &SubscribeOptions {
+                delivery: Delivery::AtLeastOnce,
+                durable: Some("billing".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .with_id(12)
+        .with_flags(Flags::ACK_REQUIRED),
     );
     add(
         "unsubscribe",
@@ -210,6 +242,13 @@ fn valid() -> Vec<Value> {
         "EVENT that must be ACKed, URGENT",
         Frame::event(2, 1002, s("orders.eu.created"), "x")
             .with_flags(Flags::ACK_REQUIRED | Flags::URGENT),
+    );
+    add(
+        "event_redelivered",
+        "EVENT delivered for the third time: delivery-count 3 (1.1), ACK_REQUIRED",
+        Frame::event(2, 1003, s("orders.eu.created"), "x")
+            .with_flags(Flags::ACK_REQUIRED)
+            .with_headers(Headers::builder().delivery_count(3).build()),
     );
     add("ack_publish", "ACK of PUBLISH id 99", Frame::ack(99, 0));
     add(
@@ -374,6 +413,98 @@ fn valid() -> Vec<Value> {
         &b(&all.with_id(u64::MAX)),
         None,
     ));
+    v.extend(stream_vectors());
+    v
+}
+
+/// The durable streams' admin requests, answers, consumer binding and deliveries (section 19).
+fn stream_vectors() -> Vec<Value> {
+    let mut v = Vec::new();
+    let mut add = |name: &str, doc: &str, f: Frame| v.push(valid_vector(name, doc, &b(&f), None));
+    let json = |v: Value| Bytes::from(v.to_string());
+    add(
+        "stream_create_request",
+        "REQUEST to $MITTO.STREAM.CREATE.orders with the stream's JSON configuration (19.2)",
+        Frame::request(
+            21,
+            s("$MITTO.STREAM.CREATE.orders"),
+            json(
+                json!({"subjects": ["orders.>"], "max_msgs": 100000, "max_age": "7days",
+                        "discard": "old", "fsync": "always"}),
+            ),
+        ),
+    );
+    add(
+        "stream_info_response",
+        "RESPONSE OK to an admin request: the stream's configuration and state (19.2)",
+        Frame::response(
+            21,
+            Status::OK,
+            json(
+                json!({"config": {"name": "orders", "subjects": ["orders.>"],
+                        "max_msgs": 100000, "max_age": "7days", "discard": "old",
+                        "fsync": "always"},
+                        "state": {"msgs": 0, "bytes": 0, "first_seq": 1, "last_seq": 0,
+                                  "first_ts": 0, "last_ts": 0, "failed": false}}),
+            ),
+        ),
+    );
+    add(
+        "stream_not_found_response",
+        "RESPONSE NOT_FOUND to an admin request: a stream that does not exist or that the \
+         user may not see (19.4)",
+        Frame::response(22, Status::NOT_FOUND, "no stream orders"),
+    );
+    add(
+        "consumer_create_request",
+        "REQUEST to $MITTO.CONSUMER.CREATE.orders.billing: a durable consumer from sequence \
+         10, dead letters after 5 deliveries (19.3)",
+        Frame::request(
+            23,
+            s("$MITTO.CONSUMER.CREATE.orders.billing"),
+            json(json!({"deliver": "seq", "start_seq": 10, "ack_wait": "30s",
+                        "max_deliver": 5, "dead_letter": "orders.dead", "replay": "instant"})),
+        ),
+    );
+    add(
+        "consumer_subscribe",
+        "SUBSCRIBE binding sid 7 to consumer billing of stream orders: at-least-once, credit \
+         64, ACK_REQUIRED (19.5)",
+        Frame::subscribe(
+            7,
+            s("$MITTO.CONSUMER.DELIVER.orders.billing"),
+            &SubscribeOptions {
+                delivery: Delivery::AtLeastOnce,
+                credit: 64,
+                ..SubscribeOptions::default()
+            },
+        )
+        .unwrap()
+        .with_id(24)
+        .with_flags(Flags::ACK_REQUIRED),
+    );
+    let headers = Headers::builder()
+        .insert_custom("mitto-stream", "orders")
+        .unwrap()
+        .insert_custom("mitto-stream-seq", "42")
+        .unwrap()
+        .insert_custom("mitto-stream-time-ns", "1764921600000000000")
+        .unwrap()
+        .delivery_count(2)
+        .build();
+    add(
+        "consumer_event",
+        "EVENT of stream sequence 42 (its id) to sid 7, delivered a second time: ACK_REQUIRED, \
+         the stream's headers and delivery-count 2 (19.5)",
+        Frame::event(7, 42, s("orders.created"), "{\"id\":1}")
+            .with_headers(headers)
+            .with_flags(Flags::ACK_REQUIRED),
+    );
+    add(
+        "consumer_ack",
+        "ACK of stream sequence 42 on sid 7: the consumer's position passes it for good (19.5)",
+        Frame::ack(42, 7),
+    );
     v
 }
 
@@ -553,6 +684,20 @@ fn invalid() -> Vec<Value> {
         raw(pub_t, 0, 0, 1, 0, b"a", b"\x04\x00\x03abc", b""),
     );
     add(
+        "header_delivery_count_wrong_size",
+        "delivery-count value of 8 bytes (must be 4)",
+        raw(
+            FrameType::Event as u8,
+            0,
+            0,
+            1,
+            2,
+            b"a",
+            b"\x09\x00\x08\x00\x00\x00\x00\x00\x00\x00\x02",
+            b"",
+        ),
+    );
+    add(
         "header_well_known_in_free_form",
         "free-form key spelling a well-known key",
         raw(
@@ -645,6 +790,28 @@ fn invalid() -> Vec<Value> {
             b"\xc3",
         ),
     );
+    let health = HealthReport {
+        state: HealthState::Serving,
+        uptime_ms: 5,
+        server: "mitto".into(),
+        detail: None,
+    };
+    let report = health.encode().unwrap().to_vec();
+    let at = report.windows(7).position(|w| w == b"serving").unwrap();
+    add(
+        "health_reply_unknown_state",
+        "HEALTH reply whose state is none of serving, not_serving, draining",
+        raw(
+            FrameType::Health as u8,
+            Flags::REPLY.bits(),
+            0,
+            8,
+            0,
+            b"",
+            b"",
+            &patch(report, at, b"unknown"),
+        ),
+    );
     add(
         "compressed_without_prefix",
         "COMPRESSED payload shorter than its length prefix",
@@ -678,6 +845,24 @@ fn invalid() -> Vec<Value> {
         "a 17-byte payload when max_payload is 16",
         &b(&Frame::publish(s("b"), vec![0u8; 17])),
         Some(json!({ "max_payload": 16 })),
+        false,
+    ));
+    // Before the handshake completes, a receiver decodes with the handshake limits
+    // (PROTOCOL.md 8.1): the client's first frame is refused from its header alone.
+    let handshake = json!({ "max_payload": 4096, "max_headers": 1024, "max_subject": 256 });
+    let hello = b(&Frame::hello(&hello_body(false), false).unwrap());
+    v.push(invalid_vector(
+        "hello_over_handshake_limit",
+        "a first frame (HELLO) declaring 4097 bytes of body, before the handshake: refused from the header",
+        &patch(hello.clone(), 28, &4097u32.to_be_bytes())[..32],
+        Some(handshake.clone()),
+        false,
+    ));
+    v.push(invalid_vector(
+        "hello_headers_over_handshake_limit",
+        "a first frame (HELLO) declaring a 1025-byte headers block, before the handshake",
+        &patch(hello, 24, &1025u32.to_be_bytes())[..32],
+        Some(handshake),
         false,
     ));
     v.push(invalid_vector(
@@ -759,7 +944,7 @@ fn main() {
         "frames.json",
         json!({
             "description": "Valid frames. Decoding 'hex' (with 'limits' if given, else the defaults) yields 'frame' (and 'body' for control frames, 'decompressed_hex' for COMPRESSED payloads); encoding the frame yields 'hex' again, byte for byte.",
-            "protocol_version": "1.0",
+            "protocol_version": "1.1",
             "vectors": valid,
         }),
     );
@@ -767,7 +952,7 @@ fn main() {
         "invalid.json",
         json!({
             "description": "Invalid inputs. Decoding 'hex' (with 'limits' if given; then end of stream if 'eof') yields 'error'. A non-fatal error consumes the bad frame: a frame that follows it decodes normally. A fatal one means the receiver sends ERROR and closes.",
-            "protocol_version": "1.0",
+            "protocol_version": "1.1",
             "vectors": invalid,
         }),
     );

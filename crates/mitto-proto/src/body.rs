@@ -1,5 +1,5 @@
 //! Bodies of the control frames: HELLO, SUBSCRIBE/REGISTER options, CREDIT, NACK, UNSUBSCRIBE,
-//! and the HEALTH and STATS replies (MessagePack maps, as memlink sends them).
+//! and the HEALTH and STATS replies (MessagePack maps).
 //!
 //! Fixed fields are big-endian. A string is a u16 BE length and that many bytes. Receivers ignore
 //! bytes after the last field they know, so that a later minor version can append fields.
@@ -193,7 +193,9 @@ impl SlowConsumerPolicy {
 /// Options of a SUBSCRIBE or REGISTER. An empty body means all defaults.
 ///
 /// Layout: delivery u8, policy u8, reserved u16 (0), max_pending u32, ack_wait_ms u32,
-/// max_deliver u32, credit u32, queue group (u16 length + UTF-8; empty for none).
+/// max_deliver u32, credit u32, queue group (u16 length + UTF-8; empty for none), then, since
+/// protocol 1.1 and only when set, the durable name (u16 length + UTF-8): a 1.0 encoder's body
+/// ends after the queue group and still decodes the same.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SubscribeOptions {
     /// Delivery guarantee.
@@ -210,9 +212,21 @@ pub struct SubscribeOptions {
     pub credit: u32,
     /// Queue group: each message goes to one member of the group.
     pub queue: Option<String>,
+    /// Durable name (protocol 1.1): the broker keeps the subscription's messages, those not
+    /// yet acknowledged included, for the next subscriber of the same name and user when this
+    /// one ends (PROTOCOL.md 11.2). At most [`SubscribeOptions::MAX_DURABLE`] bytes.
+    pub durable: Option<String>,
+}
+
+/// Whether a queue group or durable name has a character it may not have.
+fn bad_name(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 impl SubscribeOptions {
+    /// The longest durable name, in bytes.
+    pub const MAX_DURABLE: usize = 255;
+
     /// Whether every field has its default (encodes as an empty body).
     pub fn is_default(&self) -> bool {
         *self == SubscribeOptions::default()
@@ -237,7 +251,16 @@ impl SubscribeOptions {
             dst,
             self.queue.as_deref().unwrap_or("").as_bytes(),
             "queue group",
-        )
+        )?;
+        match self.durable.as_deref() {
+            Some(d) if !d.is_empty() => {
+                if d.len() > Self::MAX_DURABLE {
+                    return Err(EncodeError::FieldTooLong("durable name"));
+                }
+                put_bytes16(dst, d.as_bytes(), "durable name")
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Decodes the body of a SUBSCRIBE (or REGISTER, with `frame` naming it).
@@ -259,11 +282,26 @@ impl SubscribeOptions {
         let max_deliver = r.u32()?;
         let credit = r.u32()?;
         let queue = r.str16("queue group is not UTF-8")?;
-        if queue.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if bad_name(&queue) {
             return Err(malformed(
                 frame,
                 "queue group has whitespace or control characters",
             ));
+        }
+        // 1.1: a durable name may follow; when anything follows, it is a whole string16.
+        let durable = if r.buf.is_empty() {
+            String::new()
+        } else {
+            r.str16("durable name is not UTF-8")?
+        };
+        if bad_name(&durable) {
+            return Err(malformed(
+                frame,
+                "durable name has whitespace or control characters",
+            ));
+        }
+        if durable.len() > Self::MAX_DURABLE {
+            return Err(malformed(frame, "durable name is longer than 255 bytes"));
         }
         Ok(SubscribeOptions {
             delivery,
@@ -273,6 +311,7 @@ impl SubscribeOptions {
             max_deliver,
             credit,
             queue: (!queue.is_empty()).then_some(queue),
+            durable: (!durable.is_empty()).then_some(durable),
         })
     }
 }
@@ -400,11 +439,45 @@ mod tests {
             max_deliver: 3,
             credit: 64,
             queue: Some("workers".into()),
+            durable: None,
         };
         let mut b = BytesMut::new();
         o.encode(&mut b).unwrap();
-        assert_eq!(b.len(), 20 + 2 + 7);
+        assert_eq!(b.len(), 20 + 2 + 7, "no durable name: the 1.0 layout");
         assert_eq!(SubscribeOptions::decode(&b, "SUBSCRIBE").unwrap(), o);
+        // A durable name follows the queue group; a 1.0 decoder would ignore it.
+        let d = SubscribeOptions {
+            durable: Some("billing".into()),
+            ..o.clone()
+        };
+        let mut db = BytesMut::new();
+        d.encode(&mut db).unwrap();
+        assert_eq!(&db[..b.len()], &b[..]);
+        assert_eq!(&db[b.len()..], b"\x00\x07billing");
+        assert_eq!(SubscribeOptions::decode(&db, "SUBSCRIBE").unwrap(), d);
+        assert!(
+            SubscribeOptions::decode(&db[..db.len() - 1], "SUBSCRIBE").is_err(),
+            "a durable name cut short is truncated"
+        );
+        let mut trailing = db.clone();
+        trailing.extend_from_slice(b"later");
+        assert_eq!(
+            SubscribeOptions::decode(&trailing, "SUBSCRIBE").unwrap(),
+            d,
+            "bytes after the durable name are ignored"
+        );
+        let mut spaced = b.clone();
+        spaced.extend_from_slice(b"\x00\x03a b");
+        assert!(SubscribeOptions::decode(&spaced, "SUBSCRIBE").is_err());
+        let long = SubscribeOptions {
+            durable: Some("d".repeat(256)),
+            ..o.clone()
+        };
+        assert!(long.encode(&mut BytesMut::new()).is_err());
+        let mut long_wire = b.clone();
+        long_wire.extend_from_slice(&256u16.to_be_bytes());
+        long_wire.extend_from_slice(&[b'd'; 256]);
+        assert!(SubscribeOptions::decode(&long_wire, "SUBSCRIBE").is_err());
         let mut empty = BytesMut::new();
         SubscribeOptions::default().encode(&mut empty).unwrap();
         assert!(empty.is_empty());

@@ -27,6 +27,11 @@ enum State {
 /// reported; decoding goes on with the next frame. Only framing errors
 /// ([`DecodeError::is_fatal`]) stop the decoder for good.
 ///
+/// A frame within the limits is buffered as its bytes arrive: the decoder never reserves room
+/// for what a header declares, only for at most [`Decoder::RESERVE_AHEAD`] bytes of it at a
+/// time, so a peer that sends headers of large frames and then stalls holds no more memory
+/// than it has actually sent.
+///
 /// ```
 /// use bytes::BytesMut;
 /// use mitto_proto::{Decoder, Frame, Subject};
@@ -55,6 +60,10 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// The most room the decoder asks a buffer to make, at once, for the rest of a frame whose
+    /// header has arrived: the buffer grows with what arrives, never by the declared length.
+    pub const RESERVE_AHEAD: usize = 64 * 1024;
+
     /// A decoder enforcing `limits`.
     pub fn new(limits: Limits) -> Decoder {
         Decoder {
@@ -120,7 +129,9 @@ impl Decoder {
         // Within the limits, so this fits in usize and is bounded by them.
         let total = h.frame_len() as usize;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Room for the next bytes only: what a header declares is not yet memory the peer
+            // has spent (a stalled sender of huge headers would otherwise hold it all).
+            src.reserve((total - src.len()).min(Self::RESERVE_AHEAD));
             return Ok(None);
         }
         let buf = src.split_to(total).freeze();
@@ -320,6 +331,74 @@ mod tests {
         buf.extend_from_slice(&publish(5));
         let f = dec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(f.payload.len(), 5);
+    }
+
+    /// A PUBLISH header (and its one-byte subject) declaring `payload_len` bytes of payload.
+    fn declared(payload_len: u32) -> BytesMut {
+        let mut b = publish(0);
+        b[28..32].copy_from_slice(&payload_len.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_declared_length_is_not_reserved_the_buffer_grows_with_what_arrives() {
+        // The largest frame the default limits allow, declared and then not sent.
+        let max = Limits::DEFAULT_MAX_PAYLOAD;
+        let mut dec = Decoder::default();
+        let mut buf = declared(max);
+        assert!(dec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= buf.len() + Decoder::RESERVE_AHEAD,
+            "{} bytes reserved for a frame of which {} arrived",
+            buf.capacity(),
+            buf.len()
+        );
+        // A frame that does arrive, in pieces: the buffer follows what arrived (BytesMut
+        // doubles when it grows), never the declared length, and the frame comes out whole.
+        let total = 4 << 20;
+        let mut dec = Decoder::new(Limits {
+            max_payload: total,
+            ..Limits::default()
+        });
+        let mut buf = declared(total);
+        let piece = vec![5u8; 48 * 1024];
+        let mut sent = 0usize;
+        loop {
+            match dec.decode(&mut buf).unwrap() {
+                Some(f) => {
+                    assert_eq!(f.payload.len(), total as usize);
+                    break;
+                }
+                None => {
+                    assert!(
+                        buf.capacity() <= 2 * (buf.len() + Decoder::RESERVE_AHEAD),
+                        "capacity {} with {} bytes arrived",
+                        buf.capacity(),
+                        buf.len()
+                    );
+                    let n = piece.len().min(total as usize - sent);
+                    buf.extend_from_slice(&piece[..n]);
+                    sent += n;
+                }
+            }
+        }
+        assert_eq!(sent, total as usize);
+    }
+
+    #[test]
+    fn the_handshake_limits_refuse_a_large_first_frame_at_its_header() {
+        let mut dec = Decoder::new(Limits::HANDSHAKE);
+        let mut buf = declared(Limits::HANDSHAKE.max_payload + 1);
+        let e = dec.decode(&mut buf).unwrap_err();
+        assert_eq!(e.code(), "payload_too_large");
+        assert!(buf.is_empty() && buf.capacity() <= 64, "nothing buffered");
+        let mut ok = declared(Limits::HANDSHAKE.max_payload);
+        let mut dec = Decoder::new(Limits::HANDSHAKE);
+        assert!(
+            dec.decode(&mut ok).unwrap().is_none(),
+            "at the limit: waits"
+        );
+        assert_eq!(Limits::HANDSHAKE.max_frame(), 32 + 256 + 1024 + 4096);
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"MITO";
 /// The protocol major version carried in every header.
 pub const VERSION_MAJOR: u8 = 1;
 /// The protocol minor version this implementation speaks (negotiated in HELLO).
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -95,7 +95,9 @@ frame_types! {
     Unregister = 0x14, "UNREGISTER";
 }
 
-/// The message kind (byte 7 of the header), MIP's application-level type.
+/// The message kind (byte 7 of the header): what the application means by a message (an event,
+/// a command, a state, a log record, a metric), beside the frame type, which says what the
+/// protocol does with it.
 ///
 /// 0 to 5 are defined, 6 to 127 are reserved (a receiver answers BAD_REQUEST), 128 to 255 are
 /// free for applications.

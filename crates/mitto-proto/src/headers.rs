@@ -10,8 +10,8 @@
 //! value    value len bytes
 //! ```
 //!
-//! Keys may repeat; [`Headers::get`] returns the first. Compact ids 9..=255 are reserved for later
-//! minor versions: a receiver keeps them and passes them on. A free-form key may not spell a
+//! Keys may repeat; [`Headers::get`] returns the first. Compact ids 10..=255 are reserved for
+//! later minor versions: a receiver keeps them and passes them on. A free-form key may not spell a
 //! well-known key's name (in any case): the encoder always uses the compact id.
 
 use crate::error::{DecodeErrorKind, EncodeError};
@@ -75,6 +75,9 @@ well_known! {
     Ttl = 7, "ttl";
     /// Authorization token for this one frame.
     Auth = 8, "auth";
+    /// How many times the broker has delivered this message, this delivery included, as a u32
+    /// BE (4 bytes); on redeliveries only, so its presence marks one (protocol 1.1).
+    DeliveryCount = 9, "delivery-count";
 }
 
 impl WellKnown {
@@ -82,7 +85,16 @@ impl WellKnown {
     pub const fn fixed_len(self) -> Option<usize> {
         match self {
             WellKnown::Deadline | WellKnown::Ttl => Some(8),
+            WellKnown::DeliveryCount => Some(4),
             _ => None,
+        }
+    }
+
+    /// Why a value of the wrong length is refused (for keys with a fixed length).
+    const fn length_rule(self) -> &'static str {
+        match self {
+            WellKnown::DeliveryCount => "delivery-count values must be 4 bytes",
+            _ => "deadline and ttl values must be 8 bytes",
         }
     }
 }
@@ -90,9 +102,9 @@ impl WellKnown {
 /// A header key as it appears in a block.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum HeaderKey<'a> {
-    /// A well-known key (compact id 1..=8).
+    /// A well-known key (compact id 1..=9).
     Known(WellKnown),
-    /// A compact id this version does not define (9..=255), kept as it is.
+    /// A compact id this version does not define (10..=255), kept as it is.
     Reserved(u8),
     /// A free-form key.
     Custom(&'a str),
@@ -106,6 +118,28 @@ impl HeaderKey<'_> {
             HeaderKey::Reserved(id) => format!("#{id}").into(),
             HeaderKey::Custom(s) => (*s).into(),
         }
+    }
+}
+
+impl From<WellKnown> for HeaderKey<'static> {
+    fn from(k: WellKnown) -> Self {
+        HeaderKey::Known(k)
+    }
+}
+
+/// A name: a well-known key's name (any ASCII case) is that key, anything else a free-form key.
+impl<'a> From<&'a str> for HeaderKey<'a> {
+    fn from(name: &'a str) -> Self {
+        match WellKnown::from_name(name) {
+            Some(k) => HeaderKey::Known(k),
+            None => HeaderKey::Custom(name),
+        }
+    }
+}
+
+impl<'a> From<&'a String> for HeaderKey<'a> {
+    fn from(name: &'a String) -> Self {
+        HeaderKey::from(name.as_str())
     }
 }
 
@@ -189,26 +223,95 @@ impl Headers {
         self.iter().count()
     }
 
-    /// The first value of a well-known key.
-    pub fn get(&self, key: WellKnown) -> Option<&[u8]> {
-        self.iter()
-            .find(|(k, _)| *k == HeaderKey::Known(key))
-            .map(|(_, v)| v)
+    /// The first value of a key: a [`WellKnown`] key, or a name (`"tenant"`; a well-known key's
+    /// name, in any case, finds that key).
+    ///
+    /// ```
+    /// use mitto_proto::{Headers, WellKnown};
+    /// let h = Headers::new().with("tenant", "acme").with(WellKnown::ContentType, "text/plain");
+    /// assert_eq!(h.get("tenant"), Some(&b"acme"[..]));
+    /// assert_eq!(h.get("Content-Type"), h.get(WellKnown::ContentType));
+    /// assert_eq!(h.get("region"), None);
+    /// ```
+    pub fn get<'k>(&self, key: impl Into<HeaderKey<'k>>) -> Option<&[u8]> {
+        let key = key.into();
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    /// The first value of a well-known key, as UTF-8 text.
-    pub fn get_str(&self, key: WellKnown) -> Option<&str> {
+    /// Every value of a key, in order (keys may repeat).
+    pub fn get_all<'s, 'k: 's>(
+        &'s self,
+        key: impl Into<HeaderKey<'k>>,
+    ) -> impl Iterator<Item = &'s [u8]> + 's {
+        let key = key.into();
+        self.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The first value of a key (as [`Headers::get`]), as UTF-8 text; `None` when absent or
+    /// not UTF-8.
+    ///
+    /// ```
+    /// use mitto_proto::Headers;
+    /// let h = Headers::new().with("tenant", "acme").with("blob", [0xff, 0xfe]);
+    /// assert_eq!(h.get_str("tenant"), Some("acme"));
+    /// assert_eq!(h.get_str("blob"), None);
+    /// ```
+    pub fn get_str<'k>(&self, key: impl Into<HeaderKey<'k>>) -> Option<&str> {
         self.get(key).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// The first value of a free-form key (exact match), or of a well-known key by name.
+    /// The first value of a free-form key (exact match), or of a well-known key by name: the
+    /// same as [`Headers::get`] with a name.
     pub fn get_custom(&self, key: &str) -> Option<&[u8]> {
-        if let Some(k) = WellKnown::from_name(key) {
-            return self.get(k);
+        self.get(key)
+    }
+
+    /// This block with one more entry, for keys and values the program spells itself:
+    /// `key` is a [`WellKnown`] key or a name (a well-known key's name is sent as that key).
+    ///
+    /// ```
+    /// use mitto_proto::{Headers, WellKnown};
+    /// let h = Headers::new()
+    ///     .with("tenant", "acme")
+    ///     .with(WellKnown::CorrelationId, "order-7");
+    /// assert_eq!(h.get_str("tenant"), Some("acme"));
+    /// assert_eq!(h.correlation_id(), Some("order-7"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When the key is not a valid key (empty, over 255 bytes, with whitespace or a control
+    /// character) or the value breaks its key's rule (over 65,535 bytes; `deadline` and `ttl`
+    /// not 8 bytes, `delivery-count` not 4): a bug in the program, as with a malformed constant.
+    /// Use [`Headers::try_with`] for keys or values that come from outside the program.
+    #[track_caller]
+    pub fn with<'k>(self, key: impl Into<HeaderKey<'k>>, value: impl AsRef<[u8]>) -> Headers {
+        match self.try_with(key, value) {
+            Ok(h) => h,
+            Err(e) => panic!("{e} (Headers::try_with reports this as an error)"),
         }
-        self.iter()
-            .find(|(k, _)| *k == HeaderKey::Custom(key))
-            .map(|(_, v)| v)
+    }
+
+    /// This block with one more entry, or why the entry is invalid: [`Headers::with`] for keys
+    /// and values that come from outside the program (a peer, a configuration file).
+    ///
+    /// ```
+    /// use mitto_proto::Headers;
+    /// let from_peer = "bad key";
+    /// assert!(Headers::new().try_with(from_peer, "v").is_err());
+    /// let h = Headers::new().try_with("tenant", "acme").unwrap();
+    /// assert_eq!(h.get_str("tenant"), Some("acme"));
+    /// ```
+    pub fn try_with<'k>(
+        self,
+        key: impl Into<HeaderKey<'k>>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Headers, EncodeError> {
+        let b = match self.0.try_into_mut() {
+            Ok(b) => HeadersBuilder(b),
+            Err(shared) => HeadersBuilder(BytesMut::from(&shared[..])),
+        };
+        Ok(b.insert(key, value)?.build())
     }
 
     /// The `deadline` header: time left for the operation.
@@ -223,6 +326,13 @@ impl Headers {
         self.get_u64(WellKnown::Ttl).map(Duration::from_millis)
     }
 
+    /// The `delivery-count` header: how many times the broker has delivered this message,
+    /// this delivery included (present on redeliveries only).
+    pub fn delivery_count(&self) -> Option<u32> {
+        let v: [u8; 4] = self.get(WellKnown::DeliveryCount)?.try_into().ok()?;
+        Some(u32::from_be_bytes(v))
+    }
+
     /// The `reply-to` header.
     pub fn reply_to(&self) -> Option<&str> {
         self.get_str(WellKnown::ReplyTo)
@@ -231,6 +341,26 @@ impl Headers {
     /// The `content-type` header.
     pub fn content_type(&self) -> Option<&str> {
         self.get_str(WellKnown::ContentType)
+    }
+
+    /// The `correlation-id` header.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.get_str(WellKnown::CorrelationId)
+    }
+
+    /// The `traceparent` header (W3C Trace Context).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.get_str(WellKnown::Traceparent)
+    }
+
+    /// The `tracestate` header (W3C Trace Context).
+    pub fn tracestate(&self) -> Option<&str> {
+        self.get_str(WellKnown::Tracestate)
+    }
+
+    /// The `auth` header: a token for this one frame.
+    pub fn auth(&self) -> Option<&[u8]> {
+        self.get(WellKnown::Auth)
     }
 
     fn get_u64(&self, key: WellKnown) -> Option<u64> {
@@ -286,7 +416,7 @@ impl<'a> RawIter<'a> {
         let v = self.take(vlen).ok_or("value overruns the block")?;
         if let HeaderKey::Known(k) = key {
             if k.fixed_len().is_some_and(|n| n != v.len()) {
-                return Err("deadline and ttl values must be 8 bytes");
+                return Err(k.length_rule());
             }
         }
         Ok((key, v))
@@ -308,31 +438,62 @@ impl fmt::Debug for Headers {
 
 /// Builds a headers block.
 ///
+/// [`HeadersBuilder::with`] (and [`Headers::with`]) add entries the program spells itself and
+/// chain without a `Result`; [`HeadersBuilder::insert`] checks keys and values that come from
+/// outside the program and says what is wrong.
+///
 /// ```
 /// use mitto_proto::{Headers, WellKnown};
 /// use std::time::Duration;
 /// let h = Headers::builder()
-///     .insert(WellKnown::ContentType, "application/json")
-///     .unwrap()
+///     .with(WellKnown::ContentType, "application/json")
+///     .with("tenant", "acme")
 ///     .deadline(Duration::from_millis(250))
-///     .insert_custom("tenant", "acme")
-///     .unwrap()
 ///     .build();
 /// assert_eq!(h.content_type(), Some("application/json"));
 /// assert_eq!(h.deadline(), Some(Duration::from_millis(250)));
-/// assert_eq!(h.get_custom("tenant"), Some(&b"acme"[..]));
+/// assert_eq!(h.get_str("tenant"), Some("acme"));
+///
+/// let key_from_a_peer = "two words";
+/// assert!(Headers::builder().insert(key_from_a_peer, "v").is_err());
 /// ```
 #[derive(Clone, Default, Debug)]
 pub struct HeadersBuilder(BytesMut);
 
 impl HeadersBuilder {
-    /// Adds a well-known key.
-    pub fn insert(mut self, key: WellKnown, value: impl AsRef<[u8]>) -> Result<Self, EncodeError> {
-        let v = value.as_ref();
+    /// Adds an entry: `key` is a [`WellKnown`] key or a name (a well-known key's name, in any
+    /// case, is stored as its compact id).
+    pub fn insert<'k>(
+        self,
+        key: impl Into<HeaderKey<'k>>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Self, EncodeError> {
+        match key.into() {
+            HeaderKey::Known(k) => self.insert_known(k, value.as_ref()),
+            HeaderKey::Custom(name) => self.insert_custom(name, value),
+            HeaderKey::Reserved(id) => self.insert_reserved(id, value),
+        }
+    }
+
+    /// Adds an entry for a key and value the program spells itself (see [`Headers::with`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`Headers::with`]: when the key or the value is invalid. Use
+    /// [`HeadersBuilder::insert`] for keys or values from outside the program.
+    #[track_caller]
+    pub fn with<'k>(self, key: impl Into<HeaderKey<'k>>, value: impl AsRef<[u8]>) -> Self {
+        match self.insert(key, value) {
+            Ok(b) => b,
+            Err(e) => panic!("{e} (HeadersBuilder::insert reports this as an error)"),
+        }
+    }
+
+    fn insert_known(mut self, key: WellKnown, v: &[u8]) -> Result<Self, EncodeError> {
         if key.fixed_len().is_some_and(|n| n != v.len()) {
             return Err(EncodeError::InvalidHeaderValue {
                 key: key.name().into(),
-                reason: "must be 8 bytes",
+                reason: key.length_rule(),
             });
         }
         self.0.put_u8(key as u8);
@@ -343,7 +504,7 @@ impl HeadersBuilder {
     /// Adds a free-form key. A well-known key's name (any case) is stored as its compact id.
     pub fn insert_custom(self, key: &str, value: impl AsRef<[u8]>) -> Result<Self, EncodeError> {
         if let Some(k) = WellKnown::from_name(key) {
-            return self.insert(k, value);
+            return self.insert_known(k, value.as_ref());
         }
         check_custom_key(key).map_err(|reason| EncodeError::InvalidHeaderKey {
             key: key.into(),
@@ -357,7 +518,7 @@ impl HeadersBuilder {
         Ok(me)
     }
 
-    /// Adds an entry with a reserved compact id (9..=255), as a relay passing one on does.
+    /// Adds an entry with a reserved compact id (10..=255), as a relay passing one on does.
     pub fn insert_reserved(mut self, id: u8, value: impl AsRef<[u8]>) -> Result<Self, EncodeError> {
         if id == 0 || WellKnown::from_id(id).is_some() {
             return Err(EncodeError::InvalidHeaderKey {
@@ -385,6 +546,14 @@ impl HeadersBuilder {
         self.0.put_u8(WellKnown::Ttl as u8);
         self.0.put_u16(8);
         self.0.put_u64(ms);
+        self
+    }
+
+    /// Adds a `delivery-count`.
+    pub fn delivery_count(mut self, n: u32) -> Self {
+        self.0.put_u8(WellKnown::DeliveryCount as u8);
+        self.0.put_u16(4);
+        self.0.put_u32(n);
         self
     }
 
@@ -501,6 +670,59 @@ mod tests {
             .insert(WellKnown::Auth, vec![0u8; 70_000])
             .is_err());
         assert!(Headers::builder().insert_reserved(3, "v").is_err());
+    }
+
+    #[test]
+    fn with_chains_names_and_well_known_keys() {
+        let h = Headers::new()
+            .with("tenant", "acme")
+            .with("Content-Type", "text/plain")
+            .with(WellKnown::CorrelationId, "c-1")
+            .with("tenant", "other");
+        // A well-known name goes out as its compact id, whatever its case.
+        assert_eq!(h.as_bytes()[14], WellKnown::ContentType as u8);
+        assert_eq!(h.get_str("tenant"), Some("acme"));
+        assert_eq!(
+            h.get_all("tenant").collect::<Vec<_>>(),
+            [&b"acme"[..], &b"other"[..]]
+        );
+        assert_eq!(h.content_type(), Some("text/plain"));
+        assert_eq!(h.get_str("content-type"), Some("text/plain"));
+        assert_eq!(h.correlation_id(), Some("c-1"));
+        assert_eq!(h.get_str("region"), None);
+        let back = Headers::from_wire(h.as_bytes().clone()).unwrap();
+        assert_eq!(back, h);
+        // A shared block is copied, not changed.
+        let base = Headers::new().with("a", "1");
+        let more = base.clone().with("b", "2");
+        assert_eq!((base.count(), more.count()), (1, 2));
+    }
+
+    #[test]
+    fn try_with_reports_what_with_refuses() {
+        for (k, v) in [("", "v"), ("a b", "v"), ("ttl", "short"), ("k\n", "v")] {
+            assert!(Headers::new().try_with(k, v).is_err(), "{k:?}");
+            assert!(Headers::builder().insert(k, v).is_err(), "{k:?}");
+        }
+        assert!(Headers::new().try_with("k", vec![0u8; 65_536]).is_err());
+        let r = std::panic::catch_unwind(|| Headers::new().with("a b", "v"));
+        assert!(r.is_err());
+        let r = std::panic::catch_unwind(|| Headers::builder().with("", "v"));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn typed_getters_of_well_known_keys() {
+        let h = Headers::new()
+            .with(WellKnown::Traceparent, "00-ab-cd-01")
+            .with(WellKnown::Tracestate, "k=v")
+            .with(WellKnown::Auth, [1, 2])
+            .with(WellKnown::ReplyTo, "_INBOX.x");
+        assert_eq!(h.traceparent(), Some("00-ab-cd-01"));
+        assert_eq!(h.tracestate(), Some("k=v"));
+        assert_eq!(h.auth(), Some(&[1u8, 2][..]));
+        assert_eq!(h.reply_to(), Some("_INBOX.x"));
+        assert_eq!(h.correlation_id(), None);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! compact ids for well-known keys, [`Subject`]s with `*` and `>` wildcards, [`Status`] codes,
 //! HELLO [negotiation](negotiate), the control-frame [bodies](body), LZ4 payload compression, and a
 //! streaming [`Decoder`] that checks every declared length against the configured [`Limits`]
-//! before it allocates and hands out payloads as [`bytes::Bytes`] slices without copying.
+//! before it allocates and hands out payloads as [`bytes::Bytes`] slices without copying. Above
+//! them, [`connection::Connection`] is the state machine of one end of a connection: the
+//! handshake, calls and streams with their ids, deadlines and credit, subscriptions, the
+//! session, keepalive, close, and one ordered outbound queue.
 //!
 //! It does no I/O and reads no clock: the `mitto` runtime drives it over sockets, and tests drive
 //! it over plain buffers. The wire format is specified in `spec/PROTOCOL.md`; the conformance
@@ -44,7 +47,9 @@
 pub mod body;
 mod codec;
 pub mod compress;
+pub mod connection;
 mod error;
+mod fit;
 mod frame;
 #[doc(hidden)]
 pub mod fuzzing;

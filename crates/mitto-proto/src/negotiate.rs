@@ -1,5 +1,5 @@
-//! Version and feature negotiation (as memlink: same major, lower minor, AND of features) and the
-//! limits both sides then enforce.
+//! Version and feature negotiation (the majors must match, the lower minor wins, the features
+//! are those both sides offer) and the limits both sides then enforce.
 
 use crate::body::Hello;
 use crate::header::{VERSION_MAJOR, VERSION_MINOR};
@@ -41,11 +41,12 @@ impl fmt::Display for Version {
 pub struct Features(u32);
 
 impl Features {
-    /// STREAM frames (memlink STREAMING).
+    /// STREAM frames: streaming calls.
     pub const STREAMING: Features = Features(1 << 0);
-    /// Many frames per write (memlink BATCHING); always safe, advertised for compatibility.
+    /// Many frames per write (every receiver accepts it; the bit is still offered for peers that
+    /// look for it).
     pub const BATCHING: Features = Features(1 << 1);
-    /// URGENT frames overtake normal ones (memlink PRIORITY_DEGRADATION).
+    /// URGENT frames overtake normal ones.
     pub const PRIORITY: Features = Features(1 << 2);
     /// LZ4-compressed payloads (the COMPRESSED flag).
     pub const COMPRESSION_LZ4: Features = Features(1 << 3);
@@ -137,7 +138,7 @@ impl fmt::Debug for Features {
 /// Size limits a receiver enforces before it allocates anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest payload in bytes (default 64 MiB, memlink's MAX_PAYLOAD_SIZE).
+    /// Largest payload in bytes (default 64 MiB).
     pub max_payload: u32,
     /// Largest headers block in bytes (default 64 KiB).
     pub max_headers: u32,
@@ -152,6 +153,25 @@ impl Limits {
     pub const DEFAULT_MAX_HEADERS: u32 = 64 * 1024;
     /// The default subject limit: 4 KiB.
     pub const DEFAULT_MAX_SUBJECT: u16 = 4096;
+
+    /// The limits both sides decode with until the handshake completes (PROTOCOL.md 8.1): a
+    /// HELLO is small (a 20-byte fixed part and five short strings), so a peer that has not
+    /// yet authenticated may make the other side buffer at most 5,408 bytes of one frame.
+    /// 4 KiB of payload, like nats-server's limit on its CONNECT line, leaves room for a
+    /// bearer token of about 3 KiB beside the names.
+    pub const HANDSHAKE: Limits = Limits {
+        max_payload: 4096,
+        max_headers: 1024,
+        max_subject: 256,
+    };
+
+    /// The largest frame these limits let through, header included.
+    pub const fn max_frame(&self) -> u64 {
+        crate::header::HEADER_LEN as u64
+            + self.max_subject as u64
+            + self.max_headers as u64
+            + self.max_payload as u64
+    }
 }
 
 impl Default for Limits {

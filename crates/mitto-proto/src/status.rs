@@ -6,8 +6,8 @@ use std::fmt;
 ///
 /// This is a newtype rather than an enum so that codes defined by a later protocol version pass
 /// through untouched: [`Status::is_known`] tells whether this implementation knows the code.
-/// The codes are the union of the seed protocols' codes (memlink, IMITTO) and what a broker and
-/// an RPC system need (NATS, gRPC).
+/// The codes cover what an RPC call, a broker and a stream can answer: success, the handler's
+/// failure, missing services and methods, deadlines, quotas, back-pressure, auth and more.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Status(pub u16);
 
@@ -40,13 +40,13 @@ macro_rules! statuses {
 }
 
 statuses! {
-    /// The operation completed (memlink `Success`, IMITTO `Completed`).
+    /// The operation completed.
     OK = 0, "ok";
-    /// The addressed module, service or subject does not exist (memlink `ModuleNotFound`).
+    /// The addressed module, service or subject does not exist.
     NOT_FOUND = 1, "not_found";
-    /// The service exists but has no such method (memlink `MethodNotFound`).
+    /// The service exists but has no such method.
     METHOD_NOT_FOUND = 2, "method_not_found";
-    /// The handler ran and failed (memlink `ExecutionError`, IMITTO `Error`).
+    /// The handler ran and failed.
     EXECUTION_ERROR = 3, "execution_error";
     /// The deadline passed before the operation completed.
     TIMEOUT = 4, "timeout";

@@ -68,26 +68,30 @@ fn options() -> impl Strategy<Value = SubscribeOptions> {
         any::<u32>(),
         any::<u32>(),
         prop::option::of("[a-z]{1,8}"),
+        prop::option::of("[a-z0-9_-]{1,12}"),
     )
         .prop_map(
-            |(acked, p, max_pending, ack_wait_ms, max_deliver, credit, queue)| SubscribeOptions {
-                delivery: if acked {
-                    Delivery::AtLeastOnce
-                } else {
-                    Delivery::AtMostOnce
-                },
-                policy: [
-                    SlowConsumerPolicy::ServerDefault,
-                    SlowConsumerPolicy::Block,
-                    SlowConsumerPolicy::DropOldest,
-                    SlowConsumerPolicy::DropNewest,
-                    SlowConsumerPolicy::Disconnect,
-                ][usize::from(p)],
-                max_pending,
-                ack_wait_ms,
-                max_deliver,
-                credit,
-                queue,
+            |(acked, p, max_pending, ack_wait_ms, max_deliver, credit, queue, durable)| {
+                SubscribeOptions {
+                    delivery: if acked {
+                        Delivery::AtLeastOnce
+                    } else {
+                        Delivery::AtMostOnce
+                    },
+                    policy: [
+                        SlowConsumerPolicy::ServerDefault,
+                        SlowConsumerPolicy::Block,
+                        SlowConsumerPolicy::DropOldest,
+                        SlowConsumerPolicy::DropNewest,
+                        SlowConsumerPolicy::Disconnect,
+                    ][usize::from(p)],
+                    max_pending,
+                    ack_wait_ms,
+                    max_deliver,
+                    credit,
+                    queue,
+                    durable,
+                }
             },
         )
 }

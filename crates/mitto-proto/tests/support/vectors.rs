@@ -57,6 +57,7 @@ pub fn body_json(f: &Frame) -> Option<Value> {
                 "delivery": format!("{:?}", o.delivery), "policy": format!("{:?}", o.policy),
                 "max_pending": o.max_pending, "ack_wait_ms": o.ack_wait_ms,
                 "max_deliver": o.max_deliver, "credit": o.credit, "queue": o.queue,
+                "durable": o.durable,
             })
         }
         FrameType::Unsubscribe => json!({ "after": decode_opt_u32(p, "UNSUBSCRIBE").ok()? }),
