@@ -71,10 +71,10 @@ async fn main() -> mitto::Result<()> {
     let running = calculator().bind(&url).await?;
     let c = Client::connect(running.local_url(), ClientOptions::new()).await?;
 
-    let sum: f64 = c.call_typed("calc.add", &Pair { a: 2.0, b: 40.0 }).await?;
+    let sum: f64 = c.call_typed("calc.add", Pair { a: 2.0, b: 40.0 }).await?;
     println!("2 + 40 = {sum}");
     match c
-        .call_typed::<_, f64>("calc.div", &Pair { a: 1.0, b: 0.0 })
+        .call_typed::<_, f64>("calc.div", Pair { a: 1.0, b: 0.0 })
         .await
     {
         Ok(q) => println!("1 / 0 = {q}?"),

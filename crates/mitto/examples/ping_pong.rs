@@ -1,4 +1,4 @@
-//! The Mitto seed's ping/pong: a client sends a typed `Ping` request and gets a `Pong` back.
+//! Ping/pong: a client sends a typed `Ping` request and gets a `Pong` back.
 //!
 //! ```text
 //! cargo run -p mitto --example ping_pong                      # server and client in one process
@@ -31,7 +31,7 @@ async fn client(url: &str, count: u64) -> mitto::Result<()> {
     let c = Client::connect(url, ClientOptions::new().name("ping-pong-example")).await?;
     let t0 = Instant::now();
     for seq in 0..count {
-        let pong: Pong = c.call_typed("base.ping", &Ping { seq }).await?;
+        let pong: Pong = c.call_typed("base.ping", Ping { seq }).await?;
         assert_eq!(pong.seq, seq, "pong answers its ping");
     }
     let per = t0.elapsed() / count.max(1) as u32;

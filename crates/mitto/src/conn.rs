@@ -5,17 +5,20 @@
 //! small control channel for cancels, credits and URGENT frames, which is drained first), are
 //! encoded into an outbox and leave in vectored writes of many frames at once. While the
 //! outbox holds more than its high-water mark, the driver stops taking commands, so a slow peer
-//! pushes back on the senders instead of growing memory.
+//! pushes back on the senders instead of growing memory. On the accepting side
+//! ([`DriverConfig::slow_reader`]) it also stops reading from the peer meanwhile, so that a peer
+//! that sends (PINGs, requests) without reading the answers is slowed by its transport instead
+//! of filling this side's memory, and it closes a connection whose outbox stays over the mark
+//! too long (PROTOCOL.md 9.4).
 
 use crate::error::Error;
 use crate::transport::Io;
-use bytes::{Buf, Bytes, BytesMut};
-use mitto_proto::{Decoder, EncodeError, Frame, FrameType, Limits, Status};
-use std::collections::VecDeque;
+use bytes::{Bytes, BytesMut};
+use mitto_proto::{Decoder, Frame, FrameType, Limits, Status};
 use std::future::poll_fn;
 use std::future::Future;
-use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -23,12 +26,10 @@ use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
-/// Payloads at least this long are written from their own `Bytes`, not copied into the buffer.
-const INLINE_PAYLOAD_MAX: usize = 8 * 1024;
-/// Stop taking commands while this many bytes wait to be written.
-const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
-/// At most this many slices per vectored write.
-const MAX_IOVECS: usize = 64;
+pub(crate) use crate::lane::Lane;
+use crate::outbox::Outbox;
+pub use crate::outbox::OUTBOX_HIGH_WATER;
+
 /// While handling a long run of received frames, the outbox is written every this many of
 /// them...
 const EARLY_FLUSH_FRAMES: u32 = 64;
@@ -36,222 +37,13 @@ const EARLY_FLUSH_FRAMES: u32 = 64;
 const EARLY_FLUSH_BYTES: usize = 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
-/// Room the outbox makes at once for runs of small frames.
-const OUT_CHUNK: usize = 64 * 1024;
-
-/// Bytes waiting to be written, in frame order, URGENT frames first.
-#[derive(Default)]
-pub(crate) struct Outbox {
-    /// The chunk being written (possibly partly).
-    front: Bytes,
-    /// Encoded URGENT frames: written as soon as the front chunk is done.
-    urgent: BytesMut,
-    /// Frame-aligned chunks: runs of small frames, and large payloads on their own.
-    queue: VecDeque<Bytes>,
-    /// Small frames being collected.
-    cur: BytesMut,
-    len: usize,
-    /// On an in-process link: frames are handed over as they are, URGENT ones first.
-    link: bool,
-    frames: Vec<Frame>,
-    urgent_frames: Vec<Frame>,
-}
-
-impl Outbox {
-    fn for_link() -> Outbox {
-        Outbox {
-            link: true,
-            ..Outbox::default()
-        }
-    }
-
-    /// Queues a frame. A frame whose attached value encodes over `max_payload` is dropped
-    /// (and logged): the peer's decoder would refuse it.
-    pub(crate) fn push_checked(&mut self, f: &Frame, max_payload: u32) -> Result<(), EncodeError> {
-        if f.value.is_some() && !self.link {
-            let mut m = f.clone();
-            if let Err(e) = m.materialize() {
-                tracing::warn!(error = %e, subject = m.subject.as_str(), "cannot encode an attached value; frame dropped");
-                return Ok(());
-            }
-            if m.payload.len() > max_payload as usize {
-                tracing::warn!(
-                    len = m.payload.len(),
-                    max_payload,
-                    subject = m.subject.as_str(),
-                    "an attached value encodes over the peer's payload limit; frame dropped"
-                );
-                return Ok(());
-            }
-            m.value = None;
-            return self.push(&m);
-        }
-        self.push(f)
-    }
-
-    /// Queues a frame.
-    pub(crate) fn push(&mut self, f: &Frame) -> Result<(), EncodeError> {
-        if self.link {
-            self.len += f.encoded_len();
-            if f.is_urgent() {
-                self.urgent_frames.push(f.clone());
-            } else {
-                self.frames.push(f.clone());
-            }
-            return Ok(());
-        }
-        if f.value.is_some() {
-            // A value attached in this process: its encoded form goes on the wire.
-            let mut m = f.clone();
-            if let Err(e) = m.materialize() {
-                tracing::warn!(error = %e, subject = m.subject.as_str(), "cannot encode an attached value; frame dropped");
-                return Ok(());
-            }
-            m.value = None;
-            return self.push(&m);
-        }
-        if f.is_urgent() {
-            f.encode(&mut self.urgent)?;
-        } else if f.payload.len() >= INLINE_PAYLOAD_MAX {
-            f.encode_head(&mut self.cur)?;
-            self.queue.push_back(self.cur.split().freeze());
-            self.queue.push_back(f.payload.clone());
-        } else {
-            let need = f.encoded_len();
-            if self.cur.capacity() - self.cur.len() < need {
-                // Full: what it holds becomes a chunk of its own and a new one starts, instead
-                // of growing (and copying) the one being filled.
-                if !self.cur.is_empty() {
-                    self.queue.push_back(self.cur.split().freeze());
-                }
-                self.cur.reserve(need.max(OUT_CHUNK));
-            }
-            f.encode(&mut self.cur)?;
-        }
-        self.len += f.encoded_len();
-        Ok(())
-    }
-
-    /// Queues encoded frames as one chunk, after everything queued before.
-    pub(crate) fn push_encoded(&mut self, b: Bytes) {
-        if b.is_empty() || self.link {
-            return;
-        }
-        if !self.cur.is_empty() {
-            self.queue.push_back(self.cur.split().freeze());
-        }
-        self.len += b.len();
-        self.queue.push_back(b);
-    }
-
-    /// Bytes waiting.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-            && self.urgent_frames.is_empty()
-            && self.front.is_empty()
-            && self.urgent.is_empty()
-            && self.queue.is_empty()
-            && self.cur.is_empty()
-    }
-
-    fn over_high_water(&self) -> bool {
-        self.len > OUTBOX_HIGH_WATER
-    }
-
-    /// Writes until empty or the socket is full.
-    fn poll_flush(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Io::Link(l) = io {
-            if self.frames.is_empty() && self.urgent_frames.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            std::task::ready!(l.poll_reserve(cx))?;
-            let mut batch = std::mem::take(&mut self.urgent_frames);
-            if batch.is_empty() {
-                batch = std::mem::take(&mut self.frames);
-            } else {
-                batch.append(&mut self.frames);
-            }
-            self.len = 0;
-            return Poll::Ready(l.send_reserved(batch));
-        }
-        loop {
-            if self.front.is_empty() {
-                self.front = if !self.urgent.is_empty() {
-                    self.urgent.split().freeze()
-                } else if let Some(c) = self.queue.pop_front() {
-                    c
-                } else if !self.cur.is_empty() {
-                    self.cur.split().freeze()
-                } else {
-                    // Everything went to the stream; a TLS stream may still hold records it
-                    // accepted while the socket was full, and nothing else would write them.
-                    return Pin::new(&mut *io).poll_flush(cx);
-                };
-            }
-            let n = if self.queue.is_empty() && self.cur.is_empty() && self.urgent.is_empty() {
-                std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.front))?
-            } else {
-                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOVECS);
-                slices.push(IoSlice::new(&self.front));
-                if !self.urgent.is_empty() {
-                    slices.push(IoSlice::new(&self.urgent));
-                }
-                for c in self.queue.iter().take(MAX_IOVECS - 3) {
-                    slices.push(IoSlice::new(c));
-                }
-                if !self.cur.is_empty() && self.queue.len() <= MAX_IOVECS - 3 {
-                    slices.push(IoSlice::new(&self.cur));
-                }
-                std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.consume(n);
-        }
-    }
-
-    fn consume(&mut self, mut n: usize) {
-        self.len -= n.min(self.len);
-        let k = n.min(self.front.len());
-        self.front.advance(k);
-        n -= k;
-        if n == 0 {
-            return;
-        }
-        let k = n.min(self.urgent.len());
-        self.urgent.advance(k);
-        n -= k;
-        while n > 0 {
-            match self.queue.front_mut() {
-                Some(c) if c.len() <= n => {
-                    n -= c.len();
-                    self.queue.pop_front();
-                }
-                Some(c) => {
-                    c.advance(n);
-                    return;
-                }
-                None => {
-                    self.cur.advance(n);
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// What the driver offers a reactor while it handles a frame or command.
 pub struct Ctx<'a> {
     waker: &'a Waker,
     out: &'a mut Outbox,
     close: &'a mut Option<(Status, String)>,
+    abort: &'a mut Option<Error>,
     limits: &'a Limits,
     /// The driver's (bounded) command queue.
     queue: &'a dyn CommandQueue,
@@ -286,8 +78,11 @@ impl Ctx<'_> {
         self.out.over_high_water()
     }
 
-    /// Queues a frame for sending.
+    /// Queues a frame for sending. An answer that carries a status (ERROR, CLOSE, a failed
+    /// RESPONSE) goes shortened to the peer's limits rather than not at all.
     pub fn send(&mut self, f: &Frame) {
+        let fitted = f.fit_answer(self.limits);
+        let f = fitted.as_ref().unwrap_or(f);
         if let Err(e) = self.out.push_checked(f, self.limits.max_payload) {
             // Frames built here always fit the header; a caller's oversize frame was refused
             // before it reached the driver. Report instead of panicking all the same.
@@ -304,13 +99,24 @@ impl Ctx<'_> {
     /// Queues frames already encoded (whole frames, in order) as they are, without a copy.
     /// Only on byte streams: an in-process link carries frames.
     pub(crate) fn send_encoded(&mut self, b: Bytes) {
-        self.out.push_encoded(b);
+        if let Err(e) = self.out.push_encoded(b) {
+            // Bytes encoded in this process always decode; report instead of panicking.
+            tracing::error!(error = %e, "dropping encoded frames that do not decode");
+        }
     }
 
     /// Starts a graceful close: CLOSE is sent after what is queued, then the socket shuts down.
     pub fn close(&mut self, status: Status, reason: impl Into<String>) {
         if self.close.is_none() {
             *self.close = Some((status, reason.into()));
+        }
+    }
+
+    /// Ends the connection at once, without writing what is queued (for a peer that does not
+    /// read: nothing would reach it); the driver ends with `why`.
+    pub fn fail(&mut self, why: Error) {
+        if self.abort.is_none() {
+            *self.abort = Some(why);
         }
     }
 }
@@ -359,6 +165,36 @@ pub struct DriverConfig {
     /// apart, the driver polls instead of sleeping, for at most this long after the last read;
     /// zero never spins.
     pub spin: Duration,
+    /// The accepting side's hold on a peer that does not read ([`SlowReader`]); `None` on the
+    /// connecting side, which must keep reading whatever it has to write (PROTOCOL.md 9.4).
+    pub slow_reader: Option<SlowReader>,
+    /// Where the driver publishes how many bytes wait in its outbox (for monitoring).
+    pub backlog: Option<Arc<AtomicUsize>>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            limits: Limits::default(),
+            keepalive: None,
+            busy_poll: None,
+            spin: DEFAULT_SPIN,
+            slow_reader: None,
+            backlog: None,
+        }
+    }
+}
+
+/// How the accepting side of a connection treats a peer that does not read what it is sent.
+///
+/// While more than [`OUTBOX_HIGH_WATER`] bytes wait to be written, the driver reads and
+/// decodes nothing more from the peer (its transport then slows it down). If the outbox stays
+/// above the mark, without once falling below it, for `write_deadline`, the connection ends
+/// with SLOW_CONSUMER.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowReader {
+    /// How long the outbox may stay above its mark.
+    pub write_deadline: Duration,
 }
 
 /// The default spin-then-park window of socket connections ([`DriverConfig::spin`]).
@@ -405,71 +241,6 @@ impl Spin {
     }
 }
 
-/// A bounded queue of commands that the driver takes whole: a sender pushes under a lock
-/// (waking the driver only when the queue was empty), the driver swaps the queue for an empty
-/// one. Cheaper per command than a channel when many commands arrive between two turns of the
-/// driver (pipelined calls); a sender that finds it full or closed uses the channel instead.
-pub(crate) struct Lane<T> {
-    items: std::sync::Mutex<LaneItems<T>>,
-    waker: futures_util::task::AtomicWaker,
-    cap: usize,
-}
-
-struct LaneItems<T> {
-    queued: Vec<T>,
-    closed: bool,
-}
-
-impl<T> Lane<T> {
-    pub(crate) fn new(cap: usize) -> Lane<T> {
-        Lane {
-            items: std::sync::Mutex::new(LaneItems {
-                queued: Vec::new(),
-                closed: false,
-            }),
-            waker: futures_util::task::AtomicWaker::new(),
-            cap: cap.max(1),
-        }
-    }
-
-    /// Queues `item`; gives it back if the lane is full or closed.
-    pub(crate) fn push(&self, item: T) -> Result<(), T> {
-        let Ok(mut q) = self.items.lock() else {
-            return Err(item);
-        };
-        if q.closed || q.queued.len() >= self.cap {
-            return Err(item);
-        }
-        let was_empty = q.queued.is_empty();
-        q.queued.push(item);
-        drop(q);
-        if was_empty {
-            self.waker.wake();
-        }
-        Ok(())
-    }
-
-    /// Swaps everything queued into `out` (which must be empty); `waker` is woken by the next
-    /// push into the emptied lane.
-    fn take(&self, waker: &Waker, out: &mut Vec<T>) {
-        self.waker.register(waker);
-        if let Ok(mut q) = self.items.lock() {
-            std::mem::swap(&mut q.queued, out);
-        }
-    }
-
-    /// Refuses further pushes; returns what was still queued.
-    fn close(&self) -> Vec<T> {
-        match self.items.lock() {
-            Ok(mut q) => {
-                q.closed = true;
-                std::mem::take(&mut q.queued)
-            }
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
 /// One connection's task.
 pub struct Driver<R: Reactor> {
     io: Io,
@@ -489,9 +260,18 @@ pub struct Driver<R: Reactor> {
     ping_id: u64,
     close: Option<(Status, String)>,
     close_sent: bool,
+    /// The reactor asked to end the connection at once.
+    abort: Option<Error>,
     limits: Limits,
-    /// Bytes read past the handshake have not been decoded yet.
-    leftover: bool,
+    /// The read buffer may hold frames not decoded yet: bytes read past the handshake, or
+    /// frames left while the outbox was over its mark.
+    undecoded: bool,
+    slow_reader: Option<SlowReader>,
+    /// Armed while the outbox is over its mark (with a slow-reader hold).
+    stall: Option<Pin<Box<Sleep>>>,
+    backlog: Option<Arc<AtomicUsize>>,
+    /// The peer ended its sending side inside a frame; the driver only writes what answers it.
+    eof: bool,
     busy_poll: Option<Arc<crate::BusyPoll>>,
     /// Spin-then-park (socket connections with a non-zero window only).
     spin: Option<Spin>,
@@ -518,13 +298,10 @@ impl<R: Reactor> Driver<R> {
             .map(|k| now + k)
             .unwrap_or(now + Duration::from_secs(3600));
         let link = matches!(io, Io::Link(_));
+        let out = Outbox::for_io(&io);
         Driver {
             io,
-            out: if link {
-                Outbox::for_link()
-            } else {
-                Outbox::default()
-            },
+            out,
             rbuf: leftover,
             dec: Decoder::new(cfg.limits),
             cmds,
@@ -539,8 +316,13 @@ impl<R: Reactor> Driver<R> {
             ping_id: 0,
             close: None,
             close_sent: false,
+            abort: None,
             limits: cfg.limits,
-            leftover: true,
+            undecoded: true,
+            slow_reader: cfg.slow_reader,
+            stall: None,
+            backlog: cfg.backlog,
+            eof: false,
             busy_poll: cfg.busy_poll,
             spin: (!link && !cfg.spin.is_zero()).then(|| Spin::new(cfg.spin, now)),
         }
@@ -575,10 +357,16 @@ impl<R: Reactor> Driver<R> {
                 waker,
                 out: &mut self.out,
                 close: &mut self.close,
+                abort: &mut self.abort,
                 limits: &self.limits,
                 queue: &self.cmds,
             },
         )
+    }
+
+    /// Whether reading (and decoding) waits for the outbox to drain below its mark.
+    fn reading_held(&self) -> bool {
+        self.slow_reader.is_some() && self.out.over_high_water()
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -590,17 +378,17 @@ impl<R: Reactor> Driver<R> {
         for _ in 0..8 {
             let mut progress = false;
             progress |= self.poll_commands(cx);
-            if std::mem::take(&mut self.leftover) && !self.rbuf.is_empty() {
+            if self.undecoded && !self.rbuf.is_empty() && !self.reading_held() {
                 // Frames the peer sent right behind its HELLO, after the commands queued before
-                // the driver started (a resumed session's subscriptions) are in place.
-                self.handle_buffered(cx.waker());
-                progress = true;
+                // the driver started (a resumed session's subscriptions) are in place; or
+                // frames left undecoded while the outbox was over its mark.
+                progress |= self.handle_buffered(cx.waker());
             }
             if !self.out.over_high_water() && self.close.is_none() {
                 let (r, mut ctx) = self.ctx(cx.waker());
                 progress |= r.poll_outbound(&mut ctx);
             }
-            let read = if self.reactor.read_paused() {
+            let read = if self.reactor.read_paused() || self.reading_held() {
                 // Held back on purpose: not the peer's silence.
                 self.last_rx = Instant::now();
                 Poll::Pending
@@ -620,37 +408,22 @@ impl<R: Reactor> Driver<R> {
                 }
                 Poll::Pending => {}
             }
-            if let Some((status, reason)) = &self.close {
-                if !self.close_sent {
-                    let f = Frame::close(*status, reason);
-                    let _ = self.out.push(&f);
-                    self.close_sent = true;
-                }
+            if let Some(e) = self.abort.take() {
+                return Poll::Ready(Err(e));
             }
-            let was_high = self.out.over_high_water();
-            let flushed = self.out.poll_flush(&mut self.io, cx);
-            if was_high && !self.out.over_high_water() {
-                // Below the mark again: commands and the reactor's own queue may move on, and
-                // nothing else would wake this task for them.
-                progress = true;
-            }
-            match flushed {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::connection_lost(e))),
-                Poll::Ready(Ok(())) if self.close_sent => {
-                    match &mut self.io {
-                        Io::Link(l) => l.close(),
-                        io => {
-                            let _ = Pin::new(io).poll_shutdown(cx);
-                        }
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                _ => {}
+            if let Some(r) = self.write_step(cx, &mut progress) {
+                return Poll::Ready(r);
             }
             if !progress {
                 budget_left = true;
                 break;
             }
+        }
+        if let Some(b) = &self.backlog {
+            b.store(self.out.len(), Ordering::Relaxed);
+        }
+        if let Poll::Ready(r) = self.poll_stall(cx) {
+            return Poll::Ready(r);
         }
         if !budget_left {
             // Still work to do: yield to other tasks, then come back.
@@ -666,7 +439,68 @@ impl<R: Reactor> Driver<R> {
         Poll::Pending
     }
 
+    /// Queues CLOSE once a close was asked for, then writes what is queued; the connection's
+    /// outcome once CLOSE is out (or writing failed).
+    fn write_step(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Option<Outcome> {
+        if let Some((status, reason)) = &self.close {
+            if !self.close_sent {
+                let f = Frame::close(*status, reason);
+                self.push_answer(&f);
+                self.close_sent = true;
+            }
+        }
+        let was_high = self.out.over_high_water();
+        let flushed = self.out.poll_flush(&mut self.io, cx);
+        if was_high && !self.out.over_high_water() {
+            // Below the mark again: commands, the reactor's own queue and reading may move
+            // on, and nothing else would wake this task for them.
+            *progress = true;
+            self.stall = None;
+        }
+        match flushed {
+            Poll::Ready(Err(e)) => Some(Err(Error::from(e))),
+            Poll::Ready(Ok(())) if self.close_sent => {
+                match &mut self.io {
+                    Io::Link(l) => l.close(),
+                    io => {
+                        let _ = Pin::new(io).poll_shutdown(cx);
+                    }
+                }
+                Some(Ok(()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends the connection when its outbox has stayed over the mark for the write deadline.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(slow) = self.slow_reader else {
+            return Poll::Pending;
+        };
+        if !self.out.over_high_water() {
+            self.stall = None;
+            return Poll::Pending;
+        }
+        let deadline = slow.write_deadline;
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(Error::new(
+            Status::SLOW_CONSUMER,
+            format!(
+                "the peer read too little of the {} bytes waiting for it for {deadline:?}",
+                self.out.len()
+            ),
+        )))
+    }
+
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        if let Poll::Ready(r) = self.poll_stall(cx) {
+            return Poll::Ready(r);
+        }
         let Some(k) = self.keepalive else {
             return Poll::Pending;
         };
@@ -738,18 +572,31 @@ impl<R: Reactor> Driver<R> {
         if matches!(self.io, Io::Link(_)) {
             return self.poll_read_link(cx);
         }
+        if self.eof {
+            return Poll::Pending;
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(READ_CHUNK);
         }
         let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::connection_lost(e))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
             Poll::Ready(Ok(n)) => n,
         };
         if n == 0 {
-            let left = self.rbuf.len();
-            if left > 0 && !self.dec.is_failed() {
-                tracing::debug!(left, "peer closed inside a frame");
+            while !self.dec.is_failed() {
+                match self.dec.decode_eof(&mut self.rbuf) {
+                    Ok(Some(f)) => self.on_frame(f, cx.waker()),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Ended inside a frame: the peer may have shut down only its sending
+                        // side, so it hears why (ERROR, CLOSE) before the connection closes.
+                        tracing::debug!(error = %e, "peer closed inside a frame");
+                        self.eof = true;
+                        self.refuse_bytes(&e, cx.waker());
+                        return Poll::Ready(Ok(true));
+                    }
+                }
             }
             return Poll::Ready(Ok(false));
         }
@@ -788,32 +635,52 @@ impl<R: Reactor> Driver<R> {
         Poll::Ready(Ok(true))
     }
 
-    fn handle_buffered(&mut self, waker: &Waker) {
+    /// Decodes and handles the frames in the read buffer; on the accepting side, only until
+    /// the outbox is over its mark (the rest waits for it to drain). Whether it handled
+    /// any.
+    fn handle_buffered(&mut self, waker: &Waker) -> bool {
         let mut n = 0u32;
+        self.undecoded = false;
         loop {
+            if self.reading_held() {
+                self.undecoded = true;
+                return n > 0;
+            }
             match self.dec.decode(&mut self.rbuf) {
                 Ok(Some(f)) => {
                     self.on_frame(f, waker);
                     n += 1;
-                    if n % EARLY_FLUSH_FRAMES == 0 {
+                    if n.is_multiple_of(EARLY_FLUSH_FRAMES) {
                         self.flush_early(waker);
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return n > 0,
                 Err(e) => {
                     tracing::debug!(error = %e, id = e.id(), "bad frame from peer");
-                    let _ = self
-                        .out
-                        .push(&Frame::error(e.id(), e.status(), &e.to_string()));
+                    self.refuse_bytes(&e, waker);
                     if e.is_fatal() {
-                        self.rbuf.clear();
-                        let (_, mut ctx) = self.ctx(waker);
-                        ctx.close(e.status(), "the byte stream can no longer be trusted");
-                        return;
+                        return true;
                     }
                 }
             }
         }
+    }
+
+    /// Answers a decode error with ERROR; after a fatal one, drops what is buffered and closes
+    /// (CLOSE with the same status).
+    fn refuse_bytes(&mut self, e: &mitto_proto::DecodeError, waker: &Waker) {
+        self.push_answer(&Frame::error(e.id(), e.status(), &e.to_string()));
+        if e.is_fatal() {
+            self.rbuf.clear();
+            let (_, mut ctx) = self.ctx(waker);
+            ctx.close(e.status(), "the byte stream can no longer be trusted");
+        }
+    }
+
+    /// Queues a frame of the driver's own, shortened to the peer's limits if it must be.
+    fn push_answer(&mut self, f: &Frame) {
+        let fitted = f.fit_answer(&self.limits);
+        let _ = self.out.push(fitted.as_ref().unwrap_or(f));
     }
 
     /// Writes what the outbox holds now, in the middle of a run of received frames, so that the
@@ -822,7 +689,7 @@ impl<R: Reactor> Driver<R> {
     /// in-process links, where a handover costs no system call. (Doing the same in a run of
     /// commands measured slower: the sender's batch is better written whole.)
     fn flush_early(&mut self, waker: &Waker) {
-        if self.out.len >= EARLY_FLUSH_BYTES && !matches!(self.io, Io::Link(_)) {
+        if self.out.len() >= EARLY_FLUSH_BYTES && !matches!(self.io, Io::Link(_)) {
             // A write error shows again at the driver's own flush, which handles it.
             let _ = self
                 .out
@@ -847,7 +714,6 @@ impl<R: Reactor> Driver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mitto_proto::Subject;
 
     #[test]
     fn spin_polls_only_between_dense_reads_and_for_one_window() {
@@ -869,114 +735,5 @@ mod tests {
         // A read after a long silence is sparse again.
         s.read(last + Duration::from_millis(5));
         assert!(!s.keep_polling(last + Duration::from_millis(5)));
-    }
-
-    /// Counts its wakes.
-    struct CountWake(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for CountWake {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn lane_hands_over_in_order_wakes_once_per_batch_and_refuses_when_full_or_closed() {
-        let lane = Lane::new(3);
-        let count = Arc::new(CountWake(std::sync::atomic::AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
-        let mut out = Vec::new();
-        lane.take(&waker, &mut out);
-        assert!(out.is_empty());
-        assert_eq!(lane.push(1), Ok(()));
-        assert_eq!(
-            wakes(),
-            1,
-            "the first push into an empty lane wakes the driver"
-        );
-        assert_eq!(lane.push(2), Ok(()));
-        assert_eq!(lane.push(3), Ok(()));
-        assert_eq!(wakes(), 1, "pushes behind it do not");
-        assert_eq!(lane.push(4), Err(4), "full at its capacity");
-        lane.take(&waker, &mut out);
-        assert_eq!(out, vec![1, 2, 3]);
-        out.clear();
-        assert_eq!(lane.push(5), Ok(()));
-        assert_eq!(wakes(), 2, "the emptied lane wakes again");
-        assert_eq!(lane.close(), vec![5], "closing gives back what was queued");
-        assert_eq!(lane.push(6), Err(6), "a closed lane refuses");
-    }
-
-    fn drain(out: &mut Outbox) -> Vec<u8> {
-        let mut v = Vec::new();
-        loop {
-            if out.front.is_empty() {
-                out.front = if !out.urgent.is_empty() {
-                    out.urgent.split().freeze()
-                } else if let Some(c) = out.queue.pop_front() {
-                    c
-                } else if !out.cur.is_empty() {
-                    out.cur.split().freeze()
-                } else {
-                    return v;
-                };
-            }
-            // write 7 bytes at a time, as a slow socket would
-            let n = out.front.len().min(7);
-            v.extend_from_slice(&out.front[..n]);
-            out.consume(n);
-        }
-    }
-
-    #[test]
-    fn outbox_keeps_frame_order_and_puts_urgent_first() {
-        let mut out = Outbox::default();
-        let a = Frame::publish(Subject::literal("a").unwrap(), "1");
-        let big = Frame::publish(Subject::literal("b").unwrap(), vec![9u8; 20_000]);
-        let u = Frame::publish(Subject::literal("u").unwrap(), "!")
-            .with_flags(mitto_proto::Flags::URGENT);
-        out.push(&a).unwrap();
-        out.push(&big).unwrap();
-        out.push(&u).unwrap();
-        out.push(&a).unwrap();
-        assert_eq!(
-            out.len(),
-            a.encoded_len() * 2 + big.encoded_len() + u.encoded_len()
-        );
-        let bytes = drain(&mut out);
-        let mut buf = BytesMut::from(&bytes[..]);
-        let mut dec = Decoder::default();
-        let mut got = Vec::new();
-        while let Some(f) = dec.decode(&mut buf).unwrap() {
-            got.push(f.subject.as_str().to_owned());
-        }
-        assert_eq!(got, ["u", "a", "b", "a"]);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn small_frames_past_a_chunk_start_a_new_chunk_in_order_without_copying() {
-        let mut out = Outbox::default();
-        let n = 3 * OUT_CHUNK / 160;
-        for i in 0..n {
-            let f =
-                Frame::publish(Subject::literal("s").unwrap(), vec![0u8; 128]).with_id(i as u64);
-            out.push(&f).unwrap();
-        }
-        assert!(
-            out.queue.len() >= 2,
-            "full chunks were set aside, not grown: {}",
-            out.queue.len()
-        );
-        let bytes = drain(&mut out);
-        let mut buf = BytesMut::from(&bytes[..]);
-        let mut dec = Decoder::default();
-        let mut ids = Vec::new();
-        while let Some(f) = dec.decode(&mut buf).unwrap() {
-            ids.push(f.id);
-        }
-        assert_eq!(ids, (0..n as u64).collect::<Vec<_>>());
-        assert!(out.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use mitto_proto::{DecodeError, EncodeError, Status};
 use std::fmt;
+use std::sync::Arc;
 
 /// A failed operation.
 ///
@@ -26,7 +27,13 @@ struct Inner {
     details: Option<Bytes>,
     retryable: bool,
     remote: bool,
+    /// The lower-level error this one came from (an I/O error, a decoding error), shared so
+    /// that an `Error` stays `Clone`.
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+/// The custom header that carries an error's machine-readable details.
+pub(crate) const ERROR_DETAILS_HEADER: &str = "error-details";
 
 /// `Result<T, mitto::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,6 +47,7 @@ impl Error {
             details: None,
             retryable: status.is_retryable(),
             remote: false,
+            source: None,
         }))
     }
 
@@ -69,6 +77,12 @@ impl Error {
     /// Attaches machine-readable details (sent as the ERROR/RESPONSE payload's companion).
     pub fn with_details(mut self, details: impl Into<Bytes>) -> Error {
         self.0.details = Some(details.into());
+        self
+    }
+
+    /// Keeps `source` as the cause of this error ([`std::error::Error::source`]).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.0.source = Some(Arc::new(source));
         self
     }
 
@@ -133,11 +147,16 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let e: &(dyn std::error::Error + 'static) = self.0.source.as_deref()?;
+        Some(e)
+    }
+}
 
 impl From<DecodeError> for Error {
     fn from(e: DecodeError) -> Error {
-        Error::new(e.status(), e.to_string())
+        Error::new(e.status(), e.to_string()).with_source(e)
     }
 }
 
@@ -148,13 +167,13 @@ impl From<EncodeError> for Error {
             EncodeError::TooLarge { .. } => Status::PAYLOAD_TOO_LARGE,
             _ => Status::BAD_REQUEST,
         };
-        Error::new(status, e.to_string())
+        Error::new(status, e.to_string()).with_source(e)
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
-        Error::connection_lost(e)
+        Error::connection_lost(&e).with_source(e)
     }
 }
 
@@ -182,5 +201,20 @@ mod tests {
             e.to_string(),
             format!("{}: no such thing", Status::NOT_FOUND)
         );
+    }
+
+    #[test]
+    fn an_io_error_stays_the_source() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = Error::from(io);
+        assert_eq!(e.status(), Status::UNAVAILABLE);
+        let source = e.source().expect("the io::Error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("as an io::Error, not text");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(e.clone().source().is_some(), "clones keep it");
+        assert!(Error::new(Status::NOT_FOUND, "x").source().is_none());
     }
 }

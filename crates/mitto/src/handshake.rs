@@ -1,12 +1,18 @@
 //! The HELLO exchange that opens every connection, before the driver takes over.
+//!
+//! Until it completes, both sides decode with [`Limits::HANDSHAKE`] (PROTOCOL.md 8.1): a peer
+//! that has not yet been admitted can make this side buffer one small frame, nothing more.
 
 use crate::error::{Error, Result};
-use crate::transport::Io;
+use crate::transport::{Incoming, Io};
 use bytes::BytesMut;
 use mitto_proto::negotiate::{negotiate, Negotiated};
-use mitto_proto::{Decoder, Flags, Frame, FrameType, Hello, Status};
+use mitto_proto::{Decoder, Flags, Frame, FrameType, Hello, Limits, Status};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How much a handshake read asks the buffer for at a time.
+const READ_STEP: usize = 4096;
 
 /// Writes frames (encoded in one buffer, or as they are on an in-process link) and flushes.
 pub(crate) async fn write_frames(io: &mut Io, frames: Vec<Frame>) -> Result<()> {
@@ -50,7 +56,9 @@ pub(crate) async fn read_frame(
         if let Some(f) = dec.decode(buf)? {
             return Ok(f);
         }
-        buf.reserve(4096);
+        if buf.capacity() - buf.len() < READ_STEP / 4 {
+            buf.reserve(READ_STEP);
+        }
         if io.read_buf(buf).await? == 0 {
             return Err(Error::connection_lost("peer closed during the handshake"));
         }
@@ -66,8 +74,8 @@ pub async fn client(
 ) -> Result<(Negotiated, Hello, BytesMut)> {
     let run = async {
         write_frame(io, &Frame::hello(offer, false)?).await?;
-        let mut dec = Decoder::default();
-        let mut buf = BytesMut::with_capacity(4096);
+        let mut dec = Decoder::new(Limits::HANDSHAKE);
+        let mut buf = BytesMut::with_capacity(READ_STEP);
         let f = read_frame(io, &mut dec, &mut buf).await.map_err(|e| {
             if e.status() == Status::PROTOCOL_ERROR {
                 Error::new(
@@ -88,6 +96,7 @@ pub async fn client(
                     .map_err(|k| Error::new(Status::PROTOCOL_ERROR, k.to_string()))?;
                 let agreed =
                     negotiate(offer, &reply).map_err(|e| Error::new(e.status(), e.to_string()))?;
+                io.set_frame_limit(agreed.limits.max_frame());
                 Ok((agreed, reply, buf))
             }
             FrameType::Error | FrameType::Close => Err(Error::from_remote(f.status, &f.payload)),
@@ -106,52 +115,128 @@ pub async fn client(
     })?
 }
 
+/// Reads the client's first frame. A refusal carries the id its ERROR names (section 14.3 of
+/// the spec: the header's id, or 0 when none could be read); `None` when the peer is gone and
+/// nothing can be answered.
+async fn read_first(
+    io: &mut Io,
+    dec: &mut Decoder,
+    buf: &mut BytesMut,
+) -> std::result::Result<Frame, (Option<u64>, Error)> {
+    if matches!(io, Io::Link(_)) {
+        return read_frame(io, dec, buf).await.map_err(|e| (None, e));
+    }
+    loop {
+        match dec.decode(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err((Some(e.id()), e.into())),
+        }
+        if buf.capacity() - buf.len() < READ_STEP / 4 {
+            buf.reserve(READ_STEP);
+        }
+        match io.read_buf(buf).await {
+            Ok(0) => {
+                return Err(match dec.decode_eof(buf) {
+                    Err(e) => (Some(e.id()), e.into()),
+                    Ok(_) => (
+                        None,
+                        Error::connection_lost("peer closed during the handshake"),
+                    ),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => return Err((None, e.into())),
+        }
+    }
+}
+
 /// Server side: waits for the client's HELLO, checks it with `admit`, negotiates and replies.
-/// Every refusal is sent to the client as an ERROR frame before the error is returned.
+/// Every refusal, whether the first frame could not be decoded or was not an acceptable HELLO,
+/// is sent the same way: ERROR (the id of the offending frame where known, else 0), then CLOSE
+/// with the same status, then the connection closes.
 pub async fn server(
     io: &mut Io,
     local: &Hello,
     timeout: Duration,
     admit: impl FnOnce(&Hello) -> Result<(String, String, bool)>,
 ) -> Result<(Negotiated, Hello, BytesMut)> {
+    server_with(io, local, timeout, admit, |_| Duration::ZERO).await
+}
+
+/// A new connection's setup on the accepting side, all within `timeout`: the transport's own
+/// handshake (TLS, WebSocket upgrade), then [`server_with`]. A peer that stays silent, at either step, is closed
+/// when the time is up (the error's status is TIMEOUT).
+pub async fn accept(
+    inc: Incoming,
+    local: &Hello,
+    timeout: Duration,
+    admit: impl FnOnce(&Hello) -> Result<(String, String, bool)>,
+    refusal_delay: impl FnOnce(&Error) -> Duration,
+) -> Result<(Io, Negotiated, Hello, BytesMut)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut io = tokio::time::timeout_at(deadline, inc.establish())
+        .await
+        .map_err(|_| {
+            Error::new(
+                Status::TIMEOUT,
+                format!("transport setup not done within {timeout:?}"),
+            )
+        })??;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let (agreed, hello, leftover) = server_with(&mut io, local, left, admit, refusal_delay).await?;
+    Ok((io, agreed, hello, leftover))
+}
+
+/// [`server`], with a pause of `refusal_delay(&error)` before a refusal is sent (a peer
+/// guessing credentials waits for each answer; the pause counts against `timeout`).
+pub async fn server_with(
+    io: &mut Io,
+    local: &Hello,
+    timeout: Duration,
+    admit: impl FnOnce(&Hello) -> Result<(String, String, bool)>,
+    refusal_delay: impl FnOnce(&Error) -> Duration,
+) -> Result<(Negotiated, Hello, BytesMut)> {
     let run = async {
-        let mut dec = Decoder::default();
-        let mut buf = BytesMut::with_capacity(4096);
-        let f = match read_frame(io, &mut dec, &mut buf).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = write_frame(io, &Frame::error(0, e.status(), e.message())).await;
-                return Err(e);
-            }
-        };
-        let refuse = |id: u64, e: Error| (Box::new(Frame::error(id, e.status(), e.message())), e);
-        let outcome = if f.frame_type != FrameType::Hello || f.flags.contains(Flags::REPLY) {
-            Err(refuse(
+        let mut dec = Decoder::new(Limits::HANDSHAKE);
+        let mut buf = BytesMut::with_capacity(READ_STEP);
+        let outcome = match read_first(io, &mut dec, &mut buf).await {
+            Err((None, e)) => return Err(e),
+            Err((Some(id), e)) => Err((id, e)),
+            Ok(f) if f.frame_type != FrameType::Hello || f.flags.contains(Flags::REPLY) => Err((
                 f.id,
                 Error::new(
                     Status::UNEXPECTED_FRAME,
                     format!("the first frame must be HELLO, not {}", f.frame_type.name()),
                 ),
-            ))
-        } else {
-            let hello = Hello::decode(&f.payload)
-                .map_err(|k| refuse(f.id, Error::new(Status::BAD_REQUEST, k.to_string())));
-            hello.and_then(|h| {
-                let agreed = negotiate(local, &h)
-                    .map_err(|e| refuse(f.id, Error::new(e.status(), e.to_string())))?;
-                let (client_id, session, resumed) = admit(&h).map_err(|e| refuse(f.id, e))?;
-                Ok((agreed, h, client_id, session, resumed))
-            })
+            )),
+            Ok(f) => Hello::decode(&f.payload)
+                .map_err(|k| (f.id, Error::new(Status::BAD_REQUEST, k.to_string())))
+                .and_then(|h| {
+                    let agreed = negotiate(local, &h)
+                        .map_err(|e| (f.id, Error::new(e.status(), e.to_string())))?;
+                    let (client_id, session, resumed) = admit(&h).map_err(|e| (f.id, e))?;
+                    Ok((f.id, agreed, h, client_id, session, resumed))
+                }),
         };
         match outcome {
-            Ok((agreed, h, client_id, session, resumed)) => {
+            Ok((id, agreed, h, client_id, session, resumed)) => {
                 let reply = agreed.reply(&local.name, &client_id, &session, resumed);
-                write_frame(io, &Frame::hello(&reply, true)?.with_id(f.id)).await?;
+                write_frame(io, &Frame::hello(&reply, true)?.with_id(id)).await?;
+                // Admitted: a WebSocket's messages may now be as large as the agreed frames.
+                io.set_frame_limit(agreed.limits.max_frame());
                 Ok((agreed, h, buf))
             }
-            Err((frame, e)) => {
-                let _ = write_frame(io, &frame).await;
-                let _ = write_frame(io, &Frame::close(e.status(), e.message())).await;
+            Err((id, e)) => {
+                let pause = refusal_delay(&e);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                let refusal = vec![
+                    Frame::error(id, e.status(), e.message()),
+                    Frame::close(e.status(), e.message()),
+                ];
+                let _ = write_frames(io, refusal).await;
                 shutdown(io).await;
                 Err(e)
             }

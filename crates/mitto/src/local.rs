@@ -2,7 +2,7 @@
 //! offers clients attached to it over an in-process link, and typed values that travel without
 //! being serialized.
 //!
-//! A `mem://` or `inproc://` connection is a [`Link`](crate::transport::Link): frames move
+//! A `mem://` or `inproc://` connection is a `Link` (in the transport module): frames move
 //! between the two tasks by reference, never encoded. A server may also hand the client a
 //! [`LocalPort`] during the handshake; the client then publishes by routing in its own task and
 //! reads its subscriptions straight from the server's queues, with no connection task in
@@ -10,12 +10,12 @@
 //! as frames, so the semantics are those of the broker whatever the transport.
 
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use mitto_proto::local::LocalPayload;
 use mitto_proto::Frame;
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -45,9 +45,6 @@ pub trait LocalPort: Send + Sync + 'static {
     fn publish(&self, f: Frame) -> Result<Published>;
     /// The queue of subscription `sid` of this connection, once the server confirmed it.
     fn subscription(&self, sid: u32) -> Option<Arc<dyn LocalQueue>>;
-    /// Declares that `filter` carries values of Rust type `ty` (named `name`). Fails with
-    /// TYPE_MISMATCH when a subject the filter can match already carries another type.
-    fn bind_type(&self, filter: &str, ty: TypeId, name: &'static str) -> Result<()>;
 }
 
 /// A subscription's queue at an in-process server, read by the subscriber's own task.
@@ -97,28 +94,12 @@ impl<T: serde::Serialize + Send + Sync + 'static> LocalPayload for Typed<T> {
     }
 }
 
-/// The value attached to a frame, if it is a `T`: `Ok(None)` when no value is attached,
-/// `Err` (BAD_REQUEST, naming both types) when it is another type.
-pub(crate) fn take_typed<'s, T: Send + Sync + 'static>(
+/// The value attached to a frame, if it is a `T` (no decoding): `None` when no value is
+/// attached or it is of another type.
+pub(crate) fn take_typed<T: Send + Sync + 'static>(
     a: Option<&mitto_proto::local::Attachment>,
-    subject: impl FnOnce() -> &'s str,
-) -> Result<Option<Arc<T>>> {
-    let Some(a) = a else { return Ok(None) };
-    if let Some(t) = a.0.as_any().downcast_ref::<Typed<T>>() {
-        return Ok(Some(t.value.clone()));
-    }
-    // The subject is read (checked as text) only for the error.
-    Err(type_mismatch(
-        subject(),
-        a.0.type_name(),
-        std::any::type_name::<T>(),
-    ))
-}
-
-/// The error of a value of type `got` reaching a place that expects `want`.
-pub fn type_mismatch(subject: &str, got: &str, want: &str) -> Error {
-    Error::new(
-        mitto_proto::Status::BAD_REQUEST,
-        format!("type mismatch: {subject} carries {got}, not {want}"),
-    )
+) -> Option<Arc<T>> {
+    a?.0.as_any()
+        .downcast_ref::<Typed<T>>()
+        .map(|t| t.value.clone())
 }

@@ -108,24 +108,24 @@ async fn unary(kind: Kind) {
     assert_eq!(c.call("echo", "hello").await.unwrap(), Bytes::from("hello"));
     assert_eq!(c.call("echo", Bytes::new()).await.unwrap(), Bytes::new());
     let sum: i64 = c
-        .call_typed("calc.add", &Pair { a: 2, b: 40 })
+        .call_typed("calc.add", Pair { a: 2, b: 40 })
         .await
         .unwrap();
     assert_eq!(sum, 42);
-    let sq: Num = c.call_proto("calc.square", &Num { v: -12 }).await.unwrap();
+    let sq: Num = c.call_proto("calc.square", Num { v: -12 }).await.unwrap();
     assert_eq!(sq.v, 144);
     // MessagePack, chosen by the client's codec and answered in kind.
     let mp = Client::connect(srv.local_url(), client_options(kind).codec(Codec::MsgPack))
         .await
         .unwrap();
     let sum: i64 = mp
-        .call_typed("calc.add", &Pair { a: -5, b: 3 })
+        .call_typed("calc.add", Pair { a: -5, b: 3 })
         .await
         .unwrap();
     assert_eq!(sum, -2);
     // A handler's error comes back typed, with its details.
     let e = c
-        .call_typed::<_, i64>("calc.div", &Pair { a: 1, b: 0 })
+        .call_typed::<_, i64>("calc.div", Pair { a: 1, b: 0 })
         .await
         .unwrap_err();
     assert_eq!(e.status(), Status::EXECUTION_ERROR);
@@ -386,7 +386,7 @@ async fn many_concurrent(kind: Kind) {
     let calls = (0..1000i64).map(|i| {
         let c = c.clone();
         async move {
-            c.call_typed::<_, i64>("calc.add", &Pair { a: i, b: i })
+            c.call_typed::<_, i64>("calc.add", Pair { a: i, b: i })
                 .await
         }
     });
@@ -428,6 +428,22 @@ async fn oversize(kind: Kind) {
     let e = c.call("echo", vec![7u8; 2000]).await.unwrap_err();
     assert_eq!(e.status(), Status::PAYLOAD_TOO_LARGE);
     assert!(!e.is_retryable());
+    // A headers block over the agreed limit (64 KiB) is not sent either, on any transport.
+    let max = c.negotiated().unwrap().limits.max_headers as usize;
+    let big = Headers::new()
+        .with("a", vec![b'x'; max / 2])
+        .with("b", vec![b'x'; max / 2]);
+    let e = c
+        .call_with("echo", "x", CallOptions::new().headers(big))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Status::PAYLOAD_TOO_LARGE, "{e}");
+    assert!(!e.is_remote(), "refused before it was sent: {e}");
+    assert_eq!(
+        srv.stats().values["calls_total"],
+        0,
+        "neither call reached the server"
+    );
     // The connection survives.
     assert_eq!(c.call("echo", vec![1u8; 1024]).await.unwrap().len(), 1024);
     srv.shutdown().await;
@@ -598,7 +614,14 @@ macro_rules! transport_tests {
     )*};
 }
 
-transport_tests!(mem => Kind::Mem, tcp => Kind::Tcp, unix => Kind::Unix, tls => Kind::Tls);
+transport_tests!(
+    mem => Kind::Mem,
+    tcp => Kind::Tcp,
+    unix => Kind::Unix,
+    tls => Kind::Tls,
+    ws => Kind::Ws,
+    wss => Kind::Wss,
+);
 
 /// Latency mode: a server and a client whose connections keep one poller polling answer calls
 /// as usual; the poller polls while calls flow and sleeps once they stop.

@@ -16,6 +16,10 @@ pub(crate) enum Kind {
     Tcp,
     Unix,
     Tls,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -44,6 +48,8 @@ pub(crate) fn fresh_url(kind: Kind) -> String {
         Kind::Mem => format!("mem://test-{}-{n}", std::process::id()),
         Kind::Tcp => "tcp://127.0.0.1:0".into(),
         Kind::Tls => "tls://127.0.0.1:0".into(),
+        Kind::Ws => "ws://127.0.0.1:0/mitto".into(),
+        Kind::Wss => "wss://127.0.0.1:0".into(),
         Kind::Unix => {
             let p =
                 std::env::temp_dir().join(format!("mitto-test-{}-{n}.sock", std::process::id()));
@@ -55,7 +61,7 @@ pub(crate) fn fresh_url(kind: Kind) -> String {
 /// Server options with TLS set when `kind` needs it.
 pub(crate) fn server_options(kind: Kind) -> ServerOptions {
     let o = ServerOptions::new();
-    if kind == Kind::Tls {
+    if matches!(kind, Kind::Tls | Kind::Wss) {
         let c = certs();
         o.tls(TlsServerConfig::from_pem(c.cert.as_bytes(), c.key.as_bytes()).expect("server TLS"))
     } else {
@@ -68,7 +74,7 @@ pub(crate) fn client_options(kind: Kind) -> ClientOptions {
     let o = ClientOptions::new()
         .timeout(Duration::from_secs(10))
         .backoff(Duration::from_millis(10), Duration::from_millis(200));
-    if kind == Kind::Tls {
+    if matches!(kind, Kind::Tls | Kind::Wss) {
         o.tls(TlsClientConfig::with_ca_pem(certs().cert.as_bytes()).expect("client TLS"))
     } else {
         o

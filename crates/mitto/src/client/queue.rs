@@ -2,7 +2,7 @@
 //! for the driver.
 //!
 //! Unary calls and fire-and-forget publishes are encoded by their callers into the connection's
-//! call table buffer ([`crate::calls`]), which the driver takes whole; every other command
+//! call table buffer ([`crate::client::calls`]), which the driver takes whole; every other command
 //! (subscriptions, calls that need the driver's bookkeeping, large publishes, acknowledged
 //! ones, flushes, close) goes through the bounded command queue. Both reach the socket in the
 //! order they were made: before a command enters the queue, what was written into the buffer
@@ -10,7 +10,7 @@
 //! the buffer only while the queue is empty (asked under the same lock). A frame written after
 //! a command never leaves before it, and one written before it never after it.
 
-use crate::calls::Calls;
+use super::calls::Calls;
 use crate::client::Cmd;
 use std::sync::Arc;
 use tokio::sync::mpsc;

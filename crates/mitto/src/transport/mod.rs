@@ -3,25 +3,32 @@
 //! | URL | transport |
 //! |---|---|
 //! | `mem://name` (or `inproc://name`) | in-process [`Link`]: frames move by reference, never encoded |
-//! | `tcp://host:port` | TCP with `TCP_NODELAY` and keepalive |
+//! | `tcp://host:port`, or just `host:port` | TCP with `TCP_NODELAY` and keepalive |
 //! | `unix:///path/to/socket` | Unix domain socket |
 //! | `tls://host:port` | TLS 1.2/1.3 over TCP (rustls) |
+//! | `ws://host:port/path` | WebSocket (subprotocol `mitto.v1`, binary messages of whole frames) |
+//! | `wss://host:port/path` | WebSocket over TLS |
 //!
 //! User code names a URL; nothing else changes between transports.
 
+mod link;
+mod tls;
+mod ws;
+
+pub use link::{Link, PortSlot};
+pub use tls::{TlsClientConfig, TlsServerConfig};
+pub use ws::{WsIo, SUBPROTOCOL};
+
 use crate::error::{Error, Result};
-use crate::local::LocalPort;
-use mitto_proto::Frame;
+use link::mem_registry;
 use mitto_proto::Status;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::collections::{HashMap, VecDeque};
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -33,41 +40,82 @@ use tokio::sync::mpsc;
 pub enum Endpoint {
     /// `mem://name`: an in-process pipe registered under `name`.
     Mem(String),
-    /// `tcp://host:port`.
+    /// `inproc://name`: the same pipe as `mem://name`, under the name the user wrote.
+    Inproc(String),
+    /// `tcp://host:port`, or a bare `host:port`.
     Tcp(String),
     /// `unix:///path`.
     Unix(PathBuf),
     /// `tls://host:port`; the host is also the server name checked against the certificate.
     Tls(String),
+    /// `ws://host:port/path` (port 80 when left out).
+    Ws(WsAddr),
+    /// `wss://host:port/path` (port 443 when left out): WebSocket over TLS, the host checked
+    /// against the certificate.
+    Wss(WsAddr),
 }
+
+/// Where a WebSocket endpoint is: the TCP address and the request path.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct WsAddr {
+    /// `host:port`.
+    pub addr: String,
+    /// The request target, starting with `/` (a query string included).
+    pub path: String,
+}
+
+impl WsAddr {
+    fn parse(rest: &str, default_port: u16, bad: impl Fn(&str) -> Error) -> Result<WsAddr> {
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_owned()),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().ok()),
+            _ => (authority, Some(default_port)),
+        };
+        let (false, Some(port)) = (host.is_empty(), port) else {
+            return Err(bad("expected host[:port][/path] with a numeric port"));
+        };
+        let addr = format!("{host}:{port}");
+        Ok(WsAddr { addr, path })
+    }
+}
+
+/// Every scheme a URL may have (a bare `host:port` is `tcp`).
+pub const SCHEMES: &[&str] = &["mem", "inproc", "tcp", "unix", "tls", "ws", "wss"];
 
 impl FromStr for Endpoint {
     type Err = Error;
     fn from_str(url: &str) -> Result<Endpoint> {
         let bad =
             |why: &str| Error::new(Status::BAD_REQUEST, format!("invalid URL {url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected scheme://address"))?;
+        // A bare `host:port` is TCP, as users of nats-server and redis type it.
+        let (scheme, rest) = url.split_once("://").unwrap_or(("tcp", url));
         if rest.is_empty() {
             return Err(bad("empty address"));
         }
         let host_port = |rest: &str| {
             let (h, p) = rest
                 .rsplit_once(':')
-                .ok_or_else(|| bad("expected host:port"))?;
-            if h.is_empty() || p.parse::<u16>().is_err() {
+                .ok_or_else(|| bad("expected host:port or scheme://address"))?;
+            if h.is_empty() || h.contains('/') || p.parse::<u16>().is_err() {
                 return Err(bad("expected host:port with a numeric port"));
             }
             Ok(rest.to_owned())
         };
         match scheme {
-            "mem" | "inproc" => Ok(Endpoint::Mem(rest.to_owned())),
+            "mem" => Ok(Endpoint::Mem(rest.to_owned())),
+            "inproc" => Ok(Endpoint::Inproc(rest.to_owned())),
             "tcp" => host_port(rest).map(Endpoint::Tcp),
             "tls" => host_port(rest).map(Endpoint::Tls),
             "unix" => Ok(Endpoint::Unix(PathBuf::from(rest))),
+            "ws" => WsAddr::parse(rest, 80, bad).map(Endpoint::Ws),
+            "wss" => WsAddr::parse(rest, 443, bad).map(Endpoint::Wss),
             other => Err(bad(&format!(
-                "unknown scheme {other:?} (mem, tcp, unix, tls)"
+                "unknown scheme {other:?} (one of {})",
+                SCHEMES.join(", ")
             ))),
         }
     }
@@ -77,9 +125,12 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Mem(n) => write!(f, "mem://{n}"),
+            Endpoint::Inproc(n) => write!(f, "inproc://{n}"),
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
             Endpoint::Tls(a) => write!(f, "tls://{a}"),
+            Endpoint::Ws(w) => write!(f, "ws://{}{}", w.addr, ws::shown_path(&w.path)),
+            Endpoint::Wss(w) => write!(f, "wss://{}{}", w.addr, ws::shown_path(&w.path)),
         }
     }
 }
@@ -87,206 +138,6 @@ impl fmt::Display for Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Endpoint({self})")
-    }
-}
-
-/// TLS settings of a client: the roots it trusts.
-#[derive(Clone)]
-pub struct TlsClientConfig(Arc<rustls::ClientConfig>);
-
-impl TlsClientConfig {
-    /// Trusts the CA certificates in `pem` (and nothing else).
-    pub fn with_ca_pem(pem: &[u8]) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| Error::new(Status::BAD_REQUEST, format!("CA PEM: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::new(Status::BAD_REQUEST, format!("CA cert: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(Error::new(
-                Status::BAD_REQUEST,
-                "CA PEM holds no certificate",
-            ));
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::new(Status::INTERNAL, e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(TlsClientConfig(Arc::new(cfg)))
-    }
-
-    /// Uses a rustls configuration as it is.
-    pub fn from_rustls(cfg: Arc<rustls::ClientConfig>) -> Self {
-        TlsClientConfig(cfg)
-    }
-}
-
-impl fmt::Debug for TlsClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TlsClientConfig")
-    }
-}
-
-/// TLS settings of a server: its certificate chain and key.
-#[derive(Clone)]
-pub struct TlsServerConfig(Arc<rustls::ServerConfig>);
-
-impl TlsServerConfig {
-    /// From a PEM certificate chain and a PEM private key.
-    pub fn from_pem(cert_chain: &[u8], key: &[u8]) -> Result<Self> {
-        let certs = CertificateDer::pem_slice_iter(cert_chain)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::new(Status::BAD_REQUEST, format!("certificate PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(Error::new(
-                Status::BAD_REQUEST,
-                "certificate PEM holds no certificate",
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| Error::new(Status::BAD_REQUEST, format!("key PEM: {e}")))?;
-        let cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::new(Status::INTERNAL, e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| Error::new(Status::BAD_REQUEST, format!("certificate/key: {e}")))?;
-        Ok(TlsServerConfig(Arc::new(cfg)))
-    }
-
-    /// Uses a rustls configuration as it is.
-    pub fn from_rustls(cfg: Arc<rustls::ServerConfig>) -> Self {
-        TlsServerConfig(cfg)
-    }
-}
-
-impl fmt::Debug for TlsServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TlsServerConfig")
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Frames each direction of a [`Link`] may hold (in batches) before the sender waits.
-const LINK_BATCHES: usize = 64;
-
-/// An in-process connection: each side sends batches of [`Frame`]s that the other receives as
-/// they are (payloads and attached values shared, nothing encoded). One end may also offer the
-/// other a [`LocalPort`] for direct calls.
-pub struct Link {
-    tx: tokio_util::sync::PollSender<Vec<Frame>>,
-    rx: mpsc::Receiver<Vec<Frame>>,
-    pending: VecDeque<Frame>,
-    port: Arc<OnceLock<Arc<dyn LocalPort>>>,
-}
-
-impl fmt::Debug for Link {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Link")
-    }
-}
-
-impl Link {
-    /// Two connected ends.
-    pub fn pair() -> (Link, Link) {
-        let (atx, arx) = mpsc::channel(LINK_BATCHES);
-        let (btx, brx) = mpsc::channel(LINK_BATCHES);
-        let port = Arc::new(OnceLock::new());
-        (
-            Link {
-                tx: tokio_util::sync::PollSender::new(atx),
-                rx: brx,
-                pending: VecDeque::new(),
-                port: port.clone(),
-            },
-            Link {
-                tx: tokio_util::sync::PollSender::new(btx),
-                rx: arx,
-                pending: VecDeque::new(),
-                port,
-            },
-        )
-    }
-
-    /// Sends a batch, waiting while the peer's queue is full.
-    pub async fn send(&mut self, frames: Vec<Frame>) -> Result<()> {
-        std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
-            .await
-            .map_err(|_| Error::connection_lost("the in-process peer went away"))?;
-        self.tx
-            .send_item(frames)
-            .map_err(|_| Error::connection_lost("the in-process peer went away"))
-    }
-
-    /// Waits until a batch can be sent.
-    pub fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tx
-            .poll_reserve(cx)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
-    }
-
-    /// Sends a batch after [`Link::poll_reserve`] said there is room.
-    pub fn send_reserved(&mut self, frames: Vec<Frame>) -> io::Result<()> {
-        self.tx
-            .send_item(frames)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
-    }
-
-    /// Ends this side's sending: the peer reads the end of the stream.
-    pub fn close(&mut self) {
-        self.tx.close();
-    }
-
-    /// The next frame; `None` once the peer is gone.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        loop {
-            if let Some(f) = self.pending.pop_front() {
-                return Poll::Ready(Some(f));
-            }
-            match std::task::ready!(self.rx.poll_recv(cx)) {
-                Some(batch) => self.pending.extend(batch),
-                None => return Poll::Ready(None),
-            }
-        }
-    }
-
-    /// Waits for the next frame.
-    pub async fn recv(&mut self) -> Option<Frame> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// Where the accepting side offers the peer direct calls; offer before the handshake
-    /// reply, so that the client finds it as soon as it is connected.
-    pub fn port_slot(&self) -> PortSlot {
-        PortSlot(self.port.clone())
-    }
-
-    /// The port the peer offered, if any.
-    pub fn port(&self) -> Option<Arc<dyn LocalPort>> {
-        self.port.get().cloned()
-    }
-}
-
-/// The place on a [`Link`] where the accepting side offers a [`LocalPort`].
-#[derive(Clone)]
-pub struct PortSlot(Arc<OnceLock<Arc<dyn LocalPort>>>);
-
-impl PortSlot {
-    /// Offers `port` (the first offer stands).
-    pub fn offer(&self, port: Arc<dyn LocalPort>) {
-        let _ = self.0.set(port);
-    }
-}
-
-impl fmt::Debug for PortSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PortSlot")
     }
 }
 
@@ -303,6 +154,19 @@ pub enum Io {
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// TLS server side.
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// WebSocket, over TCP or TLS.
+    Ws(Box<WsIo>),
+}
+
+impl Io {
+    /// Sets the largest message a WebSocket sends and accepts to `max_frame`, the largest
+    /// frame the agreed limits allow (until then it is the handshake's); other transports
+    /// have no messages.
+    pub fn set_frame_limit(&mut self, max_frame: u64) {
+        if let Io::Ws(w) = self {
+            w.set_max_message(max_frame);
+        }
+    }
 }
 
 impl fmt::Debug for Io {
@@ -313,6 +177,7 @@ impl fmt::Debug for Io {
             Io::Link(_) => "Io::Link",
             Io::TlsClient(_) => "Io::TlsClient",
             Io::TlsServer(_) => "Io::TlsServer",
+            Io::Ws(_) => "Io::Ws",
         })
     }
 }
@@ -332,6 +197,7 @@ macro_rules! each {
             Io::Link(_) => not_bytes(),
             Io::TlsClient($s) => $e,
             Io::TlsServer($s) => $e,
+            Io::Ws($s) => $e,
         }
     };
 }
@@ -368,6 +234,7 @@ impl AsyncWrite for Io {
             Io::Link(_) => false,
             Io::TlsClient(s) => s.is_write_vectored(),
             Io::TlsServer(s) => s.is_write_vectored(),
+            Io::Ws(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -376,13 +243,6 @@ impl AsyncWrite for Io {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
     }
-}
-
-type MemRegistry = Mutex<HashMap<String, mpsc::Sender<Link>>>;
-
-fn mem_registry() -> &'static MemRegistry {
-    static R: OnceLock<MemRegistry> = OnceLock::new();
-    R.get_or_init(Default::default)
 }
 
 fn unavailable(e: impl fmt::Display, what: &str) -> Error {
@@ -402,58 +262,72 @@ fn tune_tcp(s: &TcpStream) {
 /// Opens a connection to `ep`.
 pub async fn connect(ep: &Endpoint, tls: Option<&TlsClientConfig>) -> Result<Io> {
     match ep {
-        Endpoint::Mem(name) => {
+        Endpoint::Mem(name) | Endpoint::Inproc(name) => {
             let tx = mem_registry()
                 .lock()
                 .map_err(|_| Error::new(Status::INTERNAL, "mem registry poisoned"))?
                 .get(name)
                 .cloned()
-                .ok_or_else(|| unavailable("no listener", &format!("mem://{name}")))?;
+                .ok_or_else(|| unavailable("no listener", &ep.to_string()))?;
             let (a, b) = Link::pair();
             tx.send(b)
                 .await
-                .map_err(|_| unavailable("listener closed", &format!("mem://{name}")))?;
+                .map_err(|_| unavailable("listener closed", &ep.to_string()))?;
             Ok(Io::Link(a))
         }
-        Endpoint::Tcp(addr) => {
-            let s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| unavailable(e, &format!("tcp://{addr}")))?;
-            tune_tcp(&s);
-            Ok(Io::Tcp(s))
-        }
+        Endpoint::Tcp(addr) => connect_tcp(addr, "tcp").await,
         Endpoint::Unix(path) => {
             let s = UnixStream::connect(path)
                 .await
                 .map_err(|e| unavailable(e, &format!("unix://{}", path.display())))?;
             Ok(Io::Unix(s))
         }
-        Endpoint::Tls(addr) => {
-            let cfg = tls.ok_or_else(|| {
-                Error::new(
-                    Status::BAD_REQUEST,
-                    "tls:// needs a TLS client configuration (ClientOptions::tls)",
-                )
-            })?;
-            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(host.to_owned()).map_err(|e| {
-                Error::new(
-                    Status::BAD_REQUEST,
-                    format!("TLS server name {host:?}: {e}"),
-                )
-            })?;
-            let s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| unavailable(e, &format!("tls://{addr}")))?;
-            tune_tcp(&s);
-            let t = tokio_rustls::TlsConnector::from(cfg.0.clone())
-                .connect(name, s)
-                .await
-                .map_err(|e| unavailable(e, &format!("TLS handshake with {addr}")))?;
-            Ok(Io::TlsClient(Box::new(t)))
+        Endpoint::Tls(addr) => connect_tls(addr, tls, "tls").await,
+        Endpoint::Ws(w) => {
+            let io = connect_tcp(&w.addr, "ws").await?;
+            ws::connect(io, "ws", w).await.map(|w| Io::Ws(Box::new(w)))
+        }
+        Endpoint::Wss(w) => {
+            let io = connect_tls(&w.addr, tls, "wss").await?;
+            ws::connect(io, "wss", w).await.map(|w| Io::Ws(Box::new(w)))
         }
     }
+}
+
+async fn connect_tcp(addr: &str, scheme: &str) -> Result<Io> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| unavailable(e, &format!("{scheme}://{addr}")))?;
+    tune_tcp(&s);
+    Ok(Io::Tcp(s))
+}
+
+async fn connect_tls(addr: &str, tls: Option<&TlsClientConfig>, scheme: &str) -> Result<Io> {
+    let cfg = tls.ok_or_else(|| {
+        Error::new(
+            Status::BAD_REQUEST,
+            format!("{scheme}:// needs a TLS client configuration (ClientOptions::tls)"),
+        )
+    })?;
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+        Error::new(
+            Status::BAD_REQUEST,
+            format!("TLS server name {host:?}: {e}"),
+        )
+    })?;
+    let Io::Tcp(s) = connect_tcp(addr, scheme).await? else {
+        return Err(Error::new(
+            Status::INTERNAL,
+            "TCP connect gave another stream",
+        ));
+    };
+    let t = tokio_rustls::TlsConnector::from(cfg.0.clone())
+        .connect(name, s)
+        .await
+        .map_err(|e| unavailable(e, &format!("TLS handshake with {addr}")))?;
+    Ok(Io::TlsClient(Box::new(t)))
 }
 
 /// Accepts connections on an endpoint.
@@ -461,6 +335,8 @@ pub async fn connect(ep: &Endpoint, tls: Option<&TlsClientConfig>) -> Result<Io>
 pub struct Listener {
     inner: ListenerInner,
     tls: Option<TlsServerConfig>,
+    /// The WebSocket upgrade, on `ws://` and `wss://`.
+    ws: Option<Arc<ws::Upgrade>>,
     url: String,
 }
 
@@ -471,38 +347,74 @@ enum ListenerInner {
     Mem(mpsc::Receiver<Link>, String),
 }
 
-/// A connection accepted but not yet set up (TLS handshake pending). Finish it in the
-/// connection's own task with [`Incoming::establish`] so a slow handshake never stalls accepting.
+/// A connection accepted but not yet set up (TLS handshake, WebSocket upgrade pending). Finish
+/// it in the connection's own task with [`Incoming::establish`] so a slow handshake never
+/// stalls accepting.
 #[derive(Debug)]
 pub struct Incoming {
     io: Io,
     tls: Option<TlsServerConfig>,
+    ws: Option<Arc<ws::Upgrade>>,
     /// The peer's address, for logs.
     pub peer: String,
 }
 
 impl Incoming {
-    /// Completes the TLS handshake if the listener has TLS.
+    /// Where an in-process connection's accepting side offers the peer direct calls (see
+    /// [`Link::port_slot`]); `None` on byte streams.
+    pub fn port_slot(&self) -> Option<PortSlot> {
+        match &self.io {
+            Io::Link(l) => Some(l.port_slot()),
+            _ => None,
+        }
+    }
+
+    /// Completes the TLS handshake if the listener has TLS, then the WebSocket upgrade if it
+    /// is a WebSocket listener.
     pub async fn establish(self) -> Result<Io> {
-        match (self.io, self.tls) {
+        let io = match (self.io, self.tls) {
             (Io::Tcp(s), Some(cfg)) => {
                 let t = tokio_rustls::TlsAcceptor::from(cfg.0)
                     .accept(s)
                     .await
                     .map_err(|e| unavailable(e, "TLS handshake"))?;
-                Ok(Io::TlsServer(Box::new(t)))
+                Io::TlsServer(Box::new(t))
             }
-            (io, _) => Ok(io),
+            (io, _) => io,
+        };
+        match self.ws {
+            Some(up) => up.accept(io).await.map(|w| Io::Ws(Box::new(w))),
+            None => Ok(io),
         }
     }
 }
 
 impl Listener {
-    /// Binds `ep`. `tls://` needs `tls`; `tcp://` with `tls` also serves TLS.
+    /// Binds `ep`. `tls://` and `wss://` need `tls`; `tcp://` with `tls` also serves TLS;
+    /// `ws://` is always plain (its URL says so). A WebSocket listener answers requests for its
+    /// path only (any path when bound to `/`), from the origins [`Listener::allow_origins`]
+    /// lets in.
     pub async fn bind(ep: &Endpoint, tls: Option<TlsServerConfig>) -> Result<Listener> {
         let bind_err =
             |e: io::Error, what: &str| Error::new(Status::UNAVAILABLE, format!("bind {what}: {e}"));
+        let mut tls = tls;
+        let mut ws = None;
         let (inner, url) = match ep {
+            Endpoint::Ws(w) | Endpoint::Wss(w) => {
+                let l = TcpListener::bind(&w.addr)
+                    .await
+                    .map_err(|e| bind_err(e, &w.addr))?;
+                let local = l.local_addr().map_err(|e| bind_err(e, &w.addr))?;
+                let scheme = if matches!(ep, Endpoint::Wss(_)) {
+                    "wss"
+                } else {
+                    tls = None;
+                    "ws"
+                };
+                ws = Some(Arc::new(ws::Upgrade::new(&w.path)));
+                let url = format!("{scheme}://{local}{}", ws::shown_path(&w.path));
+                (ListenerInner::Tcp(l), url)
+            }
             Endpoint::Tcp(addr) | Endpoint::Tls(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
@@ -527,31 +439,41 @@ impl Listener {
                     format!("unix://{}", path.display()),
                 )
             }
-            Endpoint::Mem(name) => {
+            Endpoint::Mem(name) | Endpoint::Inproc(name) => {
                 let mut reg = mem_registry()
                     .lock()
                     .map_err(|_| Error::new(Status::INTERNAL, "mem registry poisoned"))?;
                 if reg.get(name).is_some_and(|tx| !tx.is_closed()) {
                     return Err(Error::new(
                         Status::ALREADY_EXISTS,
-                        format!("mem://{name} is already bound"),
+                        format!("{ep} is already bound"),
                     ));
                 }
                 let (tx, rx) = mpsc::channel(128);
                 reg.insert(name.clone(), tx);
-                (
-                    ListenerInner::Mem(rx, name.clone()),
-                    format!("mem://{name}"),
-                )
+                (ListenerInner::Mem(rx, name.clone()), ep.to_string())
             }
         };
-        if matches!(ep, Endpoint::Tls(_)) && tls.is_none() {
+        if matches!(ep, Endpoint::Tls(_) | Endpoint::Wss(_)) && tls.is_none() {
             return Err(Error::new(
                 Status::BAD_REQUEST,
-                "tls:// needs a TLS server configuration",
+                format!("{url}: needs a TLS server configuration"),
             ));
         }
-        Ok(Listener { inner, tls, url })
+        Ok(Listener {
+            inner,
+            tls,
+            ws,
+            url,
+        })
+    }
+
+    /// On a WebSocket listener, the browser origins let in besides same-host ones (`*`: any);
+    /// requests without an `Origin` header (programs, not browsers) are always let in.
+    pub fn allow_origins(&mut self, origins: Vec<String>) {
+        if let Some(up) = &mut self.ws {
+            *up = Arc::new(up.with_origins(origins));
+        }
     }
 
     /// The URL clients use to reach this listener (with the real port when bound to port 0).
@@ -582,6 +504,7 @@ impl Listener {
         Ok(Incoming {
             io,
             tls: self.tls.clone(),
+            ws: self.ws.clone(),
             peer,
         })
     }
@@ -622,9 +545,18 @@ mod tests {
             "mem://bus".parse::<Endpoint>().unwrap(),
             Endpoint::Mem("bus".into())
         );
-        assert_eq!(
-            "inproc://bus".parse::<Endpoint>().unwrap(),
-            Endpoint::Mem("bus".into())
+        // Reported back as written, and the same pipe as mem://bus.
+        let inproc = "inproc://bus".parse::<Endpoint>().unwrap();
+        assert_eq!(inproc, Endpoint::Inproc("bus".into()));
+        assert_eq!(inproc.to_string(), "inproc://bus");
+        for scheme in SCHEMES {
+            let parsed = format!("{scheme}://localhost:1").parse::<Endpoint>();
+            assert!(parsed.is_ok(), "{scheme}: {parsed:?}");
+        }
+        let e = "ftp://x:1".parse::<Endpoint>().unwrap_err();
+        assert!(
+            e.message().contains("mem, inproc, tcp, unix, tls, ws, wss"),
+            "every scheme listed: {e}"
         );
         assert_eq!(
             "unix:///tmp/x.sock".parse::<Endpoint>().unwrap(),
@@ -634,13 +566,68 @@ mod tests {
             "tls://localhost:443".parse::<Endpoint>().unwrap(),
             Endpoint::Tls("localhost:443".into())
         );
+        let ws = |addr: &str, path: &str| WsAddr {
+            addr: addr.into(),
+            path: path.into(),
+        };
+        for (url, ep, shown) in [
+            (
+                "ws://127.0.0.1:4748",
+                Endpoint::Ws(ws("127.0.0.1:4748", "/")),
+                "ws://127.0.0.1:4748",
+            ),
+            (
+                "ws://h:1/a/b?x=1",
+                Endpoint::Ws(ws("h:1", "/a/b?x=1")),
+                "ws://h:1/a/b?x=1",
+            ),
+            ("ws://h?x", Endpoint::Ws(ws("h:80", "/?x")), "ws://h:80/?x"),
+            (
+                "wss://example.com/m",
+                Endpoint::Wss(ws("example.com:443", "/m")),
+                "wss://example.com:443/m",
+            ),
+            (
+                "wss://[::1]:9/",
+                Endpoint::Wss(ws("[::1]:9", "/")),
+                "wss://[::1]:9",
+            ),
+            (
+                "ws://[::1]",
+                Endpoint::Ws(ws("[::1]:80", "/")),
+                "ws://[::1]:80",
+            ),
+        ] {
+            let got = url.parse::<Endpoint>().unwrap();
+            assert_eq!(got, ep, "{url}");
+            assert_eq!(got.to_string(), shown, "{url}");
+        }
+        // A bare host:port is TCP.
+        for (bare, addr) in [
+            ("127.0.0.1:4747", "127.0.0.1:4747"),
+            ("localhost:1", "localhost:1"),
+            ("[::1]:4747", "[::1]:4747"),
+        ] {
+            let ep = bare.parse::<Endpoint>().unwrap();
+            assert_eq!(ep, Endpoint::Tcp(addr.into()));
+            assert_eq!(ep.to_string(), format!("tcp://{addr}"));
+        }
         for bad in [
-            "127.0.0.1:1",
+            "",
+            "localhost",
+            "127.0.0.1",
+            ":4747",
+            "host:port",
+            "tcp:/host:1",
             "tcp://",
             "tcp://host",
             "tcp://host:x",
             "ftp://a:1",
             "tcp://:80",
+            "ws://",
+            "ws://:80/x",
+            "ws://h:x/",
+            "wss://h:99999",
         ] {
             let e = bad.parse::<Endpoint>().unwrap_err();
             assert_eq!(e.status(), Status::BAD_REQUEST, "{bad}");

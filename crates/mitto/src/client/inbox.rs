@@ -10,7 +10,7 @@
 //! forgot the subscription and the client's record of it is gone), the receiver ends after
 //! what was queued.
 
-use crate::pubsub::Message;
+use crate::client::Message;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

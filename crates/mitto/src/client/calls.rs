@@ -9,7 +9,7 @@
 //!
 //! Fire-and-forget publishes are written into the same buffer ([`Calls::publish`]), so that
 //! everything a client writes straight for the driver leaves in the order it was written; the
-//! command queue keeps its commands in that order too (see [`crate::queue`]).
+//! command queue keeps its commands in that order too (see [`crate::client::queue`]).
 //!
 //! The table is per connection. When the connection ends, every waiting call fails with its
 //! reason and the table refuses new calls, which then take the general path (that waits for a
@@ -69,11 +69,10 @@ pub(crate) struct State {
     started: u64,
 }
 
-/// Ids of calls started through a table: apart from the ids the client gives its other calls
-/// (which count up from 1) and from those of re-subscriptions (bit 62), and given under the
-/// table's lock instead of from a shared counter.
-const FIRST_ID: u64 = 1 << 61;
-/// Calls a table starts in its life, at most (ids stay below bit 62).
+/// Ids of calls started through a table (see [`super::ids`]): given under the table's lock
+/// instead of from a shared counter.
+const FIRST_ID: u64 = super::ids::TABLE_IDS;
+/// Calls a table starts in its life, at most (ids stay below [`super::ids::RESUBSCRIBE_IDS`]).
 const MAX_STARTED: u64 = (1 << (61 - SLOT_BITS)) - 1;
 
 struct Entry {
@@ -327,7 +326,7 @@ impl Calls {
 
     /// The driver takes what callers wrote (the deadlines of the calls it starts count from
     /// now), unless commands queued after some of it are still in the command queue
-    /// (`queue_waiting`, asked under the table's lock): those go first (see [`crate::queue`]).
+    /// (`queue_waiting`, asked under the table's lock): those go first (see [`crate::client::queue`]).
     /// `waker` is woken when more comes.
     pub(crate) fn take(
         &self,
@@ -428,6 +427,16 @@ impl Calls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_ranges_of_a_client_never_meet() {
+        use crate::client::ids;
+        let last_table_id = FIRST_ID + (MAX_STARTED << SLOT_BITS) + ((1 << SLOT_BITS) - 1);
+        assert!(last_table_id < ids::RESUBSCRIBE_IDS);
+        assert!(ids::resubscribe_id(0) > last_table_id);
+        assert!(!ids::opened_by_peer(ids::resubscribe_id(u32::MAX)));
+        assert!(ids::opened_by_peer(1 << 63));
+    }
     use bytes::Bytes;
     use mitto_proto::{Decoder, FrameType, Subject};
     use std::sync::atomic::{AtomicUsize, Ordering};
