@@ -1,281 +1,163 @@
-//! One client connection at the broker: the HELLO (limits, auth), then a reactor on the
+//! One client connection at the broker: the HELLO (`hello.rs`), then a reactor on the
 //! runtime's connection driver that turns frames into calls on the shared core and moves the
 //! connection's mailbox to its socket.
 
-use crate::config::User;
-use crate::core::{bump, Core, SubRef};
-use crate::mailbox::{AckState, Drained, Mailbox, SubQueue};
+mod control;
+mod hello;
+mod parked;
 
-/// How long an at-least-once delivery may stay unacknowledged unless the subscription says.
-const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
-use bytes::Bytes;
-use mitto::conn::{Ctx, Driver, DriverConfig, Reactor};
+use crate::connections::ConnInfo;
+use crate::core::Core;
+use crate::groups::QueueGroup;
+use crate::mailbox::{Drained, Mailbox, SubQueue};
+use crate::permissions::Permissions;
+use crate::requests::{ServiceRef, BROKER_CALL_BIT};
+use crate::sessions::Session;
+use crate::shared::{BrokerCmd, Waker};
+use crate::stats::bump;
+use crate::subscriptions::SubRef;
+use crate::takeover::Claim;
+use hello::Admitted;
+use parked::Parked;
+
+use mitto::__private::conn::{Ctx, Driver, DriverConfig, Reactor};
+use mitto::__private::transport::Incoming;
 use mitto::proto::body::{decode_credit, decode_opt_u32};
 use mitto::proto::negotiate::Features;
-use mitto::proto::subject::matches;
-use mitto::proto::{
-    Delivery, Flags, Frame, FrameType, HealthReport, HealthState, Hello, SlowConsumerPolicy,
-    StatsReport, Status, SubscribeOptions, Version,
-};
-use mitto::transport::{Incoming, Io};
+use mitto::proto::{Delivery, Flags, Frame, FrameType, Status, SubscribeOptions};
 use mitto::Error;
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
-/// Commands a connection's driver takes besides frames.
-#[derive(Debug)]
-pub(crate) enum BrokerCmd {
-    /// The mailbox has something to send.
-    Wake,
-    /// Shutdown: close after what is queued.
-    Drain,
-}
-
-/// What the core knows of a connection (for shutdown and monitoring).
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    pub(crate) ctl: mpsc::UnboundedSender<BrokerCmd>,
-    pub(crate) mailbox: Arc<Mailbox>,
-    pub(crate) peer: String,
-    pub(crate) name: String,
-    pub(crate) user: String,
-}
-
-/// Whether `allowed` (a filter) covers every subject `requested` (a filter) can match.
-fn covers(allowed: &str, requested: &str) -> bool {
-    let mut a = allowed.split('.');
-    let mut r = requested.split('.');
-    loop {
-        match (a.next(), r.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(t)) if t != ">" => {}
-            (Some(x), Some(y)) if x == y => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Permissions {
-    publish: Vec<String>,
-    subscribe: Vec<String>,
-}
-
-impl Permissions {
-    fn of(user: Option<&User>) -> Permissions {
-        user.map(|u| Permissions {
-            publish: u.publish.clone(),
-            subscribe: u.subscribe.clone(),
-        })
-        .unwrap_or_default()
-    }
-    /// Whether publishing is limited to some subjects.
-    pub(crate) fn restricts_publish(&self) -> bool {
-        !self.publish.is_empty()
-    }
-
-    pub(crate) fn may_publish(&self, subject: &str) -> bool {
-        self.publish.is_empty() || self.publish.iter().any(|f| matches(f, subject))
-    }
-    fn may_subscribe(&self, filter: &str) -> bool {
-        self.subscribe.is_empty() || self.subscribe.iter().any(|f| covers(f, filter))
-    }
-}
-
-/// Checks HELLO's credentials; returns the user, if users are configured.
-fn authenticate<'a>(core: &'a Core, h: &Hello) -> Result<Option<&'a User>, Error> {
-    let denied = |why: &str| Error::new(Status::UNAUTHORIZED, why.to_owned());
-    if let Some(t) = &core.cfg.token {
-        return if bool::from(h.auth[..].ct_eq(t.as_bytes())) {
-            Ok(None)
-        } else {
-            Err(denied("invalid or missing token"))
-        };
-    }
-    if core.cfg.users.is_empty() {
-        return Ok(None);
-    }
-    core.cfg
-        .users
-        .iter()
-        .find(|u| u.name == h.user && bool::from(h.auth[..].ct_eq(u.password.as_bytes())))
-        .map(Some)
-        .ok_or_else(|| denied("unknown user or wrong password"))
-}
-
+/// Serves one connection: its handshake, then its driver, then what it leaves behind.
 pub(crate) async fn serve(core: Arc<Core>, inc: Incoming, conn: u64) {
     let peer = inc.peer.clone();
-    let mut io = match inc.establish().await {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection setup failed");
-            return;
-        }
-    };
-    let cfg = &core.cfg;
-    let local = Hello {
-        version: Version::CURRENT,
-        flags: 0,
-        features: Features::supported(),
-        max_payload: cfg.max_payload,
-        max_headers: 0,
-        keepalive_ms: cfg.keepalive_ms,
-        name: cfg.name.clone(),
-        client_id: String::new(),
-        session: String::new(),
-        user: String::new(),
-        auth: Bytes::new(),
-    };
-    let mut perms = Permissions::default();
-    let mut resumed: Option<crate::core::Detached> = None;
-    let mut session: Option<(String, String)> = None;
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    // A client in this process gets direct entry points, offered before the HELLO reply.
-    let slot = match &io {
-        Io::Link(l) => Some(l.port_slot()),
-        _ => None,
+    let Some(mut a) = hello::handshake(&core, inc, conn, &ctl_tx).await else {
+        return;
     };
-    let is_local = slot.is_some();
-    let mut fresh: Option<Arc<Mailbox>> = None;
-    let admit = |h: &Hello| {
-        let decided = (|| {
-            if core.draining() {
-                return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
-            }
-            let open = core.stats.connections_open.load(Ordering::Relaxed);
-            if open >= cfg.max_connections as u64 {
-                bump(&core.stats.connections_refused);
-                return Err(Error::new(
-                    Status::QUOTA_EXCEEDED,
-                    format!(
-                        "the broker has its maximum of {} connections",
-                        cfg.max_connections
-                    ),
-                )
-                .retryable());
-            }
-            let user = authenticate(&core, h).inspect_err(|_| bump(&core.stats.auth_failures))?;
-            perms = Permissions::of(user);
-            if h.client_id.is_empty() || !h.features.contains(Features::SESSION_RESUME) {
-                return Ok((format!("c{conn}"), String::new(), false));
-            }
-            let id = h.client_id.clone();
-            if !h.session.is_empty() {
-                if let Some(d) = core.resume(&id, &h.session) {
-                    let token = d.token.clone();
-                    resumed = Some(d);
-                    session = Some((id.clone(), token.clone()));
-                    return Ok((id, token, true));
-                }
-            }
-            let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-            session = Some((id.clone(), token.clone()));
-            Ok((id, token, false))
-        })()?;
-        if let Some(slot) = &slot {
-            let (id, mailbox) = match &resumed {
-                Some(d) => (d.conn, d.mailbox.clone()),
-                None => {
-                    let m = Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes));
-                    fresh = Some(m.clone());
-                    (conn, m)
-                }
-            };
-            mailbox.set_local(true);
-            slot.offer(Arc::new(crate::local::Port {
-                core: core.clone(),
-                conn: id,
-                mailbox,
-                perms: perms.clone(),
-                uid: crate::local::Port::next_uid(),
-            }));
-        }
-        Ok(decided)
-    };
-    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
-    let (agreed, hello, leftover) =
-        match mitto::handshake::server(&mut io, &local, timeout, admit).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "handshake refused");
-                return;
-            }
-        };
-    let (cmd_tx, cmd_rx) = mpsc::channel(1);
-    let (conn, mailbox) = match resumed {
+    if !hello::take_over(&core, &mut a).await {
+        // Answered RESUMED, but the session did not come: the client must reconnect.
+        let why = "the session could not be taken over in time; reconnect to resume it";
+        let _ = ctl_tx.send(BrokerCmd::Close(Status::UNAVAILABLE, why));
+    }
+    let (conn, mailbox) = attach(&core, conn, &mut a, &ctl_tx);
+    let backlog = register(&core, conn, &mailbox, &ctl_tx, peer, &a.hello);
+    let live = a
+        .session
+        .as_ref()
+        .map(|s| core.attached.enter(s, ctl_tx.clone()));
+    run(&core, conn, mailbox, a, backlog, ctl_rx, live).await;
+    core.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+    // A resumed session may already have taken this id over: then its entry stays.
+    core.conns.remove(conn, &ctl_tx);
+}
+
+/// The connection's id and mailbox: its resumed session's, or new ones.
+fn attach(core: &Arc<Core>, conn: u64, a: &mut Admitted, wake: &Waker) -> (u64, Arc<Mailbox>) {
+    let peer = crate::fit::Peer::of(&a.agreed);
+    let max_payload = core.cfg.max_payload;
+    match a.resumed.take() {
         Some(d) => {
             tracing::debug!(old = d.conn, "session resumed");
-            d.mailbox.set_local(is_local);
-            d.mailbox.set_waker(ctl_tx.clone());
+            d.mailbox.set_local(a.is_local);
+            d.mailbox.set_peer(peer, max_payload);
+            d.mailbox.set_waker(wake.clone());
+            crate::streams::on_resume(core, d.conn, &a.perms, &d.mailbox);
             (d.conn, d.mailbox)
         }
-        None => (
-            conn,
-            fresh
+        None => {
+            let m = a
+                .fresh
                 .take()
-                .unwrap_or_else(|| Arc::new(Mailbox::new(ctl_tx.clone(), cfg.max_pending_bytes))),
-        ),
-    };
-    if let Ok(mut c) = core.conns.lock() {
-        c.insert(
-            conn,
-            ConnInfo {
-                ctl: ctl_tx.clone(),
-                mailbox: mailbox.clone(),
-                peer,
-                name: hello.name.clone(),
-                user: hello.user.clone(),
-            },
-        );
+                .unwrap_or_else(|| hello::new_mailbox(core, wake.clone()));
+            m.set_peer(peer, max_payload);
+            (conn, m)
+        }
     }
+}
+
+/// Enters the connection in the broker's table (shutdown and monitoring reach it there);
+/// returns where its driver counts its outbox.
+fn register(
+    core: &Core,
+    conn: u64,
+    mailbox: &Arc<Mailbox>,
+    wake: &Waker,
+    peer: String,
+    hello: &mitto::proto::Hello,
+) -> Arc<AtomicUsize> {
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let info = ConnInfo {
+        ctl: wake.clone(),
+        mailbox: mailbox.clone(),
+        backlog: backlog.clone(),
+        peer,
+        name: hello.name.clone(),
+        user: hello.user.clone(),
+    };
+    core.conns.insert(conn, info);
     bump(&core.stats.connections_total);
     bump(&core.stats.connections_open);
     if core.draining() {
-        let _ = ctl_tx.send(BrokerCmd::Drain);
+        let _ = wake.send(BrokerCmd::Drain);
     }
+    backlog
+}
+
+/// Runs the connection's driver until it ends.
+async fn run(
+    core: &Arc<Core>,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    a: Admitted,
+    backlog: Arc<AtomicUsize>,
+    ctl: mpsc::UnboundedReceiver<BrokerCmd>,
+    live: Option<Arc<Claim>>,
+) {
+    let agreed = &a.agreed;
     let keepalive =
         (agreed.keepalive_ms > 0).then(|| Duration::from_millis(agreed.keepalive_ms.into()));
+    let config = DriverConfig {
+        limits: agreed.limits,
+        keepalive,
+        busy_poll: core.busy_poll.clone(),
+        spin: core.spin,
+        // A client that does not read is held by its transport, then closed.
+        slow_reader: Some(core.budget.slow_reader()),
+        backlog: Some(backlog),
+    };
     let reactor = BrokerReactor {
         core: core.clone(),
         conn,
-        mailbox: mailbox.clone(),
-        perms,
+        mailbox,
+        perms: a.perms,
         acks: agreed.features.contains(Features::ACKS),
-        _cmd_tx: cmd_tx,
+        lz4: agreed.features.contains(Features::COMPRESSION_LZ4),
+        user: a.hello.user.clone(),
         draining: false,
         services: HashMap::new(),
-        session,
+        session: a.session,
+        live,
+        taken_over: false,
+        closed_by_client: false,
         parked: None,
         routes: crate::core::RouteCache::publisher(),
         held: Default::default(),
     };
-    let driver = Driver::new(
-        io,
-        leftover,
-        DriverConfig {
-            limits: agreed.limits,
-            keepalive,
-            busy_poll: core.busy_poll.clone(),
-            spin: core.spin,
-        },
-        reactor,
-        cmd_rx,
-        ctl_rx,
-    );
+    // The broker drives the connection through `ctl` alone: its command queue is closed from
+    // the start (the driver reads that once, as no command).
+    let (_, cmds) = mpsc::channel(1);
+    let driver = Driver::new(a.io, a.leftover, config, reactor, cmds, ctl);
     if let Err(e) = driver.run().await {
-        tracing::debug!(error = %e, "connection ended");
-    }
-    core.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
-    if let Ok(mut c) = core.conns.lock() {
-        // A resumed session may already have taken this id over.
-        if c.get(&conn).is_some_and(|i| i.ctl.same_channel(&ctl_tx)) {
-            c.remove(&conn);
+        if e.status() == Status::SLOW_CONSUMER {
+            bump(&core.stats.slow_connections_closed);
+            tracing::info!(error = %e, "slow consumer closed");
+        } else {
+            tracing::debug!(error = %e, "connection ended");
         }
     }
 }
@@ -286,13 +168,23 @@ struct BrokerReactor {
     mailbox: Arc<Mailbox>,
     perms: Permissions,
     acks: bool,
-    /// Keeps the command channel open; the broker drives everything through `ctl`.
-    _cmd_tx: mpsc::Sender<BrokerCmd>,
+    /// COMPRESSION_LZ4 was negotiated.
+    lz4: bool,
+    /// The authenticated user (empty without users): durable names are per user.
+    user: String,
     draining: bool,
     /// Registered service instances: id -> filter.
     services: HashMap<u32, String>,
-    /// Client id and session token, when the client can resume its session.
-    session: Option<(String, String)>,
+    /// The session, when the client can resume it.
+    session: Option<Session>,
+    /// The session's entry among the attached ones, through which a new connection of the
+    /// same client takes it over.
+    live: Option<Arc<Claim>>,
+    /// The session went to a new connection: this one only closes, and touches nothing of it.
+    taken_over: bool,
+    /// The client sent CLOSE: its session ends with the connection (only a lost connection
+    /// keeps it, PROTOCOL.md 8.5).
+    closed_by_client: bool,
     /// A PUBLISH waiting for full `block` subscriptions to make room.
     parked: Option<Parked>,
     /// PUBLISH and REQUEST frames read behind the held one (reading is paused meanwhile, so
@@ -300,18 +192,6 @@ struct BrokerReactor {
     held: std::collections::VecDeque<Frame>,
     /// Where this connection's last published subject goes.
     routes: crate::core::RouteCache,
-}
-
-/// A message held for subscriptions that block publishers while full.
-struct Parked {
-    /// Those still to take it (the last first).
-    targets: Vec<SubRef>,
-    event: Frame,
-    id: u64,
-    ack: bool,
-    subject: String,
-    room: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl BrokerReactor {
@@ -327,32 +207,45 @@ impl BrokerReactor {
     }
 
     fn on_publish(&mut self, f: Frame, cx: &mut Ctx<'_>) {
-        if self.perms.restricts_publish() {
-            let subject = f.subject.as_str();
-            if !self.core.is_inbox(subject) && !self.perms.may_publish(subject) {
-                return self.refuse(
-                    cx,
-                    &f,
-                    Status::FORBIDDEN,
-                    &format!("may not publish to {subject}"),
-                );
-            }
-        }
         let (id, ack) = (f.id, f.flags.contains(Flags::ACK_REQUIRED));
+        // A reply to an inbox is taken here; anything else is routed.
+        let f = match self.core.admit_publish(self.conn, &self.perms, f) {
+            Ok(Some(f)) => f,
+            Ok(None) if ack => return self.ack_publish(id, cx),
+            Ok(None) => return,
+            Err(e) => return cx.send(&Frame::error(id, e.status(), e.message())),
+        };
+        // A stream that captures the subject stores it; the publish's one answer then waits for
+        // the store as well as for the routing.
+        let (ack, stored) = match crate::streams::capture(&self.core, &f) {
+            Ok(Some(stored)) if ack => (false, Some(stored)),
+            Ok(_) => (ack, None),
+            Err(e) => return cx.send(&Frame::error(id, e.status(), e.message())),
+        };
         // The frame itself becomes the EVENT (no copy of its parts), as for an in-process
         // publisher.
-        let mut routed = match self.core.publish_owned(f, &mut self.routes) {
-            Ok(r) => r,
-            Err(e) => return cx.send(&Frame::error(id, e.status(), e.message())),
+        let (mut routed, stored) = match (self.core.publish_owned(f, &mut self.routes), stored) {
+            (Ok(r), stored) => (r, stored),
+            (Err(e), Some(stored)) => {
+                let mb = self.mailbox.clone();
+                return crate::streams::answer_when_stored(stored, id, Err(e), mb);
+            }
+            (Err(e), None) => return cx.send(&Frame::error(id, e.status(), e.message())),
         };
         if let Some(b) = routed.blocked.take() {
             // Full `block` subscriptions: hold the publisher (stop reading its connection)
             // until they make room, instead of refusing.
-            let crate::core::Blocked { targets, event } = *b;
+            let crate::core::Blocked {
+                targets,
+                event,
+                born,
+            } = *b;
             self.parked = Some(Parked {
                 targets,
+                born,
                 id,
                 ack,
+                stored,
                 subject: event.subject.as_str().to_owned(),
                 event,
                 room: None,
@@ -364,96 +257,108 @@ impl BrokerReactor {
         }
         // Only subscriptions that block publishers refuse a message, and those park it above.
         debug_assert_eq!(routed.rejected, 0);
-        if ack {
-            cx.send(&Frame::ack(id, 0));
+        if let Some(stored) = stored {
+            crate::streams::answer_when_stored(stored, id, Ok(()), self.mailbox.clone());
+        } else if ack {
+            self.ack_publish(id, cx);
         }
+    }
+
+    /// Tells a publisher its message is taken.
+    fn ack_publish(&self, id: u64, cx: &mut Ctx<'_>) {
+        bump(&self.core.stats.publish_acks);
+        cx.send(&Frame::ack(id, 0));
     }
 
     fn on_subscribe(&mut self, f: Frame, cx: &mut Ctx<'_>) {
         let filter = f.subject.as_str().to_owned();
-        if self.core.is_inbox(&filter) || filter.starts_with("_INBOX.>") {
-            return self.refuse(
-                cx,
-                &f,
-                Status::FORBIDDEN,
-                "broker inboxes are not subscribable",
-            );
-        }
-        if !self.perms.may_subscribe(&filter) {
-            return self.refuse(
-                cx,
-                &f,
-                Status::FORBIDDEN,
-                &format!("may not subscribe to {filter}"),
-            );
-        }
-        let opts = match SubscribeOptions::decode(&f.payload, "SUBSCRIBE") {
+        let opts = match self.subscribe_options(&f, &filter) {
             Ok(o) => o,
-            Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
+            Err((status, why)) => return self.refuse(cx, &f, status, &why),
         };
-        if opts.delivery == Delivery::AtLeastOnce && !self.acks {
-            return self.refuse(
-                cx,
-                &f,
-                Status::UNSUPPORTED_FEATURE,
-                "ACKS was not negotiated",
-            );
+        if crate::streams::is_consumer_subject(&filter) {
+            let (core, mb) = (&self.core, &self.mailbox);
+            if let Err(e) =
+                crate::streams::on_subscribe(core, self.conn, &self.perms, mb, &f, &opts)
+            {
+                return self.refuse(cx, &f, e.status(), e.message());
+            }
+            if f.flags.contains(Flags::ACK_REQUIRED) {
+                cx.send(&Frame::ack(f.id, 0));
+            }
+            return;
         }
-        let max = self.core.cfg.max_subscriptions;
-        if self.mailbox.sub_count() >= max {
-            return self.refuse(
-                cx,
-                &f,
-                Status::QUOTA_EXCEEDED,
-                &format!("this connection has its maximum of {max} subscriptions"),
-            );
-        }
-        let policy = match opts.policy {
-            SlowConsumerPolicy::ServerDefault => self.core.cfg.slow_consumer.policy(),
-            p => p,
-        };
-        let max_pending = match opts.max_pending {
-            0 => self.core.cfg.max_pending_msgs,
-            n => n.min(self.core.cfg.max_pending_msgs),
-        } as usize;
-        // An in-process subscriber reads its queue itself: no credit to grant.
-        let credit = if self.mailbox.is_local() {
-            0
-        } else {
-            opts.credit
-        };
-        let mut sq = SubQueue::new(
+        let durable = opts
+            .durable
+            .as_deref()
+            .map(|name| crate::durable::key(&self.user, name));
+        let sq = SubQueue::for_options(
             filter.clone(),
-            opts.queue.clone(),
-            credit,
-            max_pending,
-            policy,
+            &opts,
+            &self.core.cfg,
+            self.mailbox.is_local(),
+            durable.clone(),
         );
-        if opts.delivery == Delivery::AtLeastOnce {
-            let wait = match opts.ack_wait_ms {
-                0 => DEFAULT_ACK_WAIT,
-                ms => Duration::from_millis(ms.into()),
-            };
-            sq = sq.with_acks(AckState::new(wait, opts.max_deliver));
-        }
         if !self.mailbox.add_sub(f.aux, sq) {
-            return self.refuse(
-                cx,
-                &f,
-                Status::ALREADY_EXISTS,
-                &format!("subscription id {} is in use", f.aux),
-            );
+            let why = format!("subscription id {} is in use", f.aux);
+            return self.refuse(cx, &f, Status::ALREADY_EXISTS, &why);
         }
         let r = SubRef {
             conn: self.conn,
             sid: f.aux,
-            queue: opts.queue.map(Into::into),
+            queue: QueueGroup::of(&filter, opts.queue),
+            durable: durable.clone(),
             mailbox: self.mailbox.clone(),
         };
-        self.core.subscribe(&filter, r);
+        match &durable {
+            None => self.core.subscribe(&filter, r),
+            Some(key) => {
+                if let Err(why) = self.core.bind_durable(r, key, &self.user, &filter) {
+                    self.mailbox.remove_sub(f.aux);
+                    let (status, reason) = why.answer(opts.durable.as_deref().unwrap_or_default());
+                    return self.refuse(cx, &f, status, &reason);
+                }
+            }
+        }
         if f.flags.contains(Flags::ACK_REQUIRED) {
             cx.send(&Frame::ack(f.id, 0));
         }
+    }
+
+    /// The options of SUBSCRIBE `f` to `filter`, if this connection may subscribe so; else
+    /// the refusal.
+    fn subscribe_options(
+        &self,
+        f: &Frame,
+        filter: &str,
+    ) -> Result<SubscribeOptions, (Status, String)> {
+        if self.core.is_inbox(filter) || filter.starts_with("_INBOX.>") {
+            return Err((
+                Status::FORBIDDEN,
+                "broker inboxes are not subscribable".into(),
+            ));
+        }
+        if !self.perms.may_subscribe(filter) {
+            return Err((Status::FORBIDDEN, format!("may not subscribe to {filter}")));
+        }
+        let opts = SubscribeOptions::decode(&f.payload, "SUBSCRIBE")
+            .map_err(|e| (Status::BAD_REQUEST, e.to_string()))?;
+        if opts.delivery == Delivery::AtLeastOnce && !self.acks {
+            return Err((
+                Status::UNSUPPORTED_FEATURE,
+                "ACKS was not negotiated".into(),
+            ));
+        }
+        if opts.durable.is_some() && opts.queue.is_some() {
+            let why = "a durable subscription cannot be in a queue group";
+            return Err((Status::BAD_REQUEST, why.into()));
+        }
+        let max = self.core.budget.post_auth.max_subscriptions;
+        if self.mailbox.sub_count() >= max {
+            let why = format!("this connection has its maximum of {max} subscriptions");
+            return Err((Status::QUOTA_EXCEEDED, why));
+        }
+        Ok(opts)
     }
 
     fn on_register(&mut self, f: Frame, cx: &mut Ctx<'_>) {
@@ -470,15 +375,22 @@ impl BrokerReactor {
             let why = format!("id {} is in use", f.aux);
             return self.refuse(cx, &f, Status::ALREADY_EXISTS, &why);
         }
-        if self.services.len() + self.mailbox.sub_count() >= self.core.cfg.max_subscriptions {
+        if self.services.len() + self.mailbox.sub_count()
+            >= self.core.budget.post_auth.max_subscriptions
+        {
             let why = "this connection has its maximum of subscriptions and services";
             return self.refuse(cx, &f, Status::QUOTA_EXCEEDED, why);
         }
         self.services.insert(f.aux, filter.clone());
-        let r = SubRef {
+        let limit = self.core.cfg.max_pending_msgs;
+        let r = ServiceRef {
             conn: self.conn,
             sid: f.aux,
-            queue: opts.queue.map(Into::into),
+            max_pending: match opts.max_pending {
+                0 => limit,
+                n => n.min(limit),
+            },
+            queue: QueueGroup::of(&filter, opts.queue),
             mailbox: self.mailbox.clone(),
         };
         self.core.register(&filter, r);
@@ -492,15 +404,13 @@ impl BrokerReactor {
             Ok(a) => a,
             Err(e) => return self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
         };
+        crate::streams::on_unsubscribe(&self.core, self.conn, f.aux);
         let known = match after {
             Some(n) if n > 0 => self.mailbox.unsubscribe_after(f.aux, n),
-            _ => match self.mailbox.remove_sub(f.aux) {
-                Some(filter) => {
-                    self.core.unsubscribe(&filter, self.conn, f.aux);
-                    true
-                }
-                None => false,
-            },
+            _ => self
+                .core
+                .end_subscription(self.conn, &self.mailbox, f.aux)
+                .is_some(),
         };
         if !known {
             return self.refuse(
@@ -517,6 +427,11 @@ impl BrokerReactor {
 
     fn on_request(&mut self, f: Frame, cx: &mut Ctx<'_>) {
         let subject = f.subject.as_str();
+        if f.id & BROKER_CALL_BIT != 0 {
+            bump(&self.core.stats.protocol_errors);
+            let why = "a connecting peer's call ids have bit 63 clear (PROTOCOL.md 10.1)";
+            return self.refuse(cx, &f, Status::PROTOCOL_ERROR, why);
+        }
         if self.draining {
             let r = Frame::response(f.id, Status::UNAVAILABLE, "broker is shutting down");
             return cx.send(&r);
@@ -530,6 +445,9 @@ impl BrokerReactor {
             );
             return cx.send(&r);
         }
+        if crate::streams::is_admin(subject) {
+            return crate::streams::admin_request(&self.core, &self.perms, &self.mailbox, &f);
+        }
         if let Some(answer) = self.core.request(self.conn, &self.mailbox, &f) {
             cx.send(&answer);
         }
@@ -540,10 +458,16 @@ impl Reactor for BrokerReactor {
     type Cmd = BrokerCmd;
 
     fn on_frame(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+        if self.taken_over {
+            return;
+        }
         if self.parked.is_some() && matches!(f.frame_type, FrameType::Publish | FrameType::Request)
         {
             // In order, after the message being held.
             self.held.push_back(f);
+            return;
+        }
+        if f.flags.contains(Flags::COMPRESSED) && !self.compressed_ok(&f, cx) {
             return;
         }
         match f.frame_type {
@@ -562,99 +486,24 @@ impl Reactor for BrokerReactor {
             FrameType::Unsubscribe => self.on_unsubscribe(f, cx),
             FrameType::Request => self.on_request(f, cx),
             FrameType::Register => self.on_register(f, cx),
-            FrameType::Unregister => match self.services.remove(&f.aux) {
-                Some(filter) => {
-                    self.core.unregister(&filter, self.conn, f.aux);
-                    if f.flags.contains(Flags::ACK_REQUIRED) {
-                        cx.send(&Frame::ack(f.id, 0));
-                    }
-                }
-                None => {
-                    let why = format!("no service instance {}", f.aux);
-                    self.refuse(cx, &f, Status::NOT_FOUND, &why)
-                }
-            },
-            FrameType::Response => {
-                if !self.core.forward_to_caller(&f) {
-                    self.refuse(
-                        cx,
-                        &f,
-                        Status::UNEXPECTED_FRAME,
-                        "no call of the broker's has this id",
-                    );
-                }
-            }
-            FrameType::Stream | FrameType::Credit if f.aux == 0 => {
-                // Calls the broker opened carry bit 63; the others are this client's own calls.
-                if !self.core.forward_to_caller(&f) {
-                    self.core.forward_to_instance(self.conn, &f);
-                }
-            }
-            FrameType::Cancel if self.core.forward_to_instance(self.conn, &f) => {}
-            FrameType::Cancel => {
-                if self.core.cancel(self.conn, f.id) {
-                    cx.send(&Frame::response(
-                        f.id,
-                        Status::CANCELLED,
-                        "cancelled by the caller",
-                    ));
-                }
-            }
-            FrameType::Credit if f.aux != 0 => match decode_credit(&f.payload) {
+            FrameType::Unregister => self.on_unregister(f, cx),
+            FrameType::Response | FrameType::Cancel => self.on_call_frame(f, cx),
+            FrameType::Stream | FrameType::Credit if f.aux == 0 => self.on_call_frame(f, cx),
+            FrameType::Credit => match decode_credit(&f.payload) {
                 Ok(n) => self.mailbox.grant(f.aux, n),
                 Err(e) => self.refuse(cx, &f, Status::BAD_REQUEST, &e.to_string()),
             },
-            FrameType::Credit => {}
-            FrameType::Health => {
-                let report = HealthReport {
-                    state: if self.draining {
-                        HealthState::Draining
-                    } else {
-                        HealthState::Serving
-                    },
-                    uptime_ms: self.core.started.elapsed().as_millis().min(u64::MAX.into()) as u64,
-                    server: self.core.cfg.name.clone(),
-                    detail: None,
-                };
-                match Frame::health_reply(f.id, &report) {
-                    Ok(r) => cx.send(&r),
-                    Err(e) => cx.send(&Frame::error(f.id, Status::INTERNAL, &e.to_string())),
-                }
-            }
-            FrameType::Stats => {
-                let mut values = self.core.stats.snapshot();
-                values.insert(
-                    "uptime_ms".into(),
-                    self.core.started.elapsed().as_millis().min(u64::MAX.into()) as u64,
-                );
-                match Frame::stats_reply(f.id, &StatsReport { values }) {
-                    Ok(r) => cx.send(&r),
-                    Err(e) => cx.send(&Frame::error(f.id, Status::INTERNAL, &e.to_string())),
-                }
-            }
-            // An ACK or NACK that matches nothing pending is ignored (it may have crossed a
-            // redelivery or the end of the subscription).
-            FrameType::Ack if f.aux != 0 => {
-                if self.mailbox.ack(f.aux, f.id) {
-                    bump(&self.core.stats.acks);
-                }
-            }
-            FrameType::Nack if f.aux != 0 => {
-                let delay = decode_opt_u32(&f.payload, "NACK")
-                    .ok()
-                    .flatten()
-                    .map(|ms| Duration::from_millis(ms.into()));
-                if self.mailbox.nack(f.aux, f.id, delay) {
-                    bump(&self.core.stats.nacks);
-                }
-            }
-            FrameType::Ack | FrameType::Nack => {}
+            FrameType::Health | FrameType::Stats => self.on_query(f, cx),
+            FrameType::Ack | FrameType::Nack => self.on_ack(f),
             FrameType::Error => tracing::debug!(
                 status = %f.status,
                 reason = %String::from_utf8_lossy(&f.payload),
                 "error from client"
             ),
-            FrameType::Close => cx.close(Status::OK, "closing after the client's CLOSE"),
+            FrameType::Close => {
+                self.closed_by_client = true;
+                cx.close(Status::OK, "closing after the client's CLOSE")
+            }
             other => {
                 bump(&self.core.stats.protocol_errors);
                 self.refuse(
@@ -668,30 +517,38 @@ impl Reactor for BrokerReactor {
     }
 
     fn on_command(&mut self, c: Option<BrokerCmd>, cx: &mut Ctx<'_>) {
+        if self.taken_over {
+            return;
+        }
         match c {
-            Some(BrokerCmd::Wake) | None => {}
+            Some(BrokerCmd::Wake) => self.check_overflow(cx),
+            None => {}
             Some(BrokerCmd::Drain) => {
+                // What is queued goes out first (poll_outbound), then CLOSE.
                 self.draining = true;
-                // What is queued goes first: the driver sends CLOSE after the outbox.
-                let mut d = Drained::default();
-                while self.mailbox.drain_into(cx, usize::MAX, &mut d) && !cx.backlogged() {}
-                self.account(&d);
-                cx.close(Status::OK, "broker shutting down");
+                crate::drain::close_if_drained(&self.mailbox, self.parked.is_some(), cx);
             }
+            Some(BrokerCmd::DrainDeadline) => {
+                crate::drain::close_undrained(&self.core, self.conn, &self.mailbox, cx)
+            }
+            Some(BrokerCmd::TakenOver) => self.hand_over(cx),
+            Some(BrokerCmd::Close(status, why)) => cx.close(status, why),
         }
     }
 
     fn on_closed(&mut self, _why: &Error) {
-        let services: Vec<(u32, String)> = self.services.drain().collect();
-        match self.session.take() {
-            Some((id, token)) if !self.draining && !self.core.draining() => {
-                self.core
-                    .detach(self.conn, id, token, self.mailbox.clone(), &services)
-            }
-            _ => self
-                .core
-                .connection_gone(self.conn, &self.mailbox, &services),
+        if self.taken_over {
+            // Its session went to the connection that took it over.
+            return;
         }
+        let Some(claim) = self.live.take() else {
+            return self.end_session();
+        };
+        // A HELLO claims the session before this ends it or keeps it, or resumes it after.
+        if claim.end(|| self.end_session()) {
+            self.give_session(&claim);
+        }
+        self.core.attached.leave(&claim);
     }
 
     fn read_paused(&self) -> bool {
@@ -699,104 +556,97 @@ impl Reactor for BrokerReactor {
     }
 
     fn poll_outbound(&mut self, cx: &mut Ctx<'_>) -> bool {
+        self.check_overflow(cx);
         let unparked = self.retry_parked(cx);
         let mut d = Drained::default();
         let progress = self.mailbox.drain_into(cx, 256, &mut d);
-        self.account(&d);
+        self.account(d);
+        if self.draining {
+            crate::drain::close_if_drained(&self.mailbox, self.parked.is_some(), cx);
+        }
         progress || unparked
     }
 }
 
 impl BrokerReactor {
-    /// Offers the held message again to the subscriptions that were full; true once it is
-    /// delivered (or given up), so that reading resumes.
-    fn retry_parked(&mut self, cx: &mut Ctx<'_>) -> bool {
-        let Some(p) = self.parked.as_mut() else {
-            return false;
+    /// The connection ended: its session is kept if the connection was lost, else it ends.
+    fn end_session(&mut self) {
+        let services: Vec<(u32, String)> = self.services.drain().collect();
+        // Only a lost connection keeps its session: not one the client closed, nor one the
+        // broker closed to shut down.
+        let lost = !self.closed_by_client && !self.draining && !self.core.draining();
+        let kept = lost && self.session.is_some();
+        crate::streams::on_gone(&self.core, self.conn, &self.mailbox, kept);
+        match self.session.take() {
+            Some(s) if lost => {
+                self.core
+                    .detach(self.conn, s.key, s.token, self.mailbox.clone(), &services)
+            }
+            _ => self
+                .core
+                .connection_gone(self.conn, &self.mailbox, &services),
+        }
+    }
+
+    /// A new connection of the same client claimed the session (PROTOCOL.md 8.5): it goes
+    /// there now, and this connection closes saying why, touching nothing of it any more.
+    fn hand_over(&mut self, cx: &mut Ctx<'_>) {
+        let Some(claim) = self.live.take() else {
+            return;
         };
-        let waker = cx.waker().clone();
-        let mut task = std::task::Context::from_waker(&waker);
-        loop {
-            let Some(t) = p.targets.last().cloned() else {
-                break;
-            };
-            if let Some(room) = p.room.as_mut() {
-                if room.as_mut().poll(&mut task).is_pending() {
-                    if p.deadline.as_mut().poll(&mut task).is_pending() {
-                        return false;
-                    }
-                    // Held too long: refuse, as a publisher would be without blocking.
-                    let why = format!(
-                        "{} subscriber(s) of {} stayed full for {} ms",
-                        p.targets.len(),
-                        p.subject,
-                        self.core.cfg.max_block_ms
-                    );
-                    let (id, n) = (p.id, p.targets.len());
-                    self.parked = None;
-                    self.core
-                        .stats
-                        .publish_rejections
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    cx.send(&Frame::error(id, Status::BACKPRESSURE_REJECTION, &why));
-                    self.resume_held(cx);
-                    return true;
-                }
-            }
-            // Armed before the attempt, so that room made right after it wakes this task.
-            p.room = Some(t.mailbox.room_owned());
-            let mut r = crate::core::Routed::default();
-            if self.core.offer(&t, p.event.clone(), &mut r).is_some() {
-                continue;
-            }
-            p.targets.pop();
-            p.room = None;
+        if !claim.claimed() {
+            // The claimant stopped waiting: this connection keeps its session.
+            self.live = Some(claim);
+            return;
         }
-        let done = self.parked.take();
-        if let Some(p) = done {
-            if p.ack {
-                cx.send(&Frame::ack(p.id, 0));
-            }
-        }
-        self.resume_held(cx);
-        true
+        cx.close(Status::ALREADY_EXISTS, crate::takeover::TAKEN_OVER);
+        self.give_session(&claim);
     }
 
-    /// Handles the messages that arrived behind a held one, until one is held again.
-    fn resume_held(&mut self, cx: &mut Ctx<'_>) {
-        while self.parked.is_none() {
-            let Some(f) = self.held.pop_front() else {
-                return;
-            };
-            self.on_frame(f, cx);
+    /// Hands the session over to the connection that claimed it.
+    fn give_session(&mut self, claim: &Claim) {
+        self.taken_over = true;
+        let services: Vec<(u32, String)> = self.services.drain().collect();
+        if let Some(s) = self.session.take() {
+            crate::streams::on_gone(&self.core, self.conn, &self.mailbox, true);
+            let mb = self.mailbox.clone();
+            self.core.hand_over(claim, self.conn, s, mb, &services);
         }
     }
 
-    fn account(&self, d: &Drained) {
+    /// Ends a connection whose mailbox could not take what other connections sent it (it
+    /// reads nothing): everything it waits for fails with the connection.
+    fn check_overflow(&self, cx: &mut Ctx<'_>) {
+        if self.mailbox.overflowed() {
+            let (_, control) = self.mailbox.queued_bytes();
+            cx.fail(Error::new(
+                Status::SLOW_CONSUMER,
+                format!(
+                    "{control} bytes of answers and calls wait for this connection, which does \
+                     not read them (max_pending_bytes {})",
+                    self.core.cfg.max_pending_bytes
+                ),
+            ));
+        }
+    }
+
+    fn account(&self, d: Drained) {
         let s = &self.core.stats;
         s.msgs_out.fetch_add(d.events, Ordering::Relaxed);
         s.bytes_out.fetch_add(d.bytes, Ordering::Relaxed);
-        for (sid, filter) in &d.finished {
-            self.core.unsubscribe(filter, self.conn, *sid);
+        for (sid, sq) in d.finished {
+            self.core.end_taken(self.conn, sid, Box::new(sq));
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::covers;
-
-    #[test]
-    fn permission_filters_cover_requested_filters() {
-        assert!(covers("orders.>", "orders.eu.created"));
-        assert!(covers("orders.>", "orders.*"));
-        assert!(covers("orders.>", "orders.>"));
-        assert!(covers("orders.*", "orders.eu"));
-        assert!(covers("orders.*", "orders.*"));
-        assert!(!covers("orders.*", "orders.>"));
-        assert!(!covers("orders.*", "orders.eu.x"));
-        assert!(!covers("orders.eu", "orders.*"));
-        assert!(!covers("orders.>", "orders"));
-        assert!(covers(">", "anything.at.all"));
+    /// A COMPRESSED frame this connection may not send, or whose block is corrupt, is refused.
+    fn compressed_ok(&self, f: &Frame, cx: &mut Ctx<'_>) -> bool {
+        match crate::fit::check_compressed(f, self.lz4, cx.limits().max_payload) {
+            Ok(()) => true,
+            Err((status, why)) => {
+                self.refuse(cx, f, status, &why);
+                false
+            }
+        }
     }
 }

@@ -83,9 +83,35 @@ impl<T: Clone> Index<T> {
     }
 
     /// Appends every value whose filter matches the literal `subject`.
+    /// Every filter with its values (for the federation's announcements).
+    pub(crate) fn entries(&self) -> Vec<(String, T)> {
+        let mut out = Vec::new();
+        entries_in(&self.root, &mut Vec::new(), &mut out);
+        out
+    }
+
     pub(crate) fn matches(&self, subject: &str, out: &mut Vec<T>) {
         let toks: Vec<&str> = subject.split('.').collect();
         match_in(&self.root, &toks, out);
+    }
+}
+
+/// Every filter under `node` (whose tokens are `path`) with its values.
+fn entries_in<T: Clone>(node: &Node<T>, path: &mut Vec<String>, out: &mut Vec<(String, T)>) {
+    for v in &node.here {
+        out.push((path.join("."), v.clone()));
+    }
+    for v in &node.rest {
+        let mut p = path.clone();
+        p.push(">".into());
+        out.push((p.join("."), v.clone()));
+    }
+    let children = node.literal.iter().map(|(k, n)| (k.to_string(), n));
+    let star = node.star.iter().map(|n| ("*".to_owned(), &**n));
+    for (tok, n) in children.chain(star) {
+        path.push(tok);
+        entries_in(n, path, out);
+        path.pop();
     }
 }
 
@@ -150,6 +176,31 @@ mod tests {
         idx.matches(s, &mut v);
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn entries_give_back_every_filter() {
+        let mut idx = Index::default();
+        for (i, f) in ["a.b", "a.*", "a.>", "x", "*.y.>", "a.b"]
+            .iter()
+            .enumerate()
+        {
+            idx.insert(f, i as u32);
+        }
+        let mut got = idx.entries();
+        got.sort();
+        let want: Vec<(String, u32)> = [
+            ("*.y.>", 4),
+            ("a.*", 1),
+            ("a.>", 2),
+            ("a.b", 0),
+            ("a.b", 5),
+            ("x", 3),
+        ]
+        .iter()
+        .map(|(f, i)| ((*f).to_owned(), *i))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

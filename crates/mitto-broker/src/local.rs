@@ -2,13 +2,13 @@
 //! publish by routing in their own task and read their subscriptions straight from their
 //! mailbox, with the same checks and policies as a connection from a socket.
 
-use crate::conn::Permissions;
-use crate::core::{bump, Blocked, Core, RouteCache, Routed, SubRef};
+use crate::core::{Blocked, Core, RouteCache, Routed};
 use crate::mailbox::{LocalPop, Mailbox};
-use mitto::local::{LocalPort, LocalQueue, Published};
+use crate::permissions::Permissions;
+use crate::subscriptions::SubRef;
+use mitto::__private::local::{LocalPort, LocalQueue, Published};
 use mitto::proto::{Frame, Status};
 use mitto::{Error, Result};
-use std::any::TypeId;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,20 +80,13 @@ fn with_routes<R>(uid: u64, f: impl FnOnce(&mut RouteCache) -> R) -> Option<R> {
 
 impl LocalPort for Port {
     fn publish(&self, f: Frame) -> Result<Published> {
-        if self.perms.restricts_publish() || self.core.draining() {
-            let subject = f.subject.as_str();
-            let inbox = self.core.is_inbox(subject);
-            if !inbox && !self.perms.may_publish(subject) {
-                bump(&self.core.stats.permission_denials);
-                return Err(Error::new(
-                    Status::FORBIDDEN,
-                    format!("may not publish to {subject}"),
-                ));
-            }
-            if !inbox && self.core.draining() {
-                return Err(Error::new(Status::UNAVAILABLE, "broker is shutting down").retryable());
-            }
-        }
+        // The same rule as for a socket's PUBLISH: replies to inboxes, then permissions.
+        let Some(f) = self.core.admit_publish(self.conn, &self.perms, f)? else {
+            return Ok(Published::Done);
+        };
+        // A stream that captures the subject stores it; the publish returns once it is stored
+        // (the port is not told whether the caller asked for an ACK).
+        let stored = crate::streams::capture(&self.core, &f)?;
         let mut f = Some(f);
         let routed = match with_routes(self.uid, |routes| {
             f.take().map(|f| self.core.publish_owned(f, routes))
@@ -104,13 +97,35 @@ impl LocalPort for Port {
                 None => return Err(Error::new(Status::INTERNAL, "publish lost")),
             },
         };
+        if let Some(stored) = stored {
+            let room = routed.blocked.map(|b| {
+                let Blocked {
+                    targets,
+                    event,
+                    born,
+                } = *b;
+                wait_for_room(self.core.clone(), targets, event, born)
+            });
+            return Ok(Published::Blocked(Box::pin(async move {
+                stored.wait().await?;
+                match room {
+                    Some(r) => r.await,
+                    None => Ok(()),
+                }
+            })));
+        }
         match routed.blocked {
             Some(b) => {
-                let Blocked { targets, event } = *b;
+                let Blocked {
+                    targets,
+                    event,
+                    born,
+                } = *b;
                 Ok(Published::Blocked(Box::pin(wait_for_room(
                     self.core.clone(),
                     targets,
                     event,
+                    born,
                 ))))
             }
             None => Ok(Published::Done),
@@ -127,15 +142,16 @@ impl LocalPort for Port {
             }) as Arc<dyn LocalQueue>
         })
     }
-
-    fn bind_type(&self, filter: &str, ty: TypeId, name: &'static str) -> Result<()> {
-        self.core.bind_type(filter, ty, name)
-    }
 }
 
 /// Delivers `event` to subscriptions that block publishers, as each makes room; gives up after
 /// the broker's `max_block_ms` (as for a publisher over a socket).
-async fn wait_for_room(core: Arc<Core>, mut blocked: Vec<SubRef>, event: Frame) -> Result<()> {
+async fn wait_for_room(
+    core: Arc<Core>,
+    mut blocked: Vec<SubRef>,
+    event: Frame,
+    born: Option<tokio::time::Instant>,
+) -> Result<()> {
     let limit = Duration::from_millis(core.cfg.max_block_ms);
     let wait = async {
         while let Some(t) = blocked.last().cloned() {
@@ -143,7 +159,7 @@ async fn wait_for_room(core: Arc<Core>, mut blocked: Vec<SubRef>, event: Frame) 
             tokio::pin!(room);
             room.as_mut().enable();
             let mut r = Routed::default();
-            if core.offer(&t, event.clone(), &mut r).is_none() {
+            if core.offer(&t, event.clone(), born, &mut r).is_none() {
                 blocked.pop();
                 continue;
             }
@@ -190,8 +206,8 @@ impl LocalQueue for Queue {
                 let s = &self.core.stats;
                 s.msgs_out.fetch_add(n, Ordering::Relaxed);
                 s.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-                if let Some(filter) = finished {
-                    self.core.unsubscribe(&filter, self.conn, self.sid);
+                if let Some(sq) = finished {
+                    self.core.end_taken(self.conn, self.sid, sq);
                 }
                 Poll::Ready(true)
             }

@@ -1,19 +1,26 @@
 //! A connection's outgoing queues at the broker: one bounded queue per subscription (with its
 //! credit and slow-consumer policy, URGENT messages first) and a control queue (responses,
-//! errors). Publishers push into them from their own connection tasks; the owning connection's
-//! driver moves them to its socket when it has room, round robin over the subscriptions.
+//! errors, forwarded requests), bounded in bytes too. Publishers push into them from their own
+//! connection tasks; the owning connection's driver moves them to its socket when it has room,
+//! round robin over the subscriptions.
 
-use mitto::conn::Ctx;
+mod acks;
+mod subqueue;
+#[cfg(test)]
+mod tests;
+
+use subqueue::Unacked;
+pub(crate) use subqueue::{Held, SubQueue, Swept};
+
+use crate::fit::Peer;
+use crate::shared::{BrokerCmd, Waker};
+use crate::stats::Losses;
+use mitto::__private::conn::Ctx;
 use mitto::proto::{Flags, Frame, SlowConsumerPolicy};
 use rustc_hash::FxHashMap;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
-
-/// Wakes the owning connection's driver.
-pub(crate) type Waker = mpsc::UnboundedSender<crate::conn::BrokerCmd>;
 
 /// What happened to a pushed message.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,161 +34,48 @@ pub(crate) enum Pushed {
     /// Not queued: the subscription is full and pushes back on publishers (the message is
     /// given back).
     Rejected(Frame),
-    /// Not queued: the subscription was full and has been ended (its filter is returned).
-    Disconnected(String),
-    /// The subscription no longer exists.
-    Gone,
-}
-
-/// At-least-once state of a subscription: deliveries waiting for ACK.
-#[derive(Debug)]
-pub(crate) struct AckState {
-    wait: Duration,
-    max_deliver: u32,
-    /// Delivered, not acknowledged: delivery id -> (message, redelivery due).
-    unacked: HashMap<u64, (Frame, Instant)>,
-    /// Deliveries so far of messages not yet acknowledged.
-    attempts: HashMap<u64, u32>,
-}
-
-impl AckState {
-    pub(crate) fn new(wait: Duration, max_deliver: u32) -> AckState {
-        AckState {
-            wait,
-            max_deliver,
-            unacked: HashMap::new(),
-            attempts: HashMap::new(),
-        }
-    }
-}
-
-/// What a redelivery sweep did.
-#[derive(Debug, Default)]
-pub(crate) struct Swept {
-    pub(crate) redelivered: u64,
-    pub(crate) given_up: u64,
-}
-
-/// A subscription's queue and settings.
-#[derive(Debug)]
-pub(crate) struct SubQueue {
-    pub(crate) filter: String,
-    pub(crate) queue: Option<String>,
-    urgent: VecDeque<Frame>,
-    normal: VecDeque<Frame>,
-    /// Messages the client has room for; `None`: no credit flow control.
-    credit: Option<u32>,
-    max_pending: usize,
-    policy: SlowConsumerPolicy,
-    /// Auto-unsubscribe after this many more deliveries.
-    remaining: Option<u32>,
-    ready: bool,
-    pub(crate) delivered: u64,
-    pub(crate) dropped: u64,
-    ack: Option<AckState>,
-    /// An in-process subscriber waiting for messages (local mailboxes only).
-    waker: Option<std::task::Waker>,
-}
-
-impl SubQueue {
-    pub(crate) fn new(
-        filter: String,
-        queue: Option<String>,
-        credit: u32,
-        max_pending: usize,
-        policy: SlowConsumerPolicy,
-    ) -> SubQueue {
-        SubQueue {
-            filter,
-            queue,
-            urgent: VecDeque::new(),
-            normal: VecDeque::new(),
-            credit: (credit > 0).then_some(credit),
-            max_pending: max_pending.max(1),
-            policy,
-            remaining: None,
-            ready: false,
-            delivered: 0,
-            dropped: 0,
-            ack: None,
-            waker: None,
-        }
-    }
-
-    /// Makes the subscription at-least-once.
-    pub(crate) fn with_acks(mut self, ack: AckState) -> SubQueue {
-        self.ack = Some(ack);
-        self
-    }
-
-    fn len(&self) -> usize {
-        self.urgent.len() + self.normal.len()
-    }
-
-    /// Queued plus delivered-but-unacknowledged: what counts against `max_pending`.
-    fn held(&self) -> usize {
-        self.len() + self.ack.as_ref().map_or(0, |a| a.unacked.len())
-    }
-
-    fn sendable(&self) -> bool {
-        self.len() > 0 && self.credit != Some(0)
-    }
-
-    /// Takes the next message to deliver (URGENT first), with the at-least-once, credit and
-    /// auto-unsubscribe bookkeeping. Returns it and whether the subscription is now finished.
-    fn take(&mut self, bytes: &mut usize) -> Option<(Frame, bool)> {
-        let mut f = self
-            .urgent
-            .pop_front()
-            .or_else(|| self.normal.pop_front())?;
-        *bytes -= f.encoded_len().min(*bytes);
-        if let Some(a) = self.ack.as_mut() {
-            f.flags.insert(Flags::ACK_REQUIRED);
-            *a.attempts.entry(f.id).or_insert(0) += 1;
-            a.unacked.insert(f.id, (f.clone(), Instant::now() + a.wait));
-        }
-        if let Some(c) = self.credit.as_mut() {
-            *c = c.saturating_sub(1);
-        }
-        self.delivered += 1;
-        let mut done = false;
-        if let Some(r) = self.remaining.as_mut() {
-            *r = r.saturating_sub(1);
-            done = *r == 0;
-        }
-        Some((f, done))
-    }
-
-    fn queued_bytes(&self) -> usize {
-        self.normal
-            .iter()
-            .chain(&self.urgent)
-            .map(Frame::encoded_len)
-            .sum()
-    }
+    /// Not queued: the subscription is full and is to be ended (the message is given back, to
+    /// follow what it holds: see `rehome.rs`).
+    Disconnected(Frame),
+    /// The subscription no longer exists (the message is given back, for a queue group or a
+    /// durable name to take).
+    Gone(Frame),
 }
 
 /// What an in-process subscriber took from its queue.
 #[derive(Debug)]
 pub(crate) enum LocalPop {
-    /// Messages moved (count, payload bytes); `Some(filter)` if that finished the subscription.
-    Got(u64, u64, Option<String>),
+    /// Messages moved (count, payload bytes); the subscription's queue if that finished it.
+    Got(u64, u64, Option<Box<SubQueue>>),
     /// The subscription no longer exists.
     Ended,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queues {
     control: VecDeque<Frame>,
+    /// Encoded bytes in `control`.
+    control_bytes: usize,
+    /// A control frame did not fit: the connection does not read and is to be closed.
+    overflowed: bool,
     subs: FxHashMap<u32, SubQueue>,
     /// Subscriptions with something to send and credit to send it, in turn.
     ready: VecDeque<u32>,
     bytes: usize,
+    /// Encoded bytes delivered by at-least-once subscriptions and not yet acknowledged.
+    unacked_bytes: usize,
+    /// At-least-once subscriptions held back while `unacked_bytes` is at its bound: they go on
+    /// when acknowledgements make room (backpressure: nothing is dropped for it).
+    paused: Vec<u32>,
     /// The driver has nothing queued and waits for a wake-up.
     idle: bool,
     /// The client is in this process and reads its subscriptions itself: events are never
     /// moved to the connection, the subscriber is woken instead.
     local: bool,
+    /// What the connection agreed to receive.
+    peer: Peer,
+    /// Every message goes to it as it is ([`Peer::takes_all`]).
+    takes_all: bool,
 }
 
 /// Counters a drain reports.
@@ -189,8 +83,22 @@ struct Queues {
 pub(crate) struct Drained {
     pub(crate) events: u64,
     pub(crate) bytes: u64,
-    /// Subscriptions that reached their auto-unsubscribe count: (sid, filter).
-    pub(crate) finished: Vec<(u32, String)>,
+    /// Subscriptions that reached their auto-unsubscribe count: sid and what they still hold.
+    pub(crate) finished: Vec<(u32, SubQueue)>,
+}
+
+/// What monitoring and clean-up know of one subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct SubInfo {
+    pub(crate) sid: u32,
+    pub(crate) filter: String,
+    pub(crate) queue: Option<String>,
+    pub(crate) durable: Option<Arc<str>>,
+    pub(crate) delivered: u64,
+    /// Dropped by the slow-consumer policy.
+    pub(crate) dropped: u64,
+    /// Skipped: over what the subscriber agreed to receive.
+    pub(crate) skipped: u64,
 }
 
 /// One connection's mailbox.
@@ -199,26 +107,60 @@ pub(crate) struct Mailbox {
     q: Mutex<Queues>,
     wake: Mutex<Waker>,
     max_bytes: usize,
+    /// Bound of `Queues::unacked_bytes`: past it at-least-once subscriptions send nothing more.
+    max_unacked: usize,
     /// Publishers blocked by a full subscription wait here for room.
     space: std::sync::Arc<tokio::sync::Notify>,
     space_wanted: std::sync::atomic::AtomicBool,
     /// Mirrors `Queues::local` for lock-free reads.
     local: std::sync::atomic::AtomicBool,
+    /// Where messages skipped or dropped on their way out are counted, broker-wide.
+    losses: Arc<Losses>,
+    /// Mirrors `Queues::overflowed` for lock-free reads (the driver asks on every turn).
+    overflow: std::sync::atomic::AtomicBool,
 }
 
 impl Mailbox {
-    pub(crate) fn new(wake: Waker, max_bytes: usize) -> Mailbox {
+    pub(crate) fn new(wake: Waker, max_bytes: usize, losses: Arc<Losses>) -> Mailbox {
         Mailbox {
             q: Mutex::new(Queues {
+                control: VecDeque::new(),
+                control_bytes: 0,
+                overflowed: false,
+                subs: FxHashMap::default(),
+                ready: VecDeque::new(),
+                bytes: 0,
+                unacked_bytes: 0,
+                paused: Vec::new(),
                 idle: true,
-                ..Queues::default()
+                local: false,
+                peer: Peer::ANY,
+                takes_all: true,
             }),
             wake: Mutex::new(wake),
             max_bytes,
+            max_unacked: max_bytes,
             space: std::sync::Arc::new(tokio::sync::Notify::new()),
             space_wanted: std::sync::atomic::AtomicBool::new(false),
             local: std::sync::atomic::AtomicBool::new(false),
+            losses,
+            overflow: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Bounds the bytes delivered and not yet acknowledged (by default `max_bytes`): past it,
+    /// at-least-once subscriptions wait for acknowledgements before they send more.
+    pub(crate) fn with_max_unacked(mut self, n: usize) -> Mailbox {
+        self.max_unacked = n.max(1);
+        self
+    }
+
+    /// Sets what the connection reading this mailbox agreed to receive (`broker_max_payload`:
+    /// the largest payload the broker accepts).
+    pub(crate) fn set_peer(&self, peer: Peer, broker_max_payload: u32) {
+        let mut q = self.lock();
+        q.peer = peer;
+        q.takes_all = peer.takes_all(broker_max_payload);
     }
 
     /// Makes the mailbox's subscriptions read in-process (`true`) or sent to the connection.
@@ -291,6 +233,8 @@ impl Mailbox {
             && s.remaining.is_none()
             && s.credit.is_none()
             && s.urgent.is_empty()
+            && s.born.is_empty()
+            && q.takes_all
             && out.is_empty()
             && !s.normal.is_empty()
         {
@@ -308,23 +252,31 @@ impl Mailbox {
             return std::task::Poll::Ready(LocalPop::Got(n as u64, payload, None));
         }
         let (mut n, mut bytes, mut finished) = (0u64, 0u64, None);
+        let mut done = false;
         while (n as usize) < max {
-            let Some((f, done)) = s.take(&mut q.bytes) else {
+            if s.acked() && q.unacked_bytes >= self.max_unacked {
+                if !q.paused.contains(&sid) {
+                    q.paused.push(sid);
+                }
+                break;
+            }
+            let Some((f, last)) = s.take(&mut q.bytes, &mut q.unacked_bytes, &q.peer, &self.losses)
+            else {
                 break;
             };
             n += 1;
             bytes += f.payload.len() as u64;
             out.push_back(f);
-            if done {
-                finished = Some(s.filter.clone());
+            if last {
+                done = true;
                 break;
             }
         }
-        if let Some(filter) = &finished {
+        if done {
             let rest = s.queued_bytes();
             q.bytes -= rest.min(q.bytes);
-            q.subs.remove(&sid);
-            let _ = filter;
+            q.unacked_bytes -= s.unacked_bytes().min(q.unacked_bytes);
+            finished = q.subs.remove(&sid).map(Box::new);
         } else if n == 0 {
             match &s.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -347,19 +299,52 @@ impl Mailbox {
         if q.idle {
             q.idle = false;
             if let Ok(w) = self.wake.lock() {
-                let _ = w.send(crate::conn::BrokerCmd::Wake);
+                let _ = w.send(BrokerCmd::Wake);
             }
         }
     }
 
-    /// Hands the mailbox to a new connection (a resumed session) and wakes it.
+    /// Hands the mailbox to a new connection (a resumed session) and wakes it. Deliveries the
+    /// lost connection did not acknowledge are queued again at once (ahead of what arrived
+    /// meanwhile): it cannot acknowledge them any more, so there is no point in waiting for
+    /// their `ack_wait`.
+    /// An overflow that closed the old connection is not held against the new one, nor is the
+    /// credit its EVENTs spent.
     pub(crate) fn set_waker(&self, wake: Waker) {
         if let Ok(mut w) = self.wake.lock() {
             *w = wake;
         }
-        let mut q = self.lock();
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        for s in q.subs.values_mut() {
+            let Some(a) = s.ack.as_mut() else { continue };
+            a.bytes = 0;
+            let mut back: Vec<(u64, Unacked)> = a.unacked.drain().collect();
+            back.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+            for (id, u) in back {
+                q.bytes += u.f.encoded_len();
+                if let Some(t) = u.born {
+                    s.born.insert(id, t);
+                }
+                s.normal.push_front(u.f);
+            }
+        }
+        q.unacked_bytes = 0;
+        q.paused.clear();
+        // What arrived while no connection read the mailbox is sent at once, within a whole
+        // window of credit.
+        for (sid, s) in q.subs.iter_mut() {
+            s.refill();
+            if !s.ready && s.sendable() {
+                s.ready = true;
+                q.ready.push_back(*sid);
+            }
+        }
+        q.overflowed = false;
+        self.overflow
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         q.idle = true;
-        self.wake_if_idle(&mut q);
+        self.wake_if_idle(q);
     }
 
     /// Adds a subscription's queue.
@@ -372,42 +357,123 @@ impl Mailbox {
         true
     }
 
-    /// Removes a subscription's queue and what it still held; returns its filter.
-    pub(crate) fn remove_sub(&self, sid: u32) -> Option<String> {
+    /// Removes a subscription's queue, with what it still holds.
+    pub(crate) fn remove_sub(&self, sid: u32) -> Option<SubQueue> {
         let mut q = self.lock();
         let mut sq = q.subs.remove(&sid)?;
         let freed = sq.queued_bytes();
         q.bytes -= freed.min(q.bytes);
+        q.unacked_bytes -= sq.unacked_bytes().min(q.unacked_bytes);
+        self.release_paused(&mut q);
         drop(q);
         if let Some(w) = sq.waker.take() {
             w.wake();
         }
         self.made_room();
-        Some(sq.filter)
+        Some(sq)
     }
 
-    /// Ends every subscription (the connection is gone): queued messages are freed and
-    /// in-process readers see their queue end.
-    pub(crate) fn end_all(&self) {
-        let sids: Vec<u32> = self.lock().subs.keys().copied().collect();
-        for sid in sids {
-            self.remove_sub(sid);
+    /// Drops what subscription `sid` queued and did not send, keeping the subscription: for a
+    /// subscription bound to a consumer, which holds those messages and sends them again.
+    pub(crate) fn drop_queued(&self, sid: u32) {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return;
+        };
+        let freed = s.queued_bytes();
+        s.urgent.clear();
+        s.normal.clear();
+        s.born.clear();
+        q.bytes -= freed.min(q.bytes);
+        drop(guard);
+        self.made_room();
+    }
+
+    /// An empty queue with the settings of subscription `sid`.
+    pub(crate) fn like(&self, sid: u32) -> Option<SubQueue> {
+        self.lock().subs.get(&sid).map(SubQueue::empty_like)
+    }
+
+    /// Puts messages of a subscription that ended ahead of what subscription `sid` holds, and
+    /// makes them ready to send. Gives them back if `sid` is gone.
+    pub(crate) fn absorb(&self, sid: u32, older: Vec<Held>) -> Result<(), Vec<Held>> {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return Err(older);
+        };
+        let older = older
+            .into_iter()
+            .map(|mut h| {
+                h.f.aux = sid;
+                h
+            })
+            .collect();
+        q.bytes += s.absorb(older);
+        self.make_ready(q, sid);
+        Ok(())
+    }
+
+    /// Queues one message moved from a subscription that ended (another member of the same
+    /// queue group went away), whatever the bound. Gives it back if `sid` is gone.
+    pub(crate) fn push_held(&self, sid: u32, h: Held) -> Result<(), Box<Held>> {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return Err(Box::new(h));
+        };
+        let mut h = h;
+        h.f.aux = sid;
+        q.bytes += h.f.encoded_len();
+        s.remember(&h);
+        if h.f.is_urgent() {
+            s.urgent.push_back(h.f);
+        } else {
+            s.normal.push_back(h.f);
         }
+        self.make_ready(q, sid);
+        Ok(())
     }
 
-    /// The filters and queue groups of every subscription (for clean-up and monitoring).
-    pub(crate) fn subs(&self) -> Vec<(u32, String, Option<String>, u64, u64)> {
+    /// Subscription `sid` got messages: wake its reader.
+    fn make_ready(&self, q: &mut Queues, sid: u32) {
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return;
+        };
+        if q.local {
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            return;
+        }
+        if !s.ready && s.sendable() {
+            s.ready = true;
+            q.ready.push_back(sid);
+        }
+        self.wake_if_idle(q);
+    }
+
+    /// Messages queued or sent and not yet acknowledged, in every subscription, and control
+    /// frames not yet sent: what a connection closed now would not deliver.
+    pub(crate) fn outstanding(&self) -> usize {
+        let q = self.lock();
+        q.control.len() + q.subs.values().map(SubQueue::held).sum::<usize>()
+    }
+
+    /// Every subscription of this mailbox (for clean-up and monitoring).
+    pub(crate) fn subs(&self) -> Vec<SubInfo> {
         let q = self.lock();
         q.subs
             .iter()
-            .map(|(sid, s)| {
-                (
-                    *sid,
-                    s.filter.clone(),
-                    s.queue.clone(),
-                    s.delivered,
-                    s.dropped,
-                )
+            .map(|(sid, s)| SubInfo {
+                sid: *sid,
+                filter: s.filter.clone(),
+                queue: s.queue.clone(),
+                durable: s.durable.clone(),
+                delivered: s.delivered,
+                dropped: s.dropped,
+                skipped: s.skipped,
             })
             .collect()
     }
@@ -450,21 +516,91 @@ impl Mailbox {
         }
     }
 
-    /// Queues a control frame (RESPONSE, ERROR, ACK): never dropped.
-    pub(crate) fn push_control(&self, f: Frame) {
+    /// Queues a control frame (RESPONSE, STREAM, ERROR, CANCEL) from another connection.
+    /// Control frames have a budget of `max_bytes` of their own; one that does not fit is not
+    /// queued and marks the mailbox overflowed: the connection is not reading what it is sent,
+    /// and its reactor closes it as a slow consumer (its operations then fail with the
+    /// connection, never silently). False if it was not queued.
+    pub(crate) fn push_control(&self, mut f: Frame) -> bool {
         let mut q = self.lock();
-        q.bytes += f.encoded_len();
+        if f.flags.contains(Flags::COMPRESSED) && !q.peer.lz4 {
+            // A forwarded call or answer, for a peer that reads no compressed payloads.
+            let (id, t) = (f.id, f.frame_type);
+            match crate::fit::fit(f, &q.peer, None, 1) {
+                Ok(plain) => f = plain,
+                Err(_) if t == mitto::proto::FrameType::Response => {
+                    Losses::add(&self.losses.oversize, 1);
+                    f = Frame::response(
+                        id,
+                        mitto::proto::Status::PAYLOAD_TOO_LARGE,
+                        "the answer is over the agreed max_payload once decompressed",
+                    );
+                }
+                Err(_) => {
+                    Losses::add(&self.losses.oversize, 1);
+                    return false;
+                }
+            }
+        }
+        let len = f.encoded_len();
+        if q.control_bytes + len > self.max_bytes {
+            if !q.overflowed {
+                q.overflowed = true;
+                self.overflow
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                q.idle = false;
+                // The driver may be waiting on a full socket: tell it whatever it is doing.
+                if let Ok(w) = self.wake.lock() {
+                    let _ = w.send(BrokerCmd::Wake);
+                }
+            }
+            return false;
+        }
+        q.control_bytes += len;
         q.control.push_back(f);
         self.wake_if_idle(&mut q);
+        true
     }
 
-    /// Queues an EVENT for subscription `sid`, applying its policy when it is full.
+    /// Queues a REQUEST forwarded to this service instance if its control budget has room;
+    /// false otherwise (the caller is refused, the instance is not blamed).
+    pub(crate) fn push_request(&self, f: Frame) -> bool {
+        let mut q = self.lock();
+        let len = f.encoded_len();
+        if q.overflowed || q.control_bytes + len > self.max_bytes {
+            return false;
+        }
+        q.control_bytes += len;
+        q.control.push_back(f);
+        self.wake_if_idle(&mut q);
+        true
+    }
+
+    /// Whether a control frame of `len` bytes fits now.
+    pub(crate) fn has_control_room(&self, len: usize) -> bool {
+        let q = self.lock();
+        !q.overflowed && q.control_bytes + len <= self.max_bytes
+    }
+
+    /// Whether a control frame did not fit (see [`Mailbox::push_control`]).
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflow.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Encoded bytes queued: EVENTs of the subscriptions, and control frames.
+    pub(crate) fn queued_bytes(&self) -> (usize, usize) {
+        let q = self.lock();
+        (q.bytes, q.control_bytes)
+    }
+
+    /// Queues an EVENT for subscription `sid`, applying its policy when it is full; `born`:
+    /// when a message with a `deadline` or `ttl` arrived.
     #[inline]
-    pub(crate) fn push_event(&self, sid: u32, f: Frame) -> Pushed {
+    pub(crate) fn push_event(&self, sid: u32, f: Frame, born: Option<Instant>) -> Pushed {
         let mut guard = self.lock();
         let q = &mut *guard;
         let Some(s) = q.subs.get_mut(&sid) else {
-            return Pushed::Gone;
+            return Pushed::Gone(f);
         };
         let len = f.encoded_len();
         let full = s.held() >= s.max_pending || q.bytes + len > self.max_bytes;
@@ -476,18 +612,19 @@ impl Mailbox {
                     return Pushed::DroppedNewest;
                 }
                 SlowConsumerPolicy::Block => return Pushed::Rejected(f),
-                SlowConsumerPolicy::Disconnect => {
-                    let filter = s.filter.clone();
-                    drop(guard);
-                    self.remove_sub(sid);
-                    return Pushed::Disconnected(filter);
-                }
+                SlowConsumerPolicy::Disconnect => return Pushed::Disconnected(f),
                 // DropOldest, and ServerDefault (resolved to DropOldest at subscribe time).
                 _ => {
                     let old = s.normal.pop_front().or_else(|| s.urgent.pop_front());
                     match old {
                         Some(o) => {
                             q.bytes -= o.encoded_len().min(q.bytes);
+                            if !s.born.is_empty() {
+                                s.born.remove(&o.id);
+                            }
+                            if let Some(a) = s.ack.as_mut() {
+                                a.attempts.remove(&o.id);
+                            }
                             s.dropped += 1;
                             outcome = Pushed::DroppedOldest;
                         }
@@ -499,6 +636,11 @@ impl Mailbox {
                 }
             }
         }
+        if let Some(t) = born {
+            s.born.insert(f.id, t);
+        }
+        let lagging = s.len() > 0;
+        let f = crate::pin::settle(f, &mut s.last_end, lagging, &self.losses.copied);
         if f.is_urgent() {
             s.urgent.push_back(f);
         } else {
@@ -523,100 +665,10 @@ impl Mailbox {
         outcome
     }
 
-    /// Acknowledges delivery `id` of subscription `sid`. False if nothing was pending.
-    pub(crate) fn ack(&self, sid: u32, id: u64) -> bool {
-        let mut q = self.lock();
-        let Some(a) = q.subs.get_mut(&sid).and_then(|s| s.ack.as_mut()) else {
-            return false;
-        };
-        a.attempts.remove(&id);
-        a.unacked.remove(&id).is_some()
-    }
-
-    /// Asks for delivery `id` again: now, or after `delay`. False if nothing was pending.
-    pub(crate) fn nack(&self, sid: u32, id: u64, delay: Option<Duration>) -> bool {
-        let mut guard = self.lock();
-        let q = &mut *guard;
-        let Some(s) = q.subs.get_mut(&sid) else {
-            return false;
-        };
-        let Some(a) = s.ack.as_mut() else {
-            return false;
-        };
-        let Some(entry) = a.unacked.get_mut(&id) else {
-            return false;
-        };
-        match delay {
-            Some(d) if !d.is_zero() => entry.1 = Instant::now() + d,
-            _ => {
-                let Some((f, _)) = a.unacked.remove(&id) else {
-                    return false;
-                };
-                q.bytes += f.encoded_len();
-                s.normal.push_front(f);
-                if q.local {
-                    if let Some(w) = s.waker.take() {
-                        w.wake();
-                    }
-                    return true;
-                }
-                if !s.ready && s.sendable() {
-                    s.ready = true;
-                    q.ready.push_back(sid);
-                }
-                self.wake_if_idle(q);
-            }
-        }
-        true
-    }
-
-    /// Queues again every delivery whose acknowledgement is overdue; gives up (and counts) those
-    /// delivered `max_deliver` times.
-    pub(crate) fn redeliver_due(&self, now: Instant) -> Swept {
-        let mut out = Swept::default();
-        let mut guard = self.lock();
-        let q = &mut *guard;
-        let mut woke = false;
-        for (sid, s) in q.subs.iter_mut() {
-            let Some(a) = s.ack.as_mut() else { continue };
-            let due: Vec<u64> = a
-                .unacked
-                .iter()
-                .filter(|(_, (_, t))| *t <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                let Some((f, _)) = a.unacked.remove(&id) else {
-                    continue;
-                };
-                let tries = a.attempts.get(&id).copied().unwrap_or(0);
-                if a.max_deliver > 0 && tries >= a.max_deliver {
-                    a.attempts.remove(&id);
-                    out.given_up += 1;
-                    continue;
-                }
-                q.bytes += f.encoded_len();
-                s.normal.push_front(f);
-                out.redelivered += 1;
-            }
-            if q.local {
-                if s.len() > 0 {
-                    if let Some(w) = s.waker.take() {
-                        w.wake();
-                    }
-                }
-                continue;
-            }
-            if !s.ready && s.sendable() {
-                s.ready = true;
-                q.ready.push_back(*sid);
-                woke = true;
-            }
-        }
-        if woke {
-            self.wake_if_idle(q);
-        }
-        out
+    /// Everything it holds, encoded bytes: queued, unacknowledged and control frames.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let q = self.lock();
+        q.bytes + q.unacked_bytes + q.control_bytes
     }
 
     /// Moves queued frames to the connection's outbox until it is backlogged or `budget` frames
@@ -627,7 +679,7 @@ impl Mailbox {
         let mut n = 0;
         while n < budget && !cx.backlogged() {
             if let Some(f) = q.control.pop_front() {
-                q.bytes -= f.encoded_len().min(q.bytes);
+                q.control_bytes -= f.encoded_len().min(q.control_bytes);
                 cx.send(&f);
                 n += 1;
                 continue;
@@ -639,7 +691,15 @@ impl Mailbox {
                 continue;
             };
             s.ready = false;
-            let Some((f, done)) = s.take(&mut q.bytes) else {
+            if s.acked() && q.unacked_bytes >= self.max_unacked {
+                // Backpressure: it waits for acknowledgements (see `release_paused`).
+                if !q.paused.contains(&sid) {
+                    q.paused.push(sid);
+                }
+                continue;
+            }
+            let Some((f, done)) = s.take(&mut q.bytes, &mut q.unacked_bytes, &q.peer, &self.losses)
+            else {
                 continue;
             };
             cx.send(&f);
@@ -647,11 +707,12 @@ impl Mailbox {
             out.bytes += f.payload.len() as u64;
             n += 1;
             if done {
-                let filter = s.filter.clone();
                 let rest = s.queued_bytes();
-                q.subs.remove(&sid);
                 q.bytes -= rest.min(q.bytes);
-                out.finished.push((sid, filter));
+                q.unacked_bytes -= s.unacked_bytes().min(q.unacked_bytes);
+                if let Some(sq) = q.subs.remove(&sid) {
+                    out.finished.push((sid, sq));
+                }
             } else if s.sendable() {
                 s.ready = true;
                 q.ready.push_back(sid);

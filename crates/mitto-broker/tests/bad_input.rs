@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use mitto::proto::negotiate::Features;
-use mitto::proto::{Decoder, Flags, Frame, FrameType, Hello, Subject, Version};
+use mitto::proto::{Decoder, Flags, Frame, FrameType, Hello, Limits, Subject, Version};
 use mitto::{Client, ClientOptions, Status};
 use mitto_broker::{Broker, BrokerConfig};
 use std::time::Duration;
@@ -31,12 +31,17 @@ impl Raw {
         }
     }
     async fn hello(url: &str) -> Raw {
+        Raw::hello_limited(url, 0).await
+    }
+    /// Past the handshake, having agreed to receive payloads of at most `max_payload` bytes (0:
+    /// the default); what the broker sends is decoded under that limit.
+    async fn hello_limited(url: &str, max_payload: u32) -> Raw {
         let mut r = Raw::connect(url).await;
         let h = Hello {
             version: Version::CURRENT,
             flags: 0,
             features: Features::supported(),
-            max_payload: 0,
+            max_payload,
             max_headers: 0,
             keepalive_ms: 0,
             name: "raw".into(),
@@ -47,6 +52,12 @@ impl Raw {
         };
         r.send(&Frame::hello(&h, false).unwrap()).await;
         assert_eq!(r.recv().await.unwrap().frame_type, FrameType::Hello);
+        if max_payload > 0 {
+            r.dec.set_limits(Limits {
+                max_payload,
+                ..Limits::default()
+            });
+        }
         r
     }
     async fn send(&mut self, f: &Frame) {
@@ -54,7 +65,8 @@ impl Raw {
     }
     async fn recv(&mut self) -> Option<Frame> {
         loop {
-            if let Some(f) = self.dec.decode(&mut self.buf).unwrap() {
+            let next = self.dec.decode(&mut self.buf);
+            if let Some(f) = next.expect("a frame within the agreed limits") {
                 if f.frame_type == FrameType::Ping {
                     continue;
                 }
@@ -191,4 +203,150 @@ async fn frames_out_of_order_and_bad_bodies() {
     r.alive().await;
     unaffected(&c, &mut sub).await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_then_half_close_gets_error_and_close() {
+    let (b, url, c, mut sub) = broker().await;
+    let mut r = Raw::hello(&url).await;
+    let f = Frame::publish(Subject::literal("calm.t").unwrap(), "abcdef")
+        .with_id(3)
+        .to_bytes()
+        .unwrap();
+    r.s.write_all(&f[..f.len() - 2]).await.unwrap();
+    // The client is done sending but still reads: it hears why the broker closes.
+    r.s.shutdown().await.unwrap();
+    r.expect_error(Status::PROTOCOL_ERROR, 0).await;
+    let close = r.recv().await.expect("CLOSE");
+    assert_eq!(
+        (close.frame_type, close.status),
+        (FrameType::Close, Status::PROTOCOL_ERROR)
+    );
+    assert!(r.recv().await.is_none());
+    unaffected(&c, &mut sub).await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_sent_to_the_broker_is_refused_not_answered() {
+    let (b, url, c, mut sub) = broker().await;
+    let mut r = Raw::hello(&url).await;
+    let mut health = Frame::health_query(21);
+    health.flags.insert(Flags::REPLY);
+    health.payload = Frame::health_reply(
+        21,
+        &mitto::proto::HealthReport {
+            state: mitto::proto::HealthState::Serving,
+            uptime_ms: 1,
+            server: "not a broker".into(),
+            detail: None,
+        },
+    )
+    .unwrap()
+    .payload;
+    r.send(&health).await;
+    r.expect_error(Status::UNEXPECTED_FRAME, 21).await;
+    let stats = Frame::stats_reply(22, &Default::default()).unwrap();
+    r.send(&stats).await;
+    r.expect_error(Status::UNEXPECTED_FRAME, 22).await;
+    // A query is still answered.
+    r.send(&Frame::health_query(23)).await;
+    let f = r.recv().await.expect("HEALTH reply");
+    assert_eq!((f.frame_type, f.id), (FrameType::Health, 23));
+    assert!(f.flags.contains(Flags::REPLY));
+    r.alive().await;
+    unaffected(&c, &mut sub).await;
+    b.shutdown().await;
+}
+
+/// A client that agreed to payloads of 16 bytes still gets every answer, with its status and
+/// id: reasons are cut to fit, a report or a result that cannot fit becomes PAYLOAD_TOO_LARGE.
+/// (Its decoder refuses anything over 16 bytes, so an answer sent whole fails the test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fit_a_small_agreed_payload_limit() {
+    let (b, url, c, mut sub) = broker().await;
+    let mut r = Raw::hello_limited(&url, 16).await;
+    let reason_fits = |f: &Frame| {
+        assert!(f.payload.len() <= 16, "{f:?}");
+        std::str::from_utf8(&f.payload).expect("UTF-8 reason");
+    };
+    // Refusals of the broker's own.
+    r.send(&Frame::unsubscribe(77, None).with_id(9)).await;
+    let e = r.recv().await.unwrap();
+    assert_eq!(
+        (e.frame_type, e.status, e.id),
+        (FrameType::Error, Status::NOT_FOUND, 9)
+    );
+    assert_eq!(&e.payload[..], b"no subscription ");
+    let mut s = Frame::subscribe(4, Subject::new("calm.*").unwrap(), &Default::default()).unwrap();
+    s.id = 8;
+    s.payload = Bytes::from_static(b"xyz");
+    r.send(&s).await;
+    let e = r.recv().await.unwrap();
+    assert_eq!(
+        (e.frame_type, e.status, e.id),
+        (FrameType::Error, Status::BAD_REQUEST, 8)
+    );
+    reason_fits(&e);
+    // A decode error of the driver's.
+    let big = Frame::publish(Subject::literal("calm.big").unwrap(), vec![1u8; 17]).with_id(5);
+    r.send(&big).await;
+    let e = r.recv().await.unwrap();
+    assert_eq!(
+        (e.frame_type, e.status, e.id),
+        (FrameType::Error, Status::PAYLOAD_TOO_LARGE, 5)
+    );
+    reason_fits(&e);
+    // NO_RESPONDERS for a call.
+    r.send(&Frame::request(
+        6,
+        Subject::literal("nobody.home").unwrap(),
+        "",
+    ))
+    .await;
+    let a = r.recv().await.unwrap();
+    assert_eq!(
+        (a.frame_type, a.status, a.id),
+        (FrameType::Response, Status::NO_RESPONDERS, 6)
+    );
+    reason_fits(&a);
+    // A STATS report is far over 16 bytes.
+    r.send(&Frame::stats_query(7)).await;
+    let e = r.recv().await.unwrap();
+    assert_eq!(
+        (e.frame_type, e.status, e.id),
+        (FrameType::Error, Status::PAYLOAD_TOO_LARGE, 7)
+    );
+    reason_fits(&e);
+    // A service's result over the caller's limit.
+    let service = mitto::Server::new()
+        .route("calm.big", |_r: mitto::Request| async move {
+            Ok(Bytes::from(vec![b'x'; 100]))
+        })
+        .attach(&url, ClientOptions::new())
+        .await
+        .unwrap();
+    r.send(&Frame::request(
+        10,
+        Subject::literal("calm.big").unwrap(),
+        "",
+    ))
+    .await;
+    let a = r.recv().await.unwrap();
+    assert_eq!(
+        (a.frame_type, a.status, a.id),
+        (FrameType::Response, Status::PAYLOAD_TOO_LARGE, 10)
+    );
+    reason_fits(&a);
+    r.alive().await;
+    unaffected(&c, &mut sub).await;
+    service.shutdown().await;
+    // The broker's CLOSE at shutdown fits too.
+    b.shutdown().await;
+    let close = r.recv().await.expect("CLOSE");
+    assert_eq!(
+        (close.frame_type, close.status),
+        (FrameType::Close, Status::OK)
+    );
+    reason_fits(&close);
 }

@@ -12,9 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn config() -> BrokerConfig {
+/// The transport the clients of a test reach the broker by.
+#[derive(Clone, Copy, Debug)]
+enum Net {
+    Tcp,
+    Ws,
+}
+
+fn config(net: Net) -> BrokerConfig {
+    let listen = match net {
+        Net::Tcp => "tcp://127.0.0.1:0",
+        Net::Ws => "ws://127.0.0.1:0",
+    };
     BrokerConfig {
-        listen: vec!["tcp://127.0.0.1:0".into()],
+        listen: vec![listen.into()],
         monitor: "127.0.0.1:0".into(),
         ..BrokerConfig::default()
     }
@@ -65,9 +76,8 @@ fn text(m: &Message) -> String {
     String::from_utf8(m.payload().to_vec()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcards_route_to_every_matching_subscription() {
-    let (b, url) = start(config()).await;
+async fn wildcards_route_to_every_matching_subscription(net: Net) {
+    let (b, url) = start(config(net)).await;
     let c = client(&url).await;
     let mut star = c.subscribe("orders.*").await.unwrap();
     let mut rest = c.subscribe("orders.>").await.unwrap();
@@ -116,9 +126,8 @@ async fn wildcards_route_to_every_matching_subscription() {
 /// subscriptions, flushes and large publishes through its command queue): a responder that
 /// answers `t.get` with the last `t.state` it saw always answers with the one published just
 /// before the request.
-#[tokio::test(flavor = "current_thread")]
-async fn a_publish_then_a_request_arrive_in_that_order() {
-    let (b, url) = start(config()).await;
+async fn a_publish_then_a_request_arrive_in_that_order(net: Net) {
+    let (b, url) = start(config(net)).await;
     let responder = client(&url).await;
     // One subscription for both subjects: one stream, in the broker's order.
     let mut sub = responder.subscribe("t.>").await.unwrap();
@@ -162,9 +171,8 @@ async fn a_publish_then_a_request_arrive_in_that_order() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_groups_deliver_each_message_to_one_member() {
-    let (b, url) = start(config()).await;
+async fn queue_groups_deliver_each_message_to_one_member(net: Net) {
+    let (b, url) = start(config(net)).await;
     let members: Vec<Client> = vec![client(&url).await, client(&url).await, client(&url).await];
     let mut subs = Vec::new();
     for m in &members {
@@ -198,9 +206,8 @@ async fn queue_groups_deliver_each_message_to_one_member() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_reply_no_responders_deadline_and_cancel() {
-    let (b, url) = start(config()).await;
+async fn request_reply_no_responders_deadline_and_cancel(net: Net) {
+    let (b, url) = start(config(net)).await;
     let responder = client(&url).await;
     let mut svc = responder.subscribe("svc.echo").await.unwrap();
     let r2 = responder.clone();
@@ -251,11 +258,10 @@ async fn request_reply_no_responders_deadline_and_cancel() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_publish_and_block_policy_push_back() {
+async fn acked_publish_and_block_policy_push_back(net: Net) {
     let (b, url) = start(BrokerConfig {
         max_block_ms: 200,
-        ..config()
+        ..config(net)
     })
     .await;
     let slow = client(&url).await;
@@ -296,8 +302,11 @@ async fn acked_publish_and_block_policy_push_back() {
     b.shutdown().await;
 }
 
-async fn slow_consumer(policy: Policy) -> (Vec<String>, std::collections::BTreeMap<String, u64>) {
-    let (b, url) = start(config()).await;
+async fn slow_consumer(
+    net: Net,
+    policy: Policy,
+) -> (Vec<String>, std::collections::BTreeMap<String, u64>) {
+    let (b, url) = start(config(net)).await;
     let slow = client(&url).await;
     let so = SubscribeOptions {
         policy,
@@ -335,31 +344,27 @@ async fn slow_consumer(policy: Policy) -> (Vec<String>, std::collections::BTreeM
     (got, stats)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_drop_oldest_keeps_the_newest_and_counts() {
-    let (got, stats) = slow_consumer(Policy::DropOldest).await;
+async fn slow_consumer_drop_oldest_keeps_the_newest_and_counts(net: Net) {
+    let (got, stats) = slow_consumer(net, Policy::DropOldest).await;
     assert_eq!(got, ["0", "7", "8", "9"]);
     assert_eq!(stats["slow_consumer_drops"], 6);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_drop_newest_keeps_the_oldest_and_counts() {
-    let (got, stats) = slow_consumer(Policy::DropNewest).await;
+async fn slow_consumer_drop_newest_keeps_the_oldest_and_counts(net: Net) {
+    let (got, stats) = slow_consumer(net, Policy::DropNewest).await;
     assert_eq!(got, ["0", "1", "2", "3"]);
     assert_eq!(stats["slow_consumer_drops"], 6);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_disconnect_ends_the_subscription() {
-    let (got, stats) = slow_consumer(Policy::Disconnect).await;
+async fn slow_consumer_disconnect_ends_the_subscription(net: Net) {
+    let (got, stats) = slow_consumer(net, Policy::Disconnect).await;
     assert_eq!(got, ["0"], "what was queued went with the subscription");
     assert_eq!(stats["slow_consumer_disconnects"], 1);
     assert_eq!(stats["subscriptions"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn urgent_messages_overtake_queued_ones() {
-    let (b, url) = start(config()).await;
+async fn urgent_messages_overtake_queued_ones(net: Net) {
+    let (b, url) = start(config(net)).await;
     let s = client(&url).await;
     let so = SubscribeOptions {
         credit: 1,
@@ -387,13 +392,12 @@ async fn urgent_messages_overtake_queued_ones() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_are_enforced_with_clear_errors() {
+async fn limits_are_enforced_with_clear_errors(net: Net) {
     let cfg = BrokerConfig {
         max_payload: 1024,
         max_connections: 2,
         max_subscriptions: 2,
-        ..config()
+        ..config(net)
     };
     let (b, url) = start(cfg).await;
     let c = client(&url).await;
@@ -415,8 +419,7 @@ async fn limits_are_enforced_with_clear_errors() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_passwords_and_permissions() {
+async fn users_passwords_and_permissions(net: Net) {
     let cfg = BrokerConfig {
         users: vec![User {
             name: "alice".into(),
@@ -424,7 +427,7 @@ async fn users_passwords_and_permissions() {
             publish: vec!["orders.>".into()],
             subscribe: vec!["orders.*".into()],
         }],
-        ..config()
+        ..config(net)
     };
     let (b, url) = start(cfg).await;
     let e = Client::connect(&url, opts().user_password("alice", "nope"))
@@ -462,9 +465,8 @@ async fn users_passwords_and_permissions() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriptions_come_back_after_a_broker_restart() {
-    let (b, url) = start(config()).await;
+async fn subscriptions_come_back_after_a_broker_restart(net: Net) {
+    let (b, url) = start(config(net)).await;
     let s = client(&url).await;
     let mut sub = s.subscribe("news.>").await.unwrap();
     b.shutdown().await;
@@ -476,7 +478,7 @@ async fn subscriptions_come_back_after_a_broker_restart() {
     }
     let cfg = BrokerConfig {
         listen: vec![url.clone()],
-        ..config()
+        ..config(net)
     };
     let (b, _) = start(cfg).await;
     for _ in 0..300 {
@@ -492,9 +494,8 @@ async fn subscriptions_come_back_after_a_broker_restart() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsubscribe_after_n_and_on_drop() {
-    let (b, url) = start(config()).await;
+async fn unsubscribe_after_n_and_on_drop(net: Net) {
+    let (b, url) = start(config(net)).await;
     let c = client(&url).await;
     let mut sub = c.subscribe("t").await.unwrap();
     sub.unsubscribe_after(2);
@@ -518,7 +519,7 @@ async fn unsubscribe_after_n_and_on_drop() {
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
@@ -528,10 +529,13 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitoring_endpoint_reports_json_and_prometheus() {
-    let (b, url) = start(config()).await;
+    let (b, url) = start(config(Net::Tcp)).await;
     let c = client(&url).await;
     let _s = c.subscribe("m.*").await.unwrap();
     c.publish("m.x", "1").await.unwrap();
+    let mut acked = mitto::PublishOptions::new();
+    acked.ack = true;
+    c.publish_with("m.x", "2", acked).await.unwrap();
     c.flush().await.unwrap();
     let addr = b.monitor_addr().unwrap();
     let varz = http_get(addr, "/varz").await;
@@ -541,15 +545,37 @@ async fn monitoring_endpoint_reports_json_and_prometheus() {
     );
     let body = varz.split("\r\n\r\n").nth(1).unwrap();
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert_eq!(v["stats"]["msgs_in"], 1);
+    assert_eq!(v["stats"]["msgs_in"], 2);
+    assert_eq!(v["stats"]["publish_acks"], 1, "the acknowledged publish");
+    assert_eq!(v["stats"]["acks"], 0, "no subscriber acknowledged anything");
     assert_eq!(v["subscriptions_indexed"], 1);
     let metrics = http_get(addr, "/metrics").await;
-    assert!(metrics.contains("mitto_msgs_in 1"), "{metrics}");
+    assert!(metrics.contains("mitto_msgs_in 2"), "{metrics}");
     let subsz = http_get(addr, "/subsz").await;
     assert!(subsz.contains("\"filter\": \"m.*\""), "{subsz}");
     let subj = http_get(addr, "/subjectz").await;
     assert!(subj.contains("\"subject\": \"m.x\""), "{subj}");
-    assert!(http_get(addr, "/nope").await.contains("404"));
+    // The index and the 404 page list every page.
+    let index = http_get(addr, "/").await;
+    let missing = http_get(addr, "/nope").await;
+    assert!(missing.contains("404"), "{missing}");
+    for page in [
+        "/varz",
+        "/connz",
+        "/subsz",
+        "/subjectz",
+        "/bridgez",
+        "/streamz",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(index.contains(page), "{page} in {index}");
+        assert!(missing.contains(page), "{page} in {missing}");
+        // The status line, not the body: a counter in a page may well contain "404".
+        let page_out = http_get(addr, page).await;
+        let status = page_out.lines().next().unwrap_or_default();
+        assert!(status.contains(" 200 "), "{page} exists: {status}");
+    }
     b.shutdown().await;
 }
 
@@ -577,7 +603,7 @@ async fn subject_counts(b: &Broker) -> std::collections::HashMap<String, (u64, u
 /// it), across a change of the subscriptions and a change of subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
-    let mut cfg = config();
+    let mut cfg = config(Net::Tcp);
     cfg.listen.push("inproc://subject-counts".into());
     let (b, url) = start(cfg).await;
     let remote = client(&url).await;
@@ -612,7 +638,7 @@ async fn per_subject_counts_are_exact_for_socket_and_in_process_publishers() {
 /// the broker's counts (kept per memo) add up exactly, also after clients are dropped.
 #[tokio::test(flavor = "current_thread")]
 async fn in_process_publishers_taking_turns_on_one_thread_count_and_deliver_exactly() {
-    let mut cfg = config();
+    let mut cfg = config(Net::Tcp);
     cfg.listen.push("inproc://turns".into());
     let (b, url) = start(cfg).await;
     let watcher = client(&url).await;
@@ -657,7 +683,7 @@ async fn in_process_publishers_taking_turns_on_one_thread_count_and_deliver_exac
 /// answered as usual, and the broker shuts down (its poller with it).
 #[tokio::test(flavor = "current_thread")]
 async fn a_busy_polling_broker_answers_requests_and_shuts_down() {
-    let mut cfg = config();
+    let mut cfg = config(Net::Tcp);
     cfg.busy_poll_us = 500;
     let (b, url) = start(cfg).await;
     let responder = client(&url).await;
@@ -687,9 +713,8 @@ fn at_least_once(ack_wait_ms: u32, max_deliver: u32) -> SubscribeOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_least_once_redelivers_until_acked() {
-    let (b, url) = start(config()).await;
+async fn at_least_once_redelivers_until_acked(net: Net) {
+    let (b, url) = start(config(net)).await;
     let s = client(&url).await;
     let mut sub = s
         .subscribe_with("jobs", at_least_once(100, 0))
@@ -714,9 +739,8 @@ async fn at_least_once_redelivers_until_acked() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nack_redelivers_at_once_and_max_deliver_gives_up() {
-    let (b, url) = start(config()).await;
+async fn nack_redelivers_at_once_and_max_deliver_gives_up(net: Net) {
+    let (b, url) = start(config(net)).await;
     let s = client(&url).await;
     let mut sub = s
         .subscribe_with("jobs", at_least_once(60_000, 2))
@@ -782,7 +806,7 @@ async fn relay(target: &str) -> Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_resume_delivers_what_was_published_while_disconnected() {
-    let (b, url) = start(config()).await;
+    let (b, url) = start(config(Net::Tcp)).await;
     let r = relay(&url).await;
     let s = Client::connect(&r.url, opts().client_id("reporter-1"))
         .await
@@ -812,7 +836,7 @@ async fn session_resume_delivers_what_was_published_while_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_and_unix_listeners_serve_the_same_subjects() {
+async fn tls_unix_and_websocket_listeners_serve_the_same_subjects() {
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let dir = std::env::temp_dir().join(format!("mitto-broker-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -824,18 +848,31 @@ async fn tls_and_unix_listeners_serve_the_same_subjects() {
         listen: vec![
             "tls://127.0.0.1:0".into(),
             format!("unix://{}", sock.display()),
+            "wss://127.0.0.1:0/mitto".into(),
+            "ws://127.0.0.1:0".into(),
         ],
         tls: Some(mitto_broker::TlsFiles { cert, key }),
-        ..config()
+        ..config(Net::Tcp)
     };
     let (b, tls_url) = start(cfg).await;
     let unix_url = b.urls()[1].clone();
     let ca = mitto::TlsClientConfig::with_ca_pem(ck.cert.pem().as_bytes()).unwrap();
-    let over_tls = Client::connect(&tls_url, opts().tls(ca)).await.unwrap();
+    let (wss_url, ws_url) = (b.urls()[2].clone(), b.urls()[3].clone());
+    assert!(wss_url.starts_with("wss://127.0.0.1:") && wss_url.ends_with("/mitto"));
+    let over_tls = Client::connect(&tls_url, opts().tls(ca.clone()))
+        .await
+        .unwrap();
     let mut sub = over_tls.subscribe("x.>").await.unwrap();
+    let over_wss = Client::connect(&wss_url, opts().tls(ca)).await.unwrap();
+    let mut wss_sub = over_wss.subscribe("x.>").await.unwrap();
     let over_unix = client(&unix_url).await;
     over_unix.publish("x.y", "across transports").await.unwrap();
     assert_eq!(text(&next(&mut sub).await), "across transports");
+    assert_eq!(text(&next(&mut wss_sub).await), "across transports");
+    let over_ws = client(&ws_url).await;
+    over_ws.publish("x.ws", "from ws").await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "from ws");
+    assert_eq!(text(&next(&mut wss_sub).await), "from ws");
     // A plain client on the TLS port does not get in.
     let plain = tls_url.replace("tls://", "tcp://");
     let e = Client::connect(
@@ -854,9 +891,8 @@ async fn tls_and_unix_listeners_serve_the_same_subjects() {
 
 /// A publisher far faster than its socket keeps going: the driver takes commands again as soon
 /// as its outbox drains below the high-water mark (it used to wait for the keepalive timer).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publisher_past_the_outbox_high_water_mark_does_not_stall() {
-    let (b, url) = start(config()).await;
+async fn a_publisher_past_the_outbox_high_water_mark_does_not_stall(net: Net) {
+    let (b, url) = start(config(net)).await;
     let p = client(&url).await;
     let s = client(&url).await;
     let mut sub = s.subscribe("bulk").await.unwrap();
@@ -883,9 +919,8 @@ async fn a_publisher_past_the_outbox_high_water_mark_does_not_stall() {
 }
 
 /// A request's deadline timer ends with the request: answered requests leave no task behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answered_requests_leave_no_timer_tasks_behind() {
-    let (b, url) = start(config()).await;
+async fn answered_requests_leave_no_timer_tasks_behind(net: Net) {
+    let (b, url) = start(config(net)).await;
     let responder = client(&url).await;
     let mut svc = responder.subscribe("svc.t").await.unwrap();
     let r2 = responder.clone();
@@ -909,3 +944,46 @@ async fn answered_requests_leave_no_timer_tasks_behind() {
     );
     b.shutdown().await;
 }
+
+/// Runs tests that take a [`Net`] on one transport.
+macro_rules! multi_thread_tests {
+    ($net:expr; $($name:ident)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            super::$name($net).await
+        }
+    )*};
+}
+
+/// The tests above that take a [`Net`], on each transport.
+macro_rules! on_each_transport {
+    ($($m:ident => $net:expr),* $(,)?) => {$(
+        mod $m {
+            use super::Net;
+            multi_thread_tests!($net;
+                wildcards_route_to_every_matching_subscription
+                queue_groups_deliver_each_message_to_one_member
+                request_reply_no_responders_deadline_and_cancel
+                acked_publish_and_block_policy_push_back
+                slow_consumer_drop_oldest_keeps_the_newest_and_counts
+                slow_consumer_drop_newest_keeps_the_oldest_and_counts
+                slow_consumer_disconnect_ends_the_subscription
+                urgent_messages_overtake_queued_ones
+                limits_are_enforced_with_clear_errors
+                users_passwords_and_permissions
+                subscriptions_come_back_after_a_broker_restart
+                unsubscribe_after_n_and_on_drop
+                at_least_once_redelivers_until_acked
+                nack_redelivers_at_once_and_max_deliver_gives_up
+                a_publisher_past_the_outbox_high_water_mark_does_not_stall
+                answered_requests_leave_no_timer_tasks_behind
+            );
+            #[tokio::test(flavor = "current_thread")]
+            async fn a_publish_then_a_request_arrive_in_that_order() {
+                super::a_publish_then_a_request_arrive_in_that_order($net).await
+            }
+        }
+    )*};
+}
+
+on_each_transport!(tcp => Net::Tcp, ws => Net::Ws);

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-async fn broker() -> (Broker, String) {
+/// A broker listening on `listen` (`tcp://127.0.0.1:0` or `ws://127.0.0.1:0`): instances and
+/// callers reach it by that transport.
+async fn broker(listen: &str) -> (Broker, String) {
     let cfg = BrokerConfig {
-        listen: vec!["tcp://127.0.0.1:0".into()],
+        listen: vec![listen.into()],
         monitor: String::new(),
         ..BrokerConfig::default()
     };
@@ -76,9 +78,8 @@ fn instance(name: &'static str, started: Arc<Notify>, dropped: Arc<AtomicBool>) 
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_are_balanced_over_instances_with_streams() {
-    let (b, url) = broker().await;
+async fn calls_are_balanced_over_instances_with_streams(listen: &str) {
+    let (b, url) = broker(listen).await;
     let n = Arc::new(Notify::new());
     let d = Arc::new(AtomicBool::new(false));
     let a = instance("a", n.clone(), d.clone())
@@ -127,9 +128,8 @@ async fn calls_are_balanced_over_instances_with_streams() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_and_deadline_reach_the_responder() {
-    let (b, url) = broker().await;
+async fn cancel_and_deadline_reach_the_responder(listen: &str) {
+    let (b, url) = broker(listen).await;
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let inst = instance("a", started.clone(), dropped.clone())
@@ -169,9 +169,8 @@ async fn cancel_and_deadline_reach_the_responder() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instance_vanishing_mid_call_fails_the_call_as_retryable() {
-    let (b, url) = broker().await;
+async fn instance_vanishing_mid_call_fails_the_call_as_retryable(listen: &str) {
+    let (b, url) = broker(listen).await;
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let server = instance("a", started.clone(), dropped.clone())
@@ -187,3 +186,25 @@ async fn instance_vanishing_mid_call_fails_the_call_as_retryable() {
     assert!(e.is_retryable());
     b.shutdown().await;
 }
+
+/// The tests above on each transport.
+macro_rules! on_each_transport {
+    ($($m:ident => $listen:expr),* $(,)?) => {$(
+        mod $m {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn calls_are_balanced_over_instances_with_streams() {
+                super::calls_are_balanced_over_instances_with_streams($listen).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cancel_and_deadline_reach_the_responder() {
+                super::cancel_and_deadline_reach_the_responder($listen).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn instance_vanishing_mid_call_fails_the_call_as_retryable() {
+                super::instance_vanishing_mid_call_fails_the_call_as_retryable($listen).await
+            }
+        }
+    )*};
+}
+
+on_each_transport!(tcp => "tcp://127.0.0.1:0", ws => "ws://127.0.0.1:0");
