@@ -1,11 +1,18 @@
 //! `mitto`: run the broker, and talk to it from a terminal or a script.
 
 mod bench;
+mod exit;
+mod stream;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use mitto::{CallOptions, Client, ClientOptions, Headers, PublishOptions, Status};
+use exit::Failure;
+use mitto::proto::{HeaderKey, WellKnown};
+use mitto::{
+    CallOptions, Client, ClientOptions, Delivery, Headers, PublishOptions, Status, SubscribeOptions,
+};
 use mitto_broker::{Broker, BrokerConfig, PolicyName, DEFAULT_LISTEN};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,7 +21,8 @@ use std::time::Duration;
 #[command(
     name = "mitto",
     version,
-    about = "mitto: fast binary messaging. Runs the broker and talks to it."
+    about = "mitto: fast binary messaging. Runs the broker and talks to it.",
+    after_help = exit::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Runs the broker (defaults: tcp://127.0.0.1:4747, monitoring on 127.0.0.1:8747).
     #[command(
-        after_help = "Examples:\n  mitto server\n  mitto server --listen tcp://0.0.0.0:4747 --listen unix:///tmp/mitto.sock\n  mitto server --config mitto.toml --max-payload 1048576 --token s3cret"
+        after_help = "Examples:\n  mitto server\n  mitto server --listen 0.0.0.0:4747 --listen unix:///tmp/mitto.sock\n  mitto server --listen tcp://127.0.0.1:4747 --listen ws://127.0.0.1:4748\n  mitto server --config mitto.toml --max-payload 1048576 --token s3cret"
     )]
     Server(ServerArgs),
     /// Publishes a message.
@@ -35,7 +43,7 @@ enum Cmd {
     Pub(PubArgs),
     /// Subscribes and prints what arrives.
     #[command(
-        after_help = "Examples:\n  mitto sub 'orders.>'\n  mitto sub 'jobs.*' --queue workers --count 10 --json"
+        after_help = "Examples:\n  mitto sub 'orders.>'\n  mitto sub 'jobs.*' --queue workers --count 10 --json\n  mitto sub 'billing.>' --ack --durable billing"
     )]
     Sub(SubArgs),
     /// Sends a request and prints the reply.
@@ -53,6 +61,12 @@ enum Cmd {
     Stats(ClientArgs),
     /// Load against a broker: publish, subscribe or request rates and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Manages durable streams (messages the broker keeps on disk).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mitto stream add orders --subjects 'orders.>' --max-age 7days\n  mitto stream ls\n  mitto stream info orders\n  mitto stream purge orders --before 1000\n  mitto stream rm orders\n  mitto sub --stream orders --durable billing"
+    )]
+    Stream(stream::StreamCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,12 +74,17 @@ struct ServerArgs {
     /// TOML configuration file (values here override the embedded defaults).
     #[arg(long, short, env = "MITTO_CONFIG")]
     config: Option<PathBuf>,
-    /// Listener URL (tcp://, unix://, tls://); repeat for several.
+    /// Listener URL (tcp://, unix://, tls://, ws://, wss://; a bare host:port is tcp://); repeat
+    /// for several.
     #[arg(long, env = "MITTO_LISTEN", value_delimiter = ',')]
     listen: Vec<String>,
-    /// Monitoring HTTP address on loopback ("" turns it off).
+    /// Monitoring HTTP address on loopback ("" turns it off; beyond loopback it needs
+    /// --monitor-token).
     #[arg(long, env = "MITTO_MONITOR")]
     monitor: Option<String>,
+    /// Token the monitoring endpoint requires (Authorization: Bearer <token>).
+    #[arg(long, env = "MITTO_MONITOR_TOKEN", hide_env_values = true)]
+    monitor_token: Option<String>,
     /// Largest payload accepted, bytes.
     #[arg(long, env = "MITTO_MAX_PAYLOAD")]
     max_payload: Option<u32>,
@@ -78,12 +97,25 @@ struct ServerArgs {
     /// Most bytes queued for one connection.
     #[arg(long, env = "MITTO_MAX_PENDING_BYTES")]
     max_pending_bytes: Option<usize>,
+    /// On shutdown (SIGTERM, Ctrl-C), how long to keep delivering what is queued and waiting
+    /// for acknowledgements before closing the connections, in milliseconds (default 10000).
+    #[arg(long, env = "MITTO_SHUTDOWN_DRAIN_MS")]
+    shutdown_drain_ms: Option<u64>,
     /// Default slow-consumer policy: block, drop-oldest, drop-newest, disconnect.
     #[arg(long, env = "MITTO_SLOW_CONSUMER", value_parser = parse_policy)]
     slow_consumer: Option<PolicyName>,
     /// Token every client must present.
-    #[arg(long, env = "MITTO_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MITTO_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// File whose first line is the token every client must present (keeps it out of the
+    /// process list).
+    #[arg(long, env = "MITTO_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Latency mode: keep polling the sockets this many microseconds after each read instead
     /// of sleeping (one CPU busy while traffic flows); the broker then runs on one thread.
     #[arg(long, env = "MITTO_BUSY_POLL_US")]
@@ -93,6 +125,10 @@ struct ServerArgs {
     /// this long after a read instead of sleeping between them.
     #[arg(long, env = "MITTO_SPIN_US")]
     spin_us: Option<u64>,
+    /// Where streams are kept (default: mitto-data beside --config, or the platform's data
+    /// folder, e.g. ~/.local/share/mitto).
+    #[arg(long, env = "MITTO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Log filter (tracing's env-filter syntax), e.g. info or mitto_broker=debug.
     #[arg(long, env = "MITTO_LOG", default_value = "info")]
     log: String,
@@ -100,18 +136,35 @@ struct ServerArgs {
 
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// Broker URL.
-    #[arg(long, short, env = "MITTO_URL", default_value = DEFAULT_LISTEN)]
+    /// Broker URL (a bare host:port is tcp://).
+    #[arg(long, short, visible_alias = "server", env = "MITTO_URL", default_value = DEFAULT_LISTEN,
+        value_parser = parse_url)]
     url: String,
     /// Token to authenticate with.
-    #[arg(long, env = "MITTO_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MITTO_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
-    /// User name (with --password).
+    /// File whose first line is the token (keeps it out of the process list).
+    #[arg(long, env = "MITTO_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// User name (with --password or --password-file).
     #[arg(long, env = "MITTO_USER")]
     user: Option<String>,
     /// Password (with --user).
-    #[arg(long, env = "MITTO_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MITTO_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_file"
+    )]
     password: Option<String>,
+    /// File whose first line is the password (with --user).
+    #[arg(long, env = "MITTO_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
     /// Output JSON, one object per line.
     #[arg(long)]
     json: bool,
@@ -144,14 +197,37 @@ struct PubArgs {
 
 #[derive(Args, Debug)]
 struct SubArgs {
-    /// Subject filter (`*` one token, `>` the rest).
-    subject: String,
+    /// Subject filter (`*` one token, `>` the rest); with --stream, only these subjects of the
+    /// stream.
+    #[arg(required_unless_present = "stream")]
+    subject: Option<String>,
+    /// Consume this durable stream (with --durable naming the consumer, created if new): its
+    /// stored messages, then new ones, each acknowledged once printed; the consumer's position
+    /// survives restarts.
+    #[arg(long, requires = "durable", conflicts_with = "queue")]
+    stream: Option<String>,
+    /// With --stream, where a new consumer starts: all, last, new, a sequence or an RFC 3339
+    /// time.
+    #[arg(long, requires = "stream", value_parser = stream::parse_from)]
+    from: Option<mitto::streams::DeliverFrom>,
     /// Join this queue group (each message goes to one member).
     #[arg(long, short)]
     queue: Option<String>,
+    /// At-least-once: acknowledge each message once it is printed; one not acknowledged (this
+    /// process stopped first) is delivered again, here or to another subscriber.
+    #[arg(long)]
+    ack: bool,
+    /// Durable name: the broker keeps the messages for the next subscriber of this name when
+    /// this one goes away.
+    /// With --stream: the name of the stream's durable consumer.
+    #[arg(long, conflicts_with = "queue")]
+    durable: Option<String>,
     /// Exit after this many messages.
     #[arg(long)]
     count: Option<u64>,
+    /// Print each message's headers, one `name: value` line each, under the message.
+    #[arg(long)]
+    headers: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -201,6 +277,12 @@ fn parse_policy(s: &str) -> Result<PolicyName, String> {
     }
 }
 
+fn parse_url(s: &str) -> Result<String, String> {
+    s.parse::<mitto::__private::transport::Endpoint>()
+        .map(|_| s.to_owned())
+        .map_err(|e| e.message().to_owned())
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -222,17 +304,84 @@ fn headers(list: &[(String, String)]) -> mitto::Result<Option<Headers>> {
     Ok(Some(b.build()))
 }
 
+/// The first line of a secret file.
+fn read_secret(path: &std::path::Path) -> mitto::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        mitto::Error::new(
+            Status::BAD_REQUEST,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    match text.lines().next().map(str::trim_end) {
+        Some(line) if !line.is_empty() => Ok(line.to_owned()),
+        _ => Err(mitto::Error::new(
+            Status::BAD_REQUEST,
+            format!("{} holds no secret on its first line", path.display()),
+        )),
+    }
+}
+
 async fn connect(a: &ClientArgs, name: &str) -> mitto::Result<Client> {
+    dial(a, name, false).await
+}
+
+/// Connects for a one-shot command (no reconnect), telling a broker that is away apart.
+async fn open(a: &ClientArgs, name: &str) -> Result<Client, Failure> {
+    dial(a, name, false).await.map_err(Failure::connecting)
+}
+
+/// Connects for a command that runs until stopped: it reconnects (and resubscribes) after
+/// the broker restarts, and says so on stderr.
+async fn open_lasting(a: &ClientArgs, name: &str) -> Result<(Client, Watch), Failure> {
+    let c = dial(a, name, true).await.map_err(Failure::connecting)?;
+    let watch = Watch(tokio::spawn(report_connection(c.clone(), a.url.clone())));
+    Ok((c, watch))
+}
+
+/// The task that reports connection losses; it stops with the command.
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn report_connection(c: Client, url: String) {
+    let mut up = true;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match (up, c.is_connected()) {
+            (true, false) => eprintln!("mitto: disconnected from {url}, retrying"),
+            (false, true) => eprintln!("mitto: reconnected to {url}"),
+            _ => continue,
+        }
+        up = !up;
+    }
+}
+
+async fn dial(a: &ClientArgs, name: &str, reconnect: bool) -> mitto::Result<Client> {
     let mut o = ClientOptions::new()
         .name(name)
         .timeout(a.timeout)
         .connect_timeout(a.timeout)
-        .reconnect(false);
-    if let Some(t) = &a.token {
-        o = o.token(t.clone());
+        .reconnect(reconnect)
+        .backoff(Duration::from_millis(50), Duration::from_secs(1));
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(p)) => Some(read_secret(p)?),
+        (None, None) => None,
+    };
+    if let Some(t) = token {
+        o = o.token(t);
     }
-    if let (Some(u), Some(p)) = (&a.user, &a.password) {
-        o = o.user_password(u.clone(), p.clone());
+    let password = match (&a.password, &a.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(read_secret(f)?),
+        (None, None) => None,
+    };
+    if let (Some(u), Some(p)) = (&a.user, password) {
+        o = o.user_password(u.clone(), p);
     }
     Client::connect(&a.url, o).await
 }
@@ -244,10 +393,29 @@ fn text(b: &[u8]) -> String {
     }
 }
 
+/// A header's value as a person reads it: times as durations, counts as numbers.
+fn header_text(key: HeaderKey<'_>, v: &[u8]) -> String {
+    let number = || <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes);
+    let readable = match key {
+        HeaderKey::Known(WellKnown::Deadline) => number().map(Duration::from_micros),
+        HeaderKey::Known(WellKnown::Ttl) => number().map(Duration::from_millis),
+        HeaderKey::Known(WellKnown::DeliveryCount) => {
+            return <[u8; 4]>::try_from(v)
+                .map(|b| u32::from_be_bytes(b).to_string())
+                .unwrap_or_else(|_| text(v));
+        }
+        _ => None,
+    };
+    match readable {
+        Some(d) => humantime::format_duration(d).to_string(),
+        None => text(v),
+    }
+}
+
 fn headers_json(h: &Headers) -> serde_json::Value {
     let m: serde_json::Map<String, serde_json::Value> = h
         .iter()
-        .map(|(k, v)| (k.name().into_owned(), text(v).into()))
+        .map(|(k, v)| (k.name().into_owned(), header_text(k, v).into()))
         .collect();
     serde_json::Value::Object(m)
 }
@@ -265,6 +433,9 @@ fn server_config(a: &ServerArgs) -> Result<BrokerConfig, String> {
     if let Some(m) = a.monitor {
         cfg.monitor = m;
     }
+    if a.monitor_token.is_some() {
+        cfg.monitor_token = a.monitor_token;
+    }
     if let Some(n) = a.max_payload {
         cfg.max_payload = n;
     }
@@ -280,8 +451,16 @@ fn server_config(a: &ServerArgs) -> Result<BrokerConfig, String> {
     if let Some(p) = a.slow_consumer {
         cfg.slow_consumer = p;
     }
+    if let Some(ms) = a.shutdown_drain_ms {
+        cfg.shutdown_drain_ms = ms;
+    }
     if a.token.is_some() {
         cfg.token = a.token;
+        cfg.token_file = None;
+    }
+    if a.token_file.is_some() {
+        cfg.token_file = a.token_file;
+        cfg.token = None;
     }
     if let Some(us) = a.busy_poll_us {
         cfg.busy_poll_us = us;
@@ -289,18 +468,42 @@ fn server_config(a: &ServerArgs) -> Result<BrokerConfig, String> {
     if let Some(us) = a.spin_us {
         cfg.spin_us = us;
     }
+    // An explicit data directory here; the default is decided when the broker starts.
+    let config = a.config.as_deref();
+    cfg.data_dir = match (a.data_dir, cfg.data_dir.take()) {
+        (Some(d), _) => Some(d),
+        (None, Some(d)) => Some(stream::resolve(config, d)),
+        (None, None) => None,
+    };
     Ok(cfg)
 }
 
-async fn server(cfg: BrokerConfig) -> Result<(), String> {
-    let broker = Broker::start(cfg)
-        .await
-        .map_err(|e| e.message().to_owned())?;
+async fn server(mut cfg: BrokerConfig, config: Option<PathBuf>) -> Result<(), String> {
+    let explicit = cfg.data_dir.is_some();
+    if !explicit {
+        cfg.data_dir = Some(stream::default_data_dir(config.as_deref()));
+    }
+    let started = match Broker::start(cfg.clone()).await {
+        // The default folder taken by another broker (brokers side by side, tests): this one
+        // runs without streams rather than not at all.
+        Err(e) if !explicit && cfg.streams.is_empty() && e.status() == Status::ALREADY_EXISTS => {
+            eprintln!("mitto: {}; streams are off in this broker", e.message());
+            cfg.data_dir = None;
+            Broker::start(cfg.clone()).await
+        }
+        r => r,
+    };
+    let broker = started.map_err(|e| e.message().to_owned())?;
+    let data_dir = cfg.data_dir.clone();
     for url in broker.urls() {
         println!("mitto broker listening on {url}");
     }
     if let Some(m) = broker.monitor_addr() {
-        println!("monitoring on http://{m}/varz (Prometheus: /metrics)");
+        println!("monitoring on http://{m}/ (lists the pages: /varz, /metrics, ...)");
+    }
+    match &data_dir {
+        Some(d) => println!("streams kept in {}", d.display()),
+        None => println!("streams off (no data directory)"),
     }
     wait_for_signal().await;
     println!("shutting down");
@@ -330,8 +533,8 @@ async fn wait_for_signal() {
     }
 }
 
-async fn publish(a: PubArgs) -> mitto::Result<()> {
-    let c = connect(&a.client, "mitto-pub").await?;
+async fn publish(a: PubArgs) -> Result<(), Failure> {
+    let c = open(&a.client, "mitto-pub").await?;
     let payload = Bytes::from(a.data);
     let mut opts = PublishOptions::new();
     opts.headers = headers(&a.headers)?;
@@ -354,14 +557,25 @@ async fn publish(a: PubArgs) -> mitto::Result<()> {
     Ok(())
 }
 
-async fn subscribe(a: SubArgs) -> mitto::Result<()> {
-    let c = connect(&a.client, "mitto-sub").await?;
-    let mut sub = match &a.queue {
-        Some(q) => c.queue_subscribe(&a.subject, q).await?,
-        None => c.subscribe(&a.subject).await?,
+async fn subscribe(a: SubArgs) -> Result<(), Failure> {
+    if let Some(s) = a.stream.clone() {
+        return stream::consume(a, &s).await.map_err(Failure::from);
+    }
+    let subject = a.subject.clone().unwrap_or_default();
+    let (c, _watch) = open_lasting(&a.client, "mitto-sub").await?;
+    let opts = SubscribeOptions {
+        delivery: if a.ack {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        },
+        queue: a.queue.clone(),
+        durable: a.durable.clone(),
+        ..SubscribeOptions::default()
     };
+    let mut sub = c.subscribe_with(&subject, opts).await?;
     if !a.client.json {
-        eprintln!("listening on {}", a.subject);
+        eprintln!("listening on {subject}");
     }
     let mut n = 0u64;
     while a.count.is_none_or(|max| n < max) {
@@ -371,19 +585,34 @@ async fn subscribe(a: SubArgs) -> mitto::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"subject": m.subject(), "payload": text(m.payload()),
-                    "headers": headers_json(m.headers()), "urgent": m.is_urgent()})
+                    "headers": headers_json(m.headers()), "urgent": m.is_urgent(),
+                    "delivery_count": m.delivery_count()})
+            );
+        } else if m.is_redelivered() {
+            println!(
+                "[#{n}] {}: {} (delivery {})",
+                m.subject(),
+                text(m.payload()),
+                m.delivery_count()
             );
         } else {
             println!("[#{n}] {}: {}", m.subject(), text(m.payload()));
         }
+        if a.headers && !a.client.json {
+            for (k, v) in m.headers().iter() {
+                println!("  {}: {}", k.name(), header_text(k, v));
+            }
+        }
+        // Printed first: a crash between the two delivers it again, it is never lost.
+        sub.ack(&m);
     }
     drop(sub);
     c.close().await;
     Ok(())
 }
 
-async fn request(a: ReqArgs) -> mitto::Result<()> {
-    let c = connect(&a.client, "mitto-req").await?;
+async fn request(a: ReqArgs) -> Result<(), Failure> {
+    let c = open(&a.client, "mitto-req").await?;
     let mut o = CallOptions::new().timeout(a.client.timeout);
     o.headers = headers(&a.headers)?;
     let r = c.request_with(&a.subject, Bytes::from(a.data), o).await?;
@@ -418,14 +647,11 @@ async fn run_command(cmd: &str, input: &[u8]) -> mitto::Result<Bytes> {
     Ok(Bytes::from(out.stdout))
 }
 
-async fn reply(a: ReplyArgs) -> mitto::Result<()> {
+async fn reply(a: ReplyArgs) -> Result<(), Failure> {
     if !a.echo && a.command.is_none() {
-        return Err(mitto::Error::new(
-            Status::BAD_REQUEST,
-            "choose --echo or --command CMD",
-        ));
+        return Err(Failure::new(exit::USAGE, "choose --echo or --command CMD"));
     }
-    let c = connect(&a.client, "mitto-reply").await?;
+    let (c, _watch) = open_lasting(&a.client, "mitto-reply").await?;
     let mut sub = match &a.queue {
         Some(q) => c.queue_subscribe(&a.subject, q).await?,
         None => c.subscribe(&a.subject).await?,
@@ -444,7 +670,11 @@ async fn reply(a: ReplyArgs) -> mitto::Result<()> {
             Some(cmd) => run_command(cmd, m.payload()).await?,
             None => m.payload().clone(),
         };
-        c.respond(&m, answer.clone()).await?;
+        if let Err(e) = c.respond(&m, answer.clone()).await {
+            // The connection went away mid-request: its caller retries or times out.
+            eprintln!("mitto: could not answer a request on {}: {e}", m.subject());
+            continue;
+        }
         if a.client.json {
             println!(
                 "{}",
@@ -465,8 +695,8 @@ async fn reply(a: ReplyArgs) -> mitto::Result<()> {
     Ok(())
 }
 
-async fn stats(a: ClientArgs) -> mitto::Result<()> {
-    let c = connect(&a, "mitto-stats").await?;
+async fn stats(a: ClientArgs) -> Result<(), Failure> {
+    let c = open(&a, "mitto-stats").await?;
     let s = c.stats().await?;
     if a.json {
         println!("{}", serde_json::to_string(&s.values).unwrap_or_default());
@@ -489,15 +719,14 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // The server's configuration is read first: in latency mode it runs on one thread.
     let server_cfg = match &cli.cmd {
         Cmd::Server(a) => match server_config(a) {
             Ok(cfg) => Some(cfg),
-            Err(e) => {
-                eprintln!("mitto: error: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return Failure::from(e).exit(),
         },
         _ => None,
     };
@@ -514,23 +743,21 @@ fn main() -> ExitCode {
     };
     let outcome = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server(_) => match server_cfg {
-                Some(cfg) => server(cfg).await,
-                None => Err("no server configuration".to_owned()),
+            Cmd::Server(a) => match server_cfg {
+                Some(cfg) => server(cfg, a.config).await.map_err(Failure::from),
+                None => Err(Failure::from("no server configuration".to_owned())),
             },
-            Cmd::Pub(a) => publish(a).await.map_err(|e| e.to_string()),
-            Cmd::Sub(a) => subscribe(a).await.map_err(|e| e.to_string()),
-            Cmd::Req(a) => request(a).await.map_err(|e| e.to_string()),
-            Cmd::Reply(a) => reply(a).await.map_err(|e| e.to_string()),
-            Cmd::Stats(a) => stats(a).await.map_err(|e| e.to_string()),
-            Cmd::Bench(a) => bench::run(a).await.map_err(|e| e.to_string()),
+            Cmd::Pub(a) => publish(a).await,
+            Cmd::Sub(a) => subscribe(a).await,
+            Cmd::Req(a) => request(a).await,
+            Cmd::Reply(a) => reply(a).await,
+            Cmd::Stats(a) => stats(a).await,
+            Cmd::Bench(a) => bench::run(a).await.map_err(Failure::from),
+            Cmd::Stream(c) => stream::run(c).await.map_err(Failure::from),
         }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mitto: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(f) => f.exit(),
     }
 }
