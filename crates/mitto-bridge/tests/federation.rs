@@ -1,0 +1,385 @@
+//! Three mitto brokers federated over a three-node NATS cluster of the test's own: messages
+//! cross brokers once, without echo; requests are answered across brokers and NO_RESPONDERS
+//! comes at once where no broker listens; a NATS node killed mid-traffic, traffic resumes
+//! through the survivors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use mitto::{Client, Status, Subscription};
+use mitto_bridge::FederationConfig;
+use mitto_broker::{Broker, BrokerConfig};
+use std::time::Duration;
+use support::nats_server::{self, NatsServer};
+use support::*;
+
+/// Broker `i` federated through node `i` first, the other nodes to fail over to.
+async fn federated(nodes: &[NatsServer], i: usize) -> (Broker, Client) {
+    let mut urls = vec![nodes[i].url()];
+    urls.extend(
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.url()),
+    );
+    let mut fed = FederationConfig::new(&urls.join(","));
+    fed.name = format!("b{i}");
+    fed.interest_ms = 20;
+    fed.announce_ms = 200;
+    let cfg = BrokerConfig {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        monitor: String::new(),
+        federation: Some(fed),
+        ..BrokerConfig::default()
+    };
+    let b = Broker::start(cfg).await.unwrap();
+    let c = Client::connect(&b.urls()[0], client_opts()).await.unwrap();
+    (b, c)
+}
+
+/// The payloads `sub` gets until it has been quiet for `quiet`.
+async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, sub.next()).await {
+        out.push(String::from_utf8_lossy(m.payload()).into_owned());
+    }
+    out
+}
+
+/// Publishes "warm" on `subject` from `c` until each of `subs` got one (interest has
+/// propagated), then empties them.
+async fn warm_up(c: &Client, subject: &str, subs: &mut [&mut Subscription]) {
+    let mut seen = vec![false; subs.len()];
+    for _ in 0..400 {
+        c.publish(subject, "warm").await.unwrap();
+        for (i, s) in subs.iter_mut().enumerate() {
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), s.next()).await {
+                seen[i] = true;
+            }
+        }
+        if seen.iter().all(|s| *s) {
+            for s in subs.iter_mut() {
+                drain(s, Duration::from_millis(300)).await;
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("interest did not propagate: {seen:?}");
+}
+
+fn count(v: &[String], prefix: &str) -> usize {
+    v.iter().filter(|p| p.starts_with(prefix)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_over_three_nats_nodes() {
+    if !nats_server::available() {
+        return;
+    }
+    let p = unique("fed");
+    let mut nodes = NatsServer::cluster(3, &p);
+    let (b0, c0) = federated(&nodes, 0).await;
+    let (b1, c1) = federated(&nodes, 1).await;
+    let (b2, c2) = federated(&nodes, 2).await;
+
+    // Pub/sub: overlapping filters on one broker, a local subscriber beside remote ones.
+    let mut s0 = c0.subscribe(&format!("{p}.a")).await.unwrap();
+    let mut s1 = c1.subscribe(&format!("{p}.>")).await.unwrap();
+    let mut s2a = c2.subscribe(&format!("{p}.a")).await.unwrap();
+    let mut s2b = c2.subscribe(&format!("{p}.*")).await.unwrap();
+    warm_up(
+        &c0,
+        &format!("{p}.a"),
+        &mut [&mut s0, &mut s1, &mut s2a, &mut s2b],
+    )
+    .await;
+    for i in 0..20 {
+        c0.publish(&format!("{p}.a"), format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    c2.publish(&format!("{p}.b"), "from2").await.unwrap();
+    let quiet = Duration::from_millis(700);
+    let (g0, g1) = (drain(&mut s0, quiet).await, drain(&mut s1, quiet).await);
+    let (g2a, g2b) = (drain(&mut s2a, quiet).await, drain(&mut s2b, quiet).await);
+    // Each subscription once per message: no copy from the fabric back to where it was
+    // published, none twice for overlapping filters.
+    assert_eq!((count(&g0, "m"), g0.len()), (20, 20), "broker 0: {g0:?}");
+    assert_eq!(
+        (count(&g1, "m"), count(&g1, "from2"), g1.len()),
+        (20, 1, 21),
+        "{g1:?}"
+    );
+    assert_eq!((count(&g2a, "m"), g2a.len()), (20, 20), "{g2a:?}");
+    assert_eq!(
+        (count(&g2b, "m"), count(&g2b, "from2"), g2b.len()),
+        (20, 1, 21),
+        "{g2b:?}"
+    );
+    let order: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let got: Vec<String> = g1.iter().filter(|m| m.starts_with('m')).cloned().collect();
+    assert_eq!(got, order, "in order from one publisher across brokers");
+
+    // Request/reply across brokers; NO_RESPONDERS at once where nobody listens anywhere.
+    let mut svc = c2.subscribe(&format!("{p}.svc")).await.unwrap();
+    let responder = c2.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            let body = format!("re:{}", String::from_utf8_lossy(m.payload()));
+            let _ = responder.respond(&m, body).await;
+        }
+    });
+    let svc_subject = format!("{p}.svc");
+    let mut answered = false;
+    for _ in 0..200 {
+        match c0.request(&svc_subject, "x").await {
+            Ok(r) => {
+                assert_eq!(&r[..], b"re:x");
+                answered = true;
+                break;
+            }
+            Err(e) if e.status() == Status::NO_RESPONDERS => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(answered, "the request never crossed");
+    for i in 0..10 {
+        let r = c1.request(&svc_subject, format!("q{i}")).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r), format!("re:q{i}"));
+    }
+    let t = std::time::Instant::now();
+    // (Broker 1 holds `{p}.>`: a request there waits for a reply; this subject is nobody's.)
+    let e = c0.request(&format!("{p}-none.x"), "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::NO_RESPONDERS, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "at once: {:?}",
+        t.elapsed()
+    );
+
+    // Broker 1's NATS node dies: its federation fails over, and messages reach it again.
+    nodes[1].kill();
+    let mut back = false;
+    for i in 0..300 {
+        c0.publish(&format!("{p}.a"), format!("after{i}"))
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), s1.next()).await {
+            if m.payload().starts_with(b"after") {
+                back = true;
+                break;
+            }
+        }
+    }
+    assert!(back, "no traffic reached broker 1 after its node died");
+    wait_for("broker 1's federation to count its reconnect", || {
+        b1.bridges()
+            .into_iter()
+            .any(|s| s.kind == "federation" && s.reconnects >= 1)
+    })
+    .await;
+    // The other brokers' subscribers still get each message once.
+    drain(&mut s1, quiet).await;
+    drain(&mut s2a, quiet).await;
+    c0.publish(&format!("{p}.a"), "last").await.unwrap();
+    assert_eq!(drain(&mut s2a, quiet).await, ["last"]);
+    assert_eq!(drain(&mut s1, quiet).await, ["last"]);
+
+    for b in [b0, b1, b2] {
+        b.shutdown().await;
+    }
+}
+
+/// A service instance on `broker` for `subject` that counts its calls; `fail`: it answers
+/// NOT_FOUND instead.
+async fn instance(
+    broker: &Broker,
+    subject: &str,
+    fail: bool,
+) -> (
+    mitto::RunningServer,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let calls = std::sync::Arc::new(AtomicU64::new(0));
+    let n = calls.clone();
+    let server = mitto::Server::new()
+        .route(subject, move |req: mitto::Request| {
+            let n = n.clone();
+            async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                if fail {
+                    return Err(mitto::Error::new(Status::NOT_FOUND, "no such item"));
+                }
+                Ok(format!("sum:{}", String::from_utf8_lossy(req.payload())))
+            }
+        })
+        .attach(&broker.urls()[0], client_opts())
+        .await
+        .unwrap();
+    (server, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_span_brokers_each_call_answered_once() {
+    use std::sync::atomic::Ordering;
+    if !nats_server::available() {
+        return;
+    }
+    let p = unique("fedsvc");
+    let nodes = NatsServer::cluster(3, &p);
+    let (b0, c0) = federated(&nodes, 0).await;
+    let (b1, c1) = federated(&nodes, 1).await;
+    let (b2, _c2) = federated(&nodes, 2).await;
+    let sum = format!("{p}.sum");
+    let (s1, on1) = instance(&b1, &sum, false).await;
+    let (s2, on2) = instance(&b2, &sum, false).await;
+    let (s3, fails) = instance(&b2, &format!("{p}.fail"), true).await;
+
+    // Broker 0 has no instance: its calls cross, to one broker each.
+    let mut warm = 0u64;
+    loop {
+        warm += 1;
+        match c0.request(&sum, "w").await {
+            Ok(r) => {
+                assert_eq!(&r[..], b"sum:w");
+                break;
+            }
+            Err(e) if e.status() == Status::NO_RESPONDERS && warm < 400 => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let before = on1.load(Ordering::SeqCst) + on2.load(Ordering::SeqCst);
+    assert_eq!(before, 1, "the warm-up call ran once");
+    for i in 0..30 {
+        let r = c0.request(&sum, format!("{i}")).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r), format!("sum:{i}"));
+    }
+    let (n1, n2) = (on1.load(Ordering::SeqCst), on2.load(Ordering::SeqCst));
+    assert_eq!(
+        n1 + n2,
+        31,
+        "each call ran once: {n1} on broker 1, {n2} on broker 2"
+    );
+    assert!(n1 > 0 && n2 > 0, "both brokers served: {n1}, {n2}");
+
+    // Broker 1 has an instance of its own: its calls stay there.
+    for i in 0..10 {
+        c1.request(&sum, format!("{i}")).await.unwrap();
+    }
+    assert_eq!(
+        on2.load(Ordering::SeqCst),
+        n2,
+        "broker 1's calls stayed on broker 1"
+    );
+    assert_eq!(on1.load(Ordering::SeqCst), n1 + 10);
+
+    // A failure crosses with its status; a subject no broker serves is NO_RESPONDERS at once.
+    let fail = format!("{p}.fail");
+    let e = loop {
+        match c0.request(&fail, "x").await {
+            Err(e) if e.status() == Status::NO_RESPONDERS => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(e.status(), Status::NOT_FOUND, "{e}");
+    assert!(e.message().contains("no such item"), "{e}");
+    assert_eq!(fails.load(Ordering::SeqCst), 1);
+    let e = c0.request(&format!("{p}.none"), "x").await.unwrap_err();
+    assert_eq!(e.status(), Status::NO_RESPONDERS, "{e}");
+
+    // Broker 2 leaves the fabric mid-traffic: broker 1 answers every call from then on.
+    let calls = tokio::spawn({
+        let (c0, sum) = (c0.clone(), sum.clone());
+        async move {
+            let mut answered = 0;
+            for i in 0..40 {
+                if c0.request(&sum, format!("{i}")).await.is_ok() {
+                    answered += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answered
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b2.shutdown().await;
+    let answered = calls.await.unwrap();
+    let after = on2.load(Ordering::SeqCst);
+    for i in 0..10 {
+        c0.request(&sum, format!("{i}")).await.unwrap();
+    }
+    assert_eq!(
+        on2.load(Ordering::SeqCst),
+        after,
+        "nothing reaches a broker that left"
+    );
+    eprintln!("while broker 2 left: {answered} of 40 calls answered");
+
+    // The instances go: their interest is withdrawn and calls from broker 0 find no one.
+    for s in [s1, s2, s3] {
+        s.shutdown().await;
+    }
+    let mut gone = false;
+    for _ in 0..200 {
+        match c0.request(&sum, "x").await {
+            Err(e) if e.status() == Status::NO_RESPONDERS => {
+                gone = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    assert!(
+        gone,
+        "broker 0 still offers the service of brokers that have none"
+    );
+    for b in [b0, b1, b2] {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_nats_is_away_serves_its_clients_and_stops() {
+    let cfg = BrokerConfig {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        monitor: String::new(),
+        federation: Some(FederationConfig::new(&format!(
+            "nats://127.0.0.1:{}",
+            free_port()
+        ))),
+        ..BrokerConfig::default()
+    };
+    let b = tokio::time::timeout(Duration::from_secs(10), Broker::start(cfg))
+        .await
+        .expect("starts without NATS")
+        .unwrap();
+    let c = Client::connect(&b.urls()[0], client_opts()).await.unwrap();
+    let mut sub = c.subscribe("local.x").await.unwrap();
+    c.publish("local.x", "here").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload(), "here");
+    let e = c.request("nobody.x", "?").await.unwrap_err();
+    assert_eq!(e.status(), Status::NO_RESPONDERS);
+    let fed = b
+        .bridges()
+        .into_iter()
+        .find(|s| s.kind == "federation")
+        .unwrap();
+    assert_ne!(fed.state, mitto_bridge::State::Up, "{fed:?}");
+    tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+        .await
+        .expect("stops without NATS");
+}

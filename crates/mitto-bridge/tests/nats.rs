@@ -1,0 +1,166 @@
+//! The NATS bridge against the real nats-server, with `async-nats` on the other side.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use futures_util::StreamExt;
+use mitto::{Client, Headers, PublishOptions, WellKnown};
+use mitto_bridge::{BridgeConfig, Kind, State, ORIGIN_HEADER};
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_both_ways_with_headers_and_no_echo() {
+    if !up("NATS", 4222) {
+        return;
+    }
+    let name = unique("nats");
+    let cfg = BridgeConfig::new(&name, Kind::Nats, "nats://127.0.0.1:4222").map(
+        &format!("{name}.>"),
+        None,
+        None,
+    );
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let other = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    let mut got = other.subscribe(format!("{name}.>")).await.unwrap();
+    nats_sync(&other).await;
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+    let mut sub = app.subscribe(&format!("{name}.>")).await.unwrap();
+
+    let h = Headers::builder()
+        .insert(WellKnown::ContentType, "application/json")
+        .unwrap()
+        .insert(WellKnown::CorrelationId, "c-1")
+        .unwrap()
+        .insert_custom("tenant", "acme")
+        .unwrap()
+        .build();
+    app.publish_with(
+        &format!("{name}.a"),
+        "{}",
+        PublishOptions::new().headers(h).ack(),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), got.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.subject.as_str(), format!("{name}.a"));
+    let h = m.headers.unwrap();
+    assert_eq!(h.get("content-type").unwrap().as_str(), "application/json");
+    assert_eq!(h.get("correlation-id").unwrap().as_str(), "c-1");
+    assert_eq!(h.get("tenant").unwrap().as_str(), "acme");
+    assert!(h.get(ORIGIN_HEADER).is_some());
+    assert_eq!(sub.next().await.unwrap().subject(), format!("{name}.a"));
+
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("content-type", "text/plain");
+    h.insert("tenant", "globex");
+    other
+        .publish_with_headers(format!("{name}.in"), h, "hi".into())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.subject(), format!("{name}.in"));
+    assert_eq!(m.headers().content_type(), Some("text/plain"));
+    assert_eq!(m.headers().get_custom("tenant"), Some(&b"globex"[..]));
+    let m = tokio::time::timeout(Duration::from_secs(10), got.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"hi");
+    wait_for("the counters", || {
+        let s = snap(&broker);
+        s.msgs_in >= 1 && s.msgs_out >= 1 && s.loops_prevented >= 2
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), got.next())
+            .await
+            .is_err(),
+        "no echo"
+    );
+    let s = snap(&broker);
+    assert_eq!((s.msgs_in, s.msgs_out, s.drops), (1, 1, 0), "{s:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_out_confirmed_only_once_a_stream_stored_it() {
+    if !up("NATS", 4222) {
+        return;
+    }
+    use async_nats::jetstream;
+    let name = unique("js");
+    let mut cfg = BridgeConfig::new(&name, Kind::Nats, "nats://127.0.0.1:4222").map(
+        &format!("{name}.>"),
+        None,
+        Some(mitto_bridge::Direction::Out),
+    );
+    cfg.jetstream = true;
+    cfg.backoff_min_ms = 50;
+    cfg.backoff_max_ms = 200;
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+    let h = Headers::builder()
+        .insert(WellKnown::ContentType, "text/plain")
+        .unwrap()
+        .build();
+    app.publish_with(
+        &format!("{name}.a"),
+        "stored",
+        PublishOptions::new().headers(h).ack(),
+    )
+    .await
+    .unwrap();
+    // No stream takes the subject yet: JetStream does not ack, so the bridge holds it.
+    wait_for("a refused publish", || snap(&broker).errors >= 2).await;
+    let s = snap(&broker);
+    assert_eq!((s.msgs_out, s.buffered_msgs), (0, 1), "{s:?}");
+
+    let js = jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for("the stream's ack", || {
+        let s = snap(&broker);
+        s.msgs_out == 1 && s.buffered_msgs == 0
+    })
+    .await;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.subject.as_str(), format!("{name}.a"));
+    assert_eq!(&m.payload[..], b"stored");
+    let h = m.headers.as_ref().unwrap();
+    assert_eq!(h.get("content-type").unwrap().as_str(), "text/plain");
+    m.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), msgs.next())
+            .await
+            .is_err(),
+        "stored once"
+    );
+    broker.shutdown().await;
+    js.delete_stream(&name).await.unwrap();
+}
