@@ -51,22 +51,30 @@ pub struct Config {
     pub bus_count: u64,
     /// Time per `bus` repetition (upper bound on publishing).
     pub bus_time: Duration,
+    /// How long a subscriber of `pubsub` and `fanout` waits for more, once the publisher is done
+    /// and nothing arrives, before what is missing counts as lost.
+    pub stall: Duration,
     /// Messages of warm-up per system and case of `bus` (not measured).
     pub bus_warmup: u64,
     /// Idle connections opened in `conn-memory`.
     pub idle_connections: usize,
     /// Time to open them (upper bound; fewer are measured if it runs out).
     pub connect_time: Duration,
-    /// The `mitto-bench` binary, which `conn-memory` runs with `--serve-broker` to host a broker
-    /// in a process of its own. `None`: the running executable, if it is `mitto-bench`.
-    pub broker_exe: Option<PathBuf>,
-    /// Run only these systems (by row name) where a scenario supports it (`rpc-throughput`),
-    /// for profiling one system at a time; empty: all.
+    /// The `mitto-bench` binary: the deployed layout runs its clients and the Zenoh router as
+    /// `mitto-bench child ROLE`, and `conn-memory` hosts a broker in `mitto-bench
+    /// --serve-broker`. `None`: the running executable, if it is `mitto-bench`.
+    pub bench_exe: Option<PathBuf>,
+    /// The `mitto` CLI, whose `mitto server` is the broker of the deployed layout. `None`:
+    /// `mitto` beside the `mitto-bench` binary (`target/release/mitto` for a release build).
+    pub mitto_exe: Option<PathBuf>,
+    /// Run only these systems (by row name) where a scenario supports it (`rpc-throughput`,
+    /// `pubsub`, `fanout`, `reqrep`); empty: all.
     pub only: Vec<String>,
 }
 
 impl Config {
-    /// Five repetitions; about two minutes for `all` on a small machine.
+    /// Five repetitions; `all` stays within about 13 minutes (the sum of its time bounds) on
+    /// a 2-vCPU machine.
     pub fn full() -> Config {
         Config {
             mode: Mode::Full,
@@ -84,10 +92,12 @@ impl Config {
             rpc_payload: 32,
             bus_count: 2_000_000,
             bus_time: Duration::from_secs(2),
+            stall: Duration::from_millis(500),
             bus_warmup: 50_000,
             idle_connections: 10_000,
             connect_time: Duration::from_secs(60),
-            broker_exe: None,
+            bench_exe: None,
+            mitto_exe: None,
             only: Vec::new(),
         }
     }
@@ -138,11 +148,38 @@ impl Config {
         }
     }
 
-    /// Names the `mitto-bench` binary that hosts the broker of `conn-memory` (tests pass
-    /// `env!("CARGO_BIN_EXE_mitto-bench")`).
-    pub fn with_broker_exe(mut self, exe: impl Into<PathBuf>) -> Config {
-        self.broker_exe = Some(exe.into());
+    /// Names the `mitto-bench` binary (tests pass `env!("CARGO_BIN_EXE_mitto-bench")`).
+    pub fn with_bench_exe(mut self, exe: impl Into<PathBuf>) -> Config {
+        self.bench_exe = Some(exe.into());
         self
+    }
+
+    /// Names the `mitto` CLI binary.
+    pub fn with_mitto_exe(mut self, exe: impl Into<PathBuf>) -> Config {
+        self.mitto_exe = Some(exe.into());
+        self
+    }
+
+    /// Runs only `systems` where a scenario supports it (see [`Config::only`]).
+    pub fn with_only(mut self, systems: &[&str]) -> Config {
+        self.only = systems.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// The `mitto-bench` binary: the `bench_exe` field, else the running executable if it is
+    /// `mitto-bench`.
+    pub fn bench_exe(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.bench_exe {
+            return Ok(p.clone());
+        }
+        let me = std::env::current_exe()?;
+        anyhow::ensure!(
+            me.file_stem().is_some_and(|s| s == "mitto-bench"),
+            "this scenario runs processes of `mitto-bench`, and this is {}: set \
+             Config::bench_exe",
+            me.display()
+        );
+        Ok(me)
     }
 
     /// Whether `system` runs (see [`Config::only`]).

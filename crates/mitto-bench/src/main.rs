@@ -3,17 +3,18 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use mitto_bench::{report, scenarios, Config, Progress};
+use mitto_bench::{report, scenarios, Config, Progress, Results};
 use std::path::PathBuf;
 
 /// Benchmark comparison suite: mitto beside memcpy, raw sockets, tarpc, tonic,
-/// protosocket-rpc, nats-server, mosquitto, and tokio mpsc and flume channels. Full mode runs several repetitions and reports
-/// the median and min–max.
+/// protosocket-rpc, nats-server, Zenoh, mosquitto, and tokio mpsc and flume channels. Full mode
+/// runs several repetitions and reports the median and min–max.
 #[derive(Debug, Parser)]
 #[command(name = "mitto-bench", version)]
 struct Cli {
     /// Scenarios to run: codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep,
-    /// conn-memory, bus, or all.
+    /// conn-memory, bus, bridges, streams, or all. (`mitto-bench child ROLE` is a process of the deployed
+    /// layout, started by the suite itself.)
     #[arg(
         required_unless_present = "serve_broker",
         value_name = "SCENARIO",
@@ -37,17 +38,36 @@ struct Cli {
     #[arg(long, value_name = "N")]
     reps: Option<usize>,
 
-    /// Runs only this system (a row name, e.g. `protosocket-rpc`; repeatable) where the scenario
-    /// supports it (rpc-throughput): for profiling one system at a time.
+    /// Runs only this system (a row name, e.g. `protosocket-rpc`, `zenoh-peer`; repeatable)
+    /// where the scenario supports it (rpc-throughput, pubsub, fanout, reqrep): for profiling
+    /// one system at a time.
     #[arg(long, value_name = "SYSTEM")]
     only: Vec<String>,
 
-    /// Also writes the results as a JSON array to FILE.
+    /// The `mitto` CLI whose `mitto server` the broker scenarios run (default: `mitto` beside
+    /// this executable, e.g. target/release/mitto).
+    #[arg(long, value_name = "PATH")]
+    mitto: Option<PathBuf>,
+
+    /// Also writes the results to FILE as JSON: the run (commit, machine, mode) and its rows,
+    /// ready to add to benchmarks/results/.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// The run's name, recorded in the `--json` file (e.g. `T`).
+    #[arg(long, value_name = "NAME", requires = "json")]
+    run: Option<String>,
 }
 
+/// The scenarios whose systems `--only` can pick.
+const ONLY_SCENARIOS: [&str; 4] = ["rpc-throughput", "pubsub", "fanout", "reqrep"];
+
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args_os();
+    let _ = args.next();
+    if args.next().is_some_and(|a| a == mitto_bench::CHILD) {
+        return mitto_bench::child_main(args.collect());
+    }
     let cli = Cli::parse();
     if cli.serve_broker {
         return mitto_bench::serve_broker_child();
@@ -64,19 +84,28 @@ fn main() -> anyhow::Result<()> {
         config = config.with_reps(n);
     }
     if !cli.only.is_empty() {
-        // Only `rpc-throughput` runs a subset of its systems.
-        let rpc = list
+        let picks: Vec<_> = list
             .iter()
-            .find(|s| s.name == "rpc-throughput")
-            .ok_or_else(|| anyhow::anyhow!("--only applies to rpc-throughput, which is not run"))?;
+            .filter(|s| ONLY_SCENARIOS.contains(&s.name))
+            .collect();
+        anyhow::ensure!(
+            !picks.is_empty(),
+            "--only applies to {}, none of which is run",
+            ONLY_SCENARIOS.join(", ")
+        );
         for name in &cli.only {
             anyhow::ensure!(
-                rpc.systems.contains(&name.as_str()),
-                "--only {name}: rpc-throughput has no such system (it has {})",
-                rpc.systems.join(", ")
+                picks.iter().any(|s| s.systems.contains(&name.as_str())),
+                "--only {name}: no scenario run has such a system (they have {})",
+                picks
+                    .iter()
+                    .map(|s| format!("{}: {}", s.name, s.systems.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
     }
+    config.mitto_exe = cli.mitto;
     config.only = cli.only;
     println!(
         "mitto-bench: mode {:?}, {} repetition(s){}",
@@ -98,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     }
     progress.finish();
     if let Some(path) = &cli.json {
-        report::write_json(path, &reports)?;
+        Results::new(cli.run, &config, &reports).write(path)?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -83,6 +83,11 @@ impl LatencyAcc {
         })
     }
 
+    /// Round trips recorded.
+    pub(crate) fn done(&self) -> u64 {
+        self.done
+    }
+
     /// Percentiles of every round trip recorded, and round trips per second of measuring.
     pub(crate) fn sample(&self) -> anyhow::Result<LatencySample> {
         anyhow::ensure!(self.done > 0, "no round trip completed");
@@ -100,6 +105,54 @@ impl LatencyAcc {
     }
 }
 
+/// A loop of sequential round trips into a [`LatencyAcc`], for loops that cannot take a
+/// closure (a task that must be `Send`): `while s.more() { let t0 = Instant::now(); ...;
+/// if !s.record(acc, t0) { break } }`, then `s.finish(acc)`.
+pub(crate) struct Sequential {
+    count: u64,
+    max: Duration,
+    done: u64,
+    cpu: Duration,
+    start: Instant,
+    last: Instant,
+}
+
+impl Sequential {
+    /// Up to `count` round trips, until `max` has passed.
+    pub(crate) fn new(count: u64, max: Duration) -> Sequential {
+        let start = Instant::now();
+        Sequential {
+            count,
+            max,
+            done: 0,
+            cpu: process_cpu(),
+            start,
+            last: start,
+        }
+    }
+
+    /// Whether another round trip is due.
+    pub(crate) fn more(&self) -> bool {
+        self.done < self.count
+    }
+
+    /// Records a round trip that began at `t0` and ended now; false once `max` has passed.
+    pub(crate) fn record(&mut self, acc: &mut LatencyAcc, t0: Instant) -> bool {
+        self.last = Instant::now();
+        let ns = u64::try_from((self.last - t0).as_nanos()).unwrap_or(u64::MAX);
+        acc.hist.saturating_record(ns.max(1));
+        self.done += 1;
+        self.last - self.start < self.max
+    }
+
+    /// Adds the round trips, the time and the process's CPU time to `acc`.
+    pub(crate) fn finish(self, acc: &mut LatencyAcc) {
+        acc.done += self.done;
+        acc.busy += self.last - self.start;
+        acc.cpu += process_cpu().saturating_sub(self.cpu);
+    }
+}
+
 /// Runs `op` one call at a time, `count` times or until `max` has passed, recording every
 /// round trip (nanoseconds) into `acc`.
 pub(crate) async fn sequential<F>(
@@ -111,24 +164,15 @@ pub(crate) async fn sequential<F>(
 where
     F: AsyncFnMut() -> anyhow::Result<()>,
 {
-    let cpu = process_cpu();
-    let start = Instant::now();
-    let mut done = 0u64;
-    let mut last = start;
-    while done < count {
+    let mut s = Sequential::new(count, max);
+    while s.more() {
         let t0 = Instant::now();
         op().await?;
-        last = Instant::now();
-        let ns = u64::try_from((last - t0).as_nanos()).unwrap_or(u64::MAX);
-        acc.hist.saturating_record(ns.max(1));
-        done += 1;
-        if last - start >= max {
+        if !s.record(acc, t0) {
             break;
         }
     }
-    acc.done += done;
-    acc.busy += last - start;
-    acc.cpu += process_cpu().saturating_sub(cpu);
+    s.finish(acc);
     Ok(())
 }
 
@@ -147,6 +191,11 @@ impl ThroughputAcc {
     pub(crate) fn add(&mut self, done: u64, busy: Duration) {
         self.done += done;
         self.busy += busy;
+    }
+
+    /// Adds CPU time measured outside this process (the processes of the deployed layout).
+    pub(crate) fn add_cpu(&mut self, cpu: Duration) {
+        self.cpu += cpu;
     }
 
     /// CPU microseconds of the whole process per completed call (0 where not recorded).

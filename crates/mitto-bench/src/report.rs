@@ -1,9 +1,7 @@
 //! Result rows, the text table with mitto/peer ratios, and the JSON output.
 
-use anyhow::Context as _;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// What a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -21,9 +19,11 @@ pub enum Metric {
     BytesPerS,
     /// Resident memory per connection, bytes; lower is better.
     BytesPerConn,
-    /// CPU time of the whole benchmark process (client and server threads) per message,
-    /// microseconds; lower is better.
+    /// CPU time per message of every process of the system (client and server threads, or the
+    /// broker and client processes), microseconds; lower is better.
     CpuUsPerMsg,
+    /// Messages published but not delivered (each subscriber's share counted); lower is better.
+    LostMsgs,
 }
 
 impl Metric {
@@ -37,6 +37,7 @@ impl Metric {
             Metric::BytesPerS => "bytes_per_s",
             Metric::BytesPerConn => "bytes_per_conn",
             Metric::CpuUsPerMsg => "cpu_us_per_msg",
+            Metric::LostMsgs => "lost_msgs",
         }
     }
 
@@ -49,6 +50,7 @@ impl Metric {
             Metric::BytesPerS => "B/s",
             Metric::BytesPerConn => "B",
             Metric::CpuUsPerMsg => "us",
+            Metric::LostMsgs => "msg",
         }
     }
 
@@ -62,6 +64,7 @@ impl Metric {
             Metric::BytesPerS => "B/s",
             Metric::BytesPerConn => "B/conn",
             Metric::CpuUsPerMsg => "CPU µs/msg",
+            Metric::LostMsgs => "lost",
         }
     }
 
@@ -127,9 +130,10 @@ impl ScenarioReport {
         })
     }
 
-    /// `mitto / row` for a peer or floor row (None for mitto's own rows or a zero value).
+    /// `mitto / row` for a peer or floor row (None for mitto's own rows, a zero value, or a
+    /// count of lost messages).
     pub fn mitto_ratio(&self, row: &Row) -> Option<f64> {
-        if row.system == MITTO || row.value <= 0.0 {
+        if row.system == MITTO || row.value <= 0.0 || row.metric == Metric::LostMsgs {
             return None;
         }
         self.matching(row, MITTO).map(|m| m.value / row.value)
@@ -144,7 +148,9 @@ impl ScenarioReport {
 /// Formats a value for the table: grouped integers for rates, one decimal for times.
 pub fn format_value(metric: Metric, v: f64) -> String {
     match metric {
-        Metric::MsgsPerS | Metric::BytesPerS | Metric::BytesPerConn => group(v.round() as u64),
+        Metric::MsgsPerS | Metric::BytesPerS | Metric::BytesPerConn | Metric::LostMsgs => {
+            group(v.round() as u64)
+        }
         Metric::NsPerOp if v >= 10_000.0 => group(v.round() as u64),
         Metric::CpuUsPerMsg => format!("{v:.2}"),
         Metric::NsPerOp | Metric::P50Us | Metric::P99Us if v >= 100.0 => format!("{v:.0}"),
@@ -262,11 +268,12 @@ pub struct JsonRow {
     pub case: String,
     /// `mitto`, a peer or a floor.
     pub system: String,
-    /// `msgs_per_s`, `p50_us`, `p99_us`, `ns_per_op`, `bytes_per_s` or `bytes_per_conn`.
+    /// `msgs_per_s`, `p50_us`, `p99_us`, `ns_per_op`, `bytes_per_s`, `bytes_per_conn`,
+    /// `cpu_us_per_msg` or `lost_msgs`.
     pub metric: &'static str,
     /// Median over the repetitions.
     pub value: f64,
-    /// `msg/s`, `us`, `ns`, `B/s` or `B`.
+    /// `msg/s`, `us`, `ns`, `B/s`, `B` or `msg`.
     pub unit: &'static str,
     /// Payload size in bytes.
     pub payload_bytes: u64,
@@ -309,12 +316,6 @@ pub fn json_rows(reports: &[ScenarioReport]) -> Vec<JsonRow> {
         }
     }
     out
-}
-
-/// Writes `reports` as a JSON array to `path`.
-pub fn write_json(path: &Path, reports: &[ScenarioReport]) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(&json_rows(reports))?;
-    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The two sides of every RPC measurement: servers on one dedicated thread running a
-//! current-thread tokio runtime, clients on the caller's own current-thread runtime. The
+//! current-thread tokio runtime, clients on the caller's own current-thread runtime (in the
+//! client processes of the deployed layout, on one such dedicated thread too). The
 //! in-process `bus` scenario has no server side: every system runs on one shared multi-thread
 //! runtime with [`BUS_WORKERS`] workers.
 
@@ -53,6 +54,19 @@ impl ServerRuntime {
             .spawn(fut)
             .await
             .context("server setup task panicked")?
+    }
+}
+
+impl ServerRuntime {
+    /// Runs `fut` as a task on this runtime and blocks the calling thread (which must not be a
+    /// runtime thread) until it ends: a child process's control thread hands its client work
+    /// to the one runtime thread this way.
+    pub(crate) fn block_on<F, T>(&self, fut: F) -> anyhow::Result<T>
+    where
+        F: Future<Output = anyhow::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        futures::executor::block_on(self.run(fut))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::report::{Metric, ScenarioReport, MITTO};
 use crate::runtime::client_runtime;
-use crate::systems::broker_sys::{ChildBroker, SERVE_FLAG};
+use crate::systems::broker_sys::ChildBroker;
 use crate::systems::{nats_peer, procfs};
 use anyhow::Context as _;
 use futures::stream::{FuturesUnordered, StreamExt as _};
@@ -123,27 +123,10 @@ enum NatsTarget {
     Running(u32),
 }
 
-/// The `mitto-bench` binary that hosts the broker.
-fn broker_exe(config: &Config) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &config.broker_exe {
-        return Ok(p.clone());
-    }
-    let me = std::env::current_exe().context("finding the running executable")?;
-    if me.file_stem().is_some_and(|s| s == "mitto-bench") {
-        Ok(me)
-    } else {
-        anyhow::bail!(
-            "conn-memory hosts mitto's broker in `mitto-bench {SERVE_FLAG}`, and this is {}: \
-             set Config::broker_exe",
-            me.display()
-        )
-    }
-}
-
 /// Runs the scenario.
 pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioReport> {
     let rt = client_runtime()?;
-    let exe = broker_exe(config)?;
+    let exe = config.bench_exe()?;
     let n = config.idle_connections.max(1);
     let case = format!("idle-{n}");
     let mut report = ScenarioReport {

@@ -1,17 +1,28 @@
-//! `fanout`: one publisher connection, 10 subscriber connections on the same subject, 16 B
-//! fire-and-forget publishes; messages per second delivered (the sum over the subscribers,
-//! first publish to last receive), through mitto's broker and the nats-server at
-//! 127.0.0.1:4222. See `pubsub` for how a burst is measured.
+//! `fanout`: one publisher, 10 subscribers on the same subject, 16 B fire-and-forget
+//! publishes; messages per second delivered (the sum over the subscribers, first publish to
+//! last receive) and CPU per delivered message, every system in the deployed layout (each
+//! client a process of its own) beside the embedded layout's `mitto-embedded`. See
+//! `fan_deployed` for how a burst is measured.
 
-use super::pubsub::{ratios, run_fan, FanSpec};
+use super::fan::FanSpec;
+use super::{fan_deployed, goals, pubsub};
 use crate::config::Config;
 use crate::progress::Progress;
-use crate::report::{Metric, ScenarioReport};
-use crate::systems::ends::BrokerKind;
+use crate::report::ScenarioReport;
+use crate::systems::deployed::Deployed;
 
 const NAME: &str = "fanout";
 /// Subscriber connections.
 pub const SUBSCRIBERS: usize = 10;
+/// The deployed systems, in row order.
+const SYSTEMS: &[Deployed] = &[
+    Deployed::Mitto,
+    Deployed::MittoBlock,
+    Deployed::Nats,
+    Deployed::Nats4Mi,
+    Deployed::ZenohRouter,
+    Deployed::ZenohPeer,
+];
 
 /// Runs the scenario.
 pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioReport> {
@@ -20,20 +31,12 @@ pub fn run(config: &Config, progress: &Progress) -> anyhow::Result<ScenarioRepor
         case: "1-to-10",
         subscribers: SUBSCRIBERS,
         sizes: &[16],
-        systems: &[BrokerKind::Mitto, BrokerKind::Nats],
     };
-    let mut report = run_fan(&spec, config, progress)?;
-    let v = ratios(&report, "nats", Metric::MsgsPerS, None);
-    report.notes.insert(
-        0,
-        format!(
-            "mitto / nats delivered msgs/s: {}",
-            if v.is_empty() {
-                "no nats rows".to_owned()
-            } else {
-                v.join(", ")
-            }
-        ),
-    );
+    let mut report = fan_deployed::run(&spec, SYSTEMS, config, progress)?;
+    let head = goals::lines(&report, goals::THROUGHPUT);
+    report.notes.splice(0..0, head);
+    report
+        .notes
+        .extend(pubsub::method_notes(&spec, SYSTEMS, config));
     Ok(report)
 }

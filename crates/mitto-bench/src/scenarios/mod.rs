@@ -10,14 +10,21 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::report::ScenarioReport;
 
+pub mod bridges;
 pub mod bus;
 pub mod codec;
 pub mod conn_memory;
+mod fan;
+mod fan_deployed;
+mod fan_embedded;
 pub mod fanout;
+mod goals;
 pub mod pubsub;
 pub mod reqrep;
+mod reqrep_systems;
 pub mod rpc_latency;
 pub mod rpc_throughput;
+pub mod streams;
 
 /// One benchmark scenario.
 #[derive(Clone, Copy, Debug)]
@@ -28,9 +35,9 @@ pub struct Scenario {
     pub about: &'static str,
     /// Every system the scenario reports a row for (mitto first).
     pub systems: &'static [&'static str],
-    /// Those of `systems` that are servers already running outside the suite (nats-server,
-    /// mosquitto): when one cannot be reached its rows are left out, with a note saying so,
-    /// instead of failing the run.
+    /// Those of `systems` that need something outside the suite (the nats-server binary, the
+    /// mosquitto already running): when it is missing their rows are left out, with a note
+    /// saying so, instead of failing the run.
     pub external: &'static [&'static str],
     /// Runs it.
     pub run: fn(&Config, &Progress) -> anyhow::Result<ScenarioReport>,
@@ -47,13 +54,16 @@ pub const REGISTRY: &[Scenario] = &[
     },
     Scenario {
         name: "rpc-latency",
-        about: "sequential 32 B round trips over TCP and Unix sockets beside a raw ping-pong",
+        about: "sequential 32 B round trips over TCP and Unix sockets beside raw ping-pongs, \
+                sleeping and busy-polling",
         systems: &[
             "mitto",
             "mitto-no-spin",
             "mitto-busy-poll",
             "raw-tcp",
             "raw-unix",
+            "raw-tcp-spin",
+            "raw-unix-spin",
         ],
         external: &[],
         run: rpc_latency::run,
@@ -74,25 +84,51 @@ pub const REGISTRY: &[Scenario] = &[
     },
     Scenario {
         name: "pubsub",
-        about:
-            "1 publisher -> 1 subscriber through the broker, 16 B and 128 B, msgs/s end to end: \
-                mitto, nats-server, mosquitto",
-        systems: &["mitto", "nats", "mosquitto"],
-        external: &["nats", "mosquitto"],
+        about: "1 publisher -> 1 subscriber, 16 B and 128 B, msgs/s end to end, CPU per message \
+                and losses, each broker and client a process of its own: mitto server, \
+                nats-server, Zenoh (router and peer-to-peer), mosquitto; mitto embedded beside",
+        systems: &[
+            "mitto",
+            "mitto-block",
+            "nats",
+            "nats-4mi",
+            "zenoh-router",
+            "zenoh-peer",
+            "mosquitto",
+            "mitto-embedded",
+        ],
+        external: &["nats", "nats-4mi", "mosquitto"],
         run: pubsub::run,
     },
     Scenario {
         name: "fanout",
-        about: "1 publisher -> 10 subscribers, 16 B, msgs/s delivered: mitto, nats-server",
-        systems: &["mitto", "nats"],
-        external: &["nats"],
+        about: "1 publisher -> 10 subscribers, 16 B, msgs/s delivered and CPU per message, \
+                deployed as in pubsub: mitto server, nats-server, Zenoh; mitto embedded beside",
+        systems: &[
+            "mitto",
+            "mitto-block",
+            "nats",
+            "nats-4mi",
+            "zenoh-router",
+            "zenoh-peer",
+            "mitto-embedded",
+        ],
+        external: &["nats", "nats-4mi"],
         run: fanout::run,
     },
     Scenario {
         name: "reqrep",
-        about: "sequential request/reply through the broker, 32 B: p50/p99 and msgs/s, mitto and \
-                nats-server",
-        systems: &["mitto", "mitto-busy-poll", "nats"],
+        about: "sequential request/reply through the broker, 32 B: p50/p99, msgs/s and CPU per \
+                round trip, deployed: mitto server, nats-server, Zenoh (router and \
+                peer-to-peer); mitto embedded beside",
+        systems: &[
+            "mitto",
+            "mitto-busy-poll",
+            "nats",
+            "zenoh-router",
+            "zenoh-peer",
+            "mitto-embedded",
+        ],
         external: &["nats"],
         run: reqrep::run,
     },
@@ -111,6 +147,24 @@ pub const REGISTRY: &[Scenario] = &[
         systems: &["mitto", "mitto-typed", "tokio-mpsc", "flume"],
         external: &[],
         run: bus::run,
+    },
+    Scenario {
+        name: "bridges",
+        about: "a NATS bridge (mitto client -> broker -> bridge -> nats-server -> async-nats) \
+                beside async-nats alone; two brokers federated over a two-node NATS cluster \
+                beside the cluster's own clients: msgs/s, publish-to-receive and request p50/p99",
+        systems: &["mitto", "nats", "nats-cluster"],
+        external: &["mitto", "nats", "nats-cluster"],
+        run: bridges::run,
+    },
+    Scenario {
+        name: "streams",
+        about: "durable streams beside NATS JetStream (file storage): acked 128 B publishes from \
+                1 and 8 publishers, publish-ack p50/p99, consumer replay; equal sync policy \
+                stated (mitto embedded, clients over TCP)",
+        systems: &["mitto", "mitto-fsync-always", "jetstream"],
+        external: &["jetstream"],
+        run: streams::run,
     },
 ];
 
@@ -203,7 +257,7 @@ mod tests {
         assert!(err.contains("unknown scenario 'nope'"), "{err}");
         assert!(
             err.contains(
-                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, bus, all"
+                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, bus, bridges, streams, all"
             ),
             "{err}"
         );

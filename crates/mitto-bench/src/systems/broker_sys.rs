@@ -1,6 +1,6 @@
-//! mitto's broker: in-process on the server runtime (`pubsub`, `fanout`, `reqrep`), or alone
-//! in a child process (`mitto-bench --serve-broker`) for `conn-memory`, whose resident memory
-//! must be the broker's only.
+//! mitto's broker: in-process on the server runtime (the embedded layout of `pubsub`, `fanout`
+//! and `reqrep`), or alone in a child process (`mitto-bench --serve-broker`) for `conn-memory`,
+//! whose resident memory must be the broker's only.
 
 use crate::runtime::{client_runtime, ServerRuntime};
 use anyhow::Context as _;
@@ -33,18 +33,6 @@ impl InProcBroker {
     /// Starts a broker on `srt` (its listener and connection tasks live there).
     pub(crate) async fn start(srt: &ServerRuntime) -> anyhow::Result<InProcBroker> {
         InProcBroker::start_with(srt, config()).await
-    }
-
-    /// Starts a broker in latency mode (see `BrokerConfig::busy_poll_us`) on `srt`.
-    pub(crate) async fn start_busy_poll(
-        srt: &ServerRuntime,
-        busy_poll_us: u64,
-    ) -> anyhow::Result<InProcBroker> {
-        let cfg = BrokerConfig {
-            busy_poll_us,
-            ..config()
-        };
-        InProcBroker::start_with(srt, cfg).await
     }
 
     async fn start_with(srt: &ServerRuntime, cfg: BrokerConfig) -> anyhow::Result<InProcBroker> {

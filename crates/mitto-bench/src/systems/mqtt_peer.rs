@@ -9,12 +9,21 @@ use std::time::Duration;
 
 /// Where mosquitto listens.
 pub(crate) const ADDR: &str = "127.0.0.1:1883";
-const HOST: &str = "127.0.0.1";
-const PORT: u16 = 1883;
+/// Its port, to find its process in `/proc`.
+pub(crate) const PORT: u16 = 1883;
 
-/// Connects as `id` and waits for CONNACK.
-pub(crate) async fn connect(id: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let mut o = MqttOptions::new(id, HOST, PORT);
+/// The MQTT topic for a subject (`bench.1.pubsub` -> `bench/1/pubsub`).
+pub(crate) fn topic(subject: &str) -> String {
+    subject.replace('.', "/")
+}
+
+/// Connects to the broker at `host:port` as `id` and waits for CONNACK.
+pub(crate) async fn connect(
+    id: &str,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mut o = MqttOptions::new(id, host, port);
     // Long enough that a connection left unpolled while the other systems take their turn
     // is not dropped by the broker.
     o.set_keep_alive(Duration::from_secs(600));
@@ -22,7 +31,7 @@ pub(crate) async fn connect(id: &str) -> anyhow::Result<(AsyncClient, EventLoop)
     let (client, mut events) = AsyncClient::new(o, 1024);
     wait_for(&mut events, |p| matches!(p, Packet::ConnAck(_)))
         .await
-        .with_context(|| format!("connecting to mosquitto at {ADDR}"))?;
+        .with_context(|| format!("connecting to mosquitto at {host}:{port}"))?;
     Ok((client, events))
 }
 

@@ -1,8 +1,35 @@
-//! What `conn-memory` reads from `/proc`: a process's resident memory, and which process
-//! listens on a TCP port of 127.0.0.1 (to find the nats-server that is already running).
+//! What the suite reads from `/proc`: a process's resident memory (`conn-memory`), the CPU time
+//! it has used (the deployed broker scenarios), and which process listens on a TCP port of
+//! 127.0.0.1 (to find a server that is already running).
 
 use anyhow::Context as _;
 use std::path::Path;
+use std::time::Duration;
+
+/// User plus system CPU time process `pid` has used so far, all its threads together (those
+/// that have ended included): `utime + stime` of `/proc/PID/stat`, in clock ticks (10 ms
+/// where `CLK_TCK` is 100).
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_cpu_ticks(&text).with_context(|| format!("no utime/stime in {path}"))?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / hz,
+    ))
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces or parentheses itself, so the fields are counted
+/// from the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    // After the name: state (3), ppid (4) ... utime is field 14, the 12th after the name.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
 
 /// `VmRSS` of process `pid`, in bytes.
 pub(crate) fn vm_rss(pid: u32) -> anyhow::Result<u64> {
@@ -88,5 +115,20 @@ mod tests {
         assert!(listening_inodes(table, 1883).is_empty());
         let me = std::process::id();
         assert!(vm_rss(me).unwrap_or(0) > 0);
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 112 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(731 + 112));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+        // Burning CPU moves this process's count (bounded: at most 10 s of spinning).
+        let before = cpu_time(me).unwrap_or(Duration::MAX);
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_time(me).unwrap_or(Duration::ZERO) <= before
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        assert!(cpu_time(me).unwrap_or(Duration::ZERO) > before);
     }
 }
