@@ -56,6 +56,10 @@ pub struct StreamSpec {
     /// With `fsync = "interval"`: how often (default `100ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync_interval: Option<String>,
+    /// A publish whose `mitto-msg-id` header repeats one stored this recently is not stored
+    /// again (default `2m`; `0s` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_window: Option<String>,
 }
 
 fn duration(field: &str, v: &str) -> Result<Duration, String> {
@@ -89,7 +93,11 @@ impl StreamSpec {
             DiscardName::Old => Discard::Old,
             DiscardName::New => Discard::New,
         };
-        Ok(StreamConfig::new(&self.name, self.subjects.clone())
+        let mut cfg = StreamConfig::new(&self.name, self.subjects.clone());
+        if let Some(v) = &self.duplicate_window {
+            cfg = cfg.duplicate_window(duration("duplicate_window", v)?);
+        }
+        Ok(cfg
             .retention(Retention {
                 max_msgs: self.max_msgs,
                 max_bytes: self.max_bytes,
@@ -118,6 +126,7 @@ impl StreamSpec {
             },
             fsync,
             fsync_interval,
+            duplicate_window: Some(human(c.duplicate_window)),
         }
     }
 }
@@ -135,7 +144,8 @@ max_msgs = 10
 max_age = "1h"
 discard = "new"
 fsync = "interval"
-fsync_interval = "50ms""#,
+fsync_interval = "50ms"
+duplicate_window = "10s""#,
         )
         .unwrap();
         let c = s.to_store().unwrap();
@@ -143,6 +153,7 @@ fsync_interval = "50ms""#,
         assert_eq!(c.retention.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(c.discard, Discard::New);
         assert_eq!(c.sync, SyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(c.duplicate_window, Duration::from_secs(10));
         assert_eq!(StreamSpec::of(&c).to_store().unwrap(), c);
     }
 

@@ -49,6 +49,10 @@ pub(crate) struct AddArgs {
     /// With --fsync interval: how often.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     fsync_interval: Duration,
+    /// A publish repeating a mitto-msg-id header seen this recently is not stored again
+    /// (default 2m; 0s turns it off).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duplicate_window: Option<Duration>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -119,6 +123,9 @@ pub(crate) async fn run(cmd: StreamCmd) -> mitto::Result<()> {
             }
             if let Some(d) = a.max_age {
                 cfg = cfg.max_age(d);
+            }
+            if let Some(d) = a.duplicate_window {
+                cfg = cfg.duplicate_window(d);
             }
             show(&c.stream(&a.name).create(cfg).await?, a.client.json);
             c.close().await;

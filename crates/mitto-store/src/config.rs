@@ -71,6 +71,10 @@ pub struct StreamConfig {
     /// A segment file is closed and a new one started past this size (default 64 MiB).
     #[serde(default = "default_segment_size")]
     pub segment_size: u64,
+    /// An append whose `mitto-msg-id` header repeats one stored this recently is not stored
+    /// again (default 2 minutes; zero turns deduplication off).
+    #[serde(default = "default_duplicate_window", with = "millis")]
+    pub duplicate_window: Duration,
 }
 
 fn default_max_record() -> u32 {
@@ -79,6 +83,10 @@ fn default_max_record() -> u32 {
 
 fn default_segment_size() -> u64 {
     64 * 1024 * 1024
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl StreamConfig {
@@ -96,6 +104,7 @@ impl StreamConfig {
             sync: SyncPolicy::default(),
             max_record_size: default_max_record(),
             segment_size: default_segment_size(),
+            duplicate_window: default_duplicate_window(),
         }
     }
 
@@ -126,6 +135,12 @@ impl StreamConfig {
     /// Sets the size past which a new segment starts.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the duplicate window (zero: no deduplication).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
         self
     }
 

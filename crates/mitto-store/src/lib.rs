@@ -110,4 +110,5 @@ pub use record::StoredMessage;
 pub use store::{Store, StoreOptions};
 pub use stream::{
     Appended, Completion, Reader, RecoveryReport, SeqWaiter, StartAt, Stream, StreamInfo,
+    MAX_MSG_IDS, MSG_ID_HEADER,
 };

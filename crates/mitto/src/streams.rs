@@ -56,6 +56,11 @@ pub enum Fsync {
     Os,
 }
 
+/// The header naming a message for a stream's deduplication: a publish that repeats an id the
+/// stream stored within its duplicate window is acknowledged and not stored again, so a
+/// publisher may retry an acknowledged publish whose answer it lost.
+pub const MSG_ID_HEADER: &str = "mitto-msg-id";
+
 fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
@@ -76,6 +81,9 @@ pub struct StreamConfig {
     pub discard: Discard,
     /// When acknowledged publishes are acknowledged.
     pub fsync: Fsync,
+    /// How long a `mitto-msg-id` is remembered (`None`: the broker's default, 2 minutes; zero
+    /// turns deduplication off).
+    pub duplicate_window: Option<Duration>,
 }
 
 impl StreamConfig {
@@ -111,6 +119,12 @@ impl StreamConfig {
         self.fsync = f;
         self
     }
+    /// A publish whose [`MSG_ID_HEADER`] repeats one the stream stored within `d` is
+    /// acknowledged without being stored again (zero: no deduplication).
+    pub fn duplicate_window(mut self, d: Duration) -> Self {
+        self.duplicate_window = Some(d);
+        self
+    }
 
     fn body(&self) -> serde_json::Value {
         let (fsync, interval) = match self.fsync {
@@ -129,6 +143,11 @@ impl StreamConfig {
         put(&mut v, "max_bytes", serde_json::json!(self.max_bytes));
         put(&mut v, "max_age", serde_json::json!(self.max_age.map(ms)));
         put(&mut v, "fsync_interval", serde_json::json!(interval));
+        put(
+            &mut v,
+            "duplicate_window",
+            serde_json::json!(self.duplicate_window.map(ms)),
+        );
         v
     }
 }

@@ -297,7 +297,7 @@ pub(crate) fn monitor_page(core: &Core) -> serde_json::Value {
                 "name": s.name(), "config": StreamSpec::of(s.config()),
                 "msgs": i.msgs, "bytes": i.bytes, "first_seq": i.first_seq, "last_seq": i.last_seq,
                 "appended": i.appended, "append_errors": i.append_errors,
-                "rejected_full": i.rejected_full, "removed": i.removed, "fsyncs": i.fsyncs,
+                "rejected_full": i.rejected_full, "duplicates": i.duplicates, "removed": i.removed, "fsyncs": i.fsyncs,
                 "failed": i.failed,
                 "consumers": s.consumer_names().unwrap_or_default(),
                 "recovery": r.map(|r| json!({

@@ -1,5 +1,6 @@
 //! A stream: the handle the broker appends to and reads from.
 
+mod dedup;
 mod reader;
 mod state;
 mod waiters;
@@ -14,6 +15,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use dedup::{MAX_MSG_IDS, MSG_ID_HEADER};
 pub use reader::{Reader, StartAt};
 use state::Shared;
 pub use waiters::SeqWaiter;
@@ -34,6 +36,9 @@ pub struct Appended {
     pub seq: u64,
     /// The time stored with it (ns since the Unix epoch).
     pub timestamp_ns: u64,
+    /// The append repeated the message id of one stored within the duplicate window: `seq`
+    /// and `timestamp_ns` are that one's, and nothing new was stored.
+    pub duplicate: bool,
 }
 
 /// Fires once an append is stored as the stream's [`SyncPolicy`](crate::SyncPolicy) says
@@ -125,6 +130,8 @@ pub struct StreamInfo {
     pub append_errors: u64,
     /// Appends refused because the stream was full (discard new).
     pub rejected_full: u64,
+    /// Appends not stored because their message id repeated one within the duplicate window.
+    pub duplicates: u64,
     /// Messages removed by retention or purge since open.
     pub removed: u64,
     /// Segment fsyncs since open (group commit: far fewer than appends).
@@ -324,7 +331,7 @@ impl Stream {
             .name(format!("mitto-store-{}", cfg.name))
             .spawn(move || w.run())
             .map_err(|e| StoreError::io("start writer thread", dir, e))?;
-        Ok(Stream {
+        let stream = Stream {
             inner: Arc::new(Inner {
                 cfg,
                 dir: dir.to_owned(),
@@ -338,7 +345,38 @@ impl Stream {
                 recovery: report,
                 open_consumers: Mutex::new(HashSet::new()),
             }),
-        })
+        };
+        stream.remember_ids()?;
+        Ok(stream)
+    }
+
+    /// Gives the writer the message ids of the records within the duplicate window, so that a
+    /// publisher retrying across a restart is still recognised. Runs before the stream is
+    /// handed out: no append can come first.
+    fn remember_ids(&self) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        if cfg.duplicate_window.is_zero() {
+            return Ok(());
+        }
+        let window = u64::try_from(cfg.duplicate_window.as_nanos()).unwrap_or(u64::MAX);
+        let from = self.inner.env.clock.now_ns().saturating_sub(window);
+        let mut r = self.reader(StartAt::Time(from));
+        let mut ids = Vec::new();
+        while let Some(m) = r.next_message()? {
+            if let Some(id) = dedup::msg_id(&m.headers_bytes()) {
+                ids.push((id, m.seq, m.timestamp_ns));
+            }
+        }
+        // The table keeps the newest ones anyway.
+        let skip = ids.len().saturating_sub(MAX_MSG_IDS);
+        ids.drain(..skip);
+        if !ids.is_empty() {
+            self.inner
+                .tx
+                .send(Cmd::Remember(ids))
+                .map_err(|_| StoreError::Closed)?;
+        }
+        Ok(())
     }
 
     /// The stream's name.
@@ -383,12 +421,18 @@ impl Stream {
             queued.fetch_sub(size, Ordering::Relaxed);
             return Err(AppendError::QueueFull);
         }
+        let id = if cfg.duplicate_window.is_zero() {
+            None
+        } else {
+            dedup::msg_id(&headers)
+        };
         let (done, rx) = flume::bounded(1);
         let req = AppendReq {
             subject: Bytes::copy_from_slice(subject.as_bytes()),
             headers,
             payload,
             size,
+            id,
             done,
         };
         match self.inner.tx.try_send(Cmd::Append(req)) {
@@ -438,6 +482,7 @@ impl Stream {
             appended: c.appended,
             append_errors: c.append_errors,
             rejected_full: c.rejected_full,
+            duplicates: c.duplicates,
             removed: c.removed,
             fsyncs: c.fsyncs,
             batches: c.batches,

@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub(crate) fsyncs: u64,
     pub(crate) batches: u64,
     pub(crate) segments_deleted: u64,
+    pub(crate) duplicates: u64,
 }
 
 /// One record at the head, as retention needs it.

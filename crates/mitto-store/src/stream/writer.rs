@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::dedup::{Dedup, MsgId};
 use super::state::Shared;
 use super::waiters::Waiters;
 use super::{write_meta, Appended};
@@ -44,6 +45,8 @@ pub(crate) enum Cmd {
     Close {
         done: Reply<()>,
     },
+    /// The message ids of the records within the duplicate window, read at open.
+    Remember(Vec<(MsgId, u64, u64)>),
 }
 
 pub(crate) struct AppendReq {
@@ -51,6 +54,8 @@ pub(crate) struct AppendReq {
     pub(crate) headers: Bytes,
     pub(crate) payload: Bytes,
     pub(crate) size: u64,
+    /// The hash of its `mitto-msg-id` header, where the stream deduplicates.
+    pub(crate) id: Option<MsgId>,
     pub(crate) done: flume::Sender<Result<Appended, AppendError>>,
 }
 
@@ -72,6 +77,9 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     batch: Vec<Staged>,
     batch_bytes: u64,
+    dedup: Dedup,
+    /// Repeats of appends staged in this batch: answered with it.
+    dups: Vec<(Appended, flume::Sender<Result<Appended, AppendError>>)>,
     file: Arc<dyn StoreFile>,
     path: PathBuf,
     seed: u64,
@@ -117,6 +125,7 @@ impl Writer {
                 s.bytes,
             )
         };
+        let window = cfg.duplicate_window;
         Writer {
             cfg,
             fs: env.fs.clone(),
@@ -129,6 +138,8 @@ impl Writer {
             buf: Vec::with_capacity(64 * 1024),
             batch: Vec::new(),
             batch_bytes: 0,
+            dedup: Dedup::new(window),
+            dups: Vec::new(),
             file,
             path,
             seed,
@@ -233,6 +244,22 @@ impl Writer {
                 .send(Err(StoreError::Failed(self.cfg.name.clone()).into()));
             return;
         }
+        if let Some(id) = req.id {
+            if let Some((seq, ts)) = self.dedup.find(id, self.clock.now_ns()) {
+                let first = Appended {
+                    seq,
+                    timestamp_ns: ts,
+                    duplicate: true,
+                };
+                wlock(&self.shared).counters.duplicates += 1;
+                if self.batch.first().is_some_and(|f| seq >= f.meta.seq) {
+                    self.dups.push((first, req.done));
+                } else {
+                    let _ = req.done.send(Ok(first));
+                }
+                return;
+            }
+        }
         if self.cfg.discard == Discard::New {
             let full = if self
                 .cfg
@@ -279,6 +306,9 @@ impl Writer {
         self.write_off += req.size;
         self.next_seq += 1;
         self.last_ts = ts;
+        if let Some(id) = req.id {
+            self.dedup.remember(id, seq, ts);
+        }
     }
 
     /// Writes, syncs and publishes the staged batch, then fires its completions.
@@ -336,7 +366,11 @@ impl Writer {
             let _ = st.done.send(Ok(Appended {
                 seq: st.meta.seq,
                 timestamp_ns: st.meta.ts,
+                duplicate: false,
             }));
+        }
+        for (first, done) in self.dups.drain(..) {
+            let _ = done.send(Ok(first));
         }
         self.buf.clear();
         self.batch_bytes = 0;
@@ -359,9 +393,11 @@ impl Writer {
             s.counters.append_errors += self.batch.len() as u64;
             s.failed |= self.failed;
         }
-        for st in self.batch.drain(..) {
+        self.dedup.forget_from(self.next_seq);
+        let dups = self.dups.drain(..).map(|(_, done)| done);
+        for done in self.batch.drain(..).map(|st| st.done).chain(dups) {
             let err = StoreError::io(op, &self.path, copy_err(e));
-            let _ = st.done.send(Err(err.into()));
+            let _ = done.send(Err(err.into()));
         }
         self.buf.clear();
         self.batch_bytes = 0;
@@ -440,6 +476,11 @@ impl Writer {
                 let _ = done.send(Ok(()));
                 return true;
             }
+            Cmd::Remember(ids) => {
+                for (id, seq, ts) in ids {
+                    self.dedup.remember(id, seq, ts);
+                }
+            }
         }
         false
     }
@@ -485,6 +526,7 @@ impl Writer {
                 Cmd::Sync { done } | Cmd::Enforce { done } | Cmd::Close { done } => {
                     let _ = done.send(Err(StoreError::Closed));
                 }
+                Cmd::Remember(_) => {}
             }
         }
     }
