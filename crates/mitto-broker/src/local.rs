@@ -7,7 +7,7 @@ use crate::mailbox::{LocalPop, Mailbox};
 use crate::permissions::Permissions;
 use crate::subscriptions::SubRef;
 use mitto::__private::local::{LocalPort, LocalQueue, Published};
-use mitto::proto::{Frame, Status};
+use mitto::proto::{Flags, Frame, Status};
 use mitto::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -84,9 +84,10 @@ impl LocalPort for Port {
         let Some(f) = self.core.admit_publish(self.conn, &self.perms, f)? else {
             return Ok(Published::Done);
         };
-        // A stream that captures the subject stores it; the publish returns once it is stored
-        // (the port is not told whether the caller asked for an ACK).
-        let stored = crate::streams::capture(&self.core, &f)?;
+        // A stream that captures the subject stores it; an acknowledged publish returns once it
+        // is stored, a fire-and-forget one at once (as on a socket).
+        let ack = f.flags.contains(Flags::ACK_REQUIRED);
+        let stored = crate::streams::capture(&self.core, &f)?.filter(|_| ack);
         let mut f = Some(f);
         let routed = match with_routes(self.uid, |routes| {
             f.take().map(|f| self.core.publish_owned(f, routes))

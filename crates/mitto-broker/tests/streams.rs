@@ -115,6 +115,29 @@ async fn a_full_stream_that_discards_new_refuses_with_backpressure() {
     b.shutdown().await;
 }
 
+/// In process as over TCP: an acknowledged publish waits for the store and hears its refusal;
+/// a fire-and-forget one does not wait for the store.
+#[tokio::test]
+async fn only_acknowledged_publishes_wait_for_the_store_on_every_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.listen.push("inproc://streams-ack".into());
+    let (b, tcp) = start(cfg).await;
+    let local = client("inproc://streams-ack", "", "").await;
+    let full = StreamConfig::new(["jobs.*"])
+        .max_msgs(1)
+        .discard(Discard::New);
+    tcp.stream("jobs").create(full).await.unwrap();
+    publish(&tcp, "jobs.a", "1").await.unwrap();
+    for c in [&tcp, &local] {
+        let e = publish(c, "jobs.a", "refused").await.unwrap_err();
+        assert_eq!(e.status(), Status::BACKPRESSURE_REJECTION, "{e}");
+        c.publish("jobs.a", "not waited for").await.unwrap();
+    }
+    assert_eq!(tcp.stream("jobs").info().await.unwrap().state.msgs, 1);
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn retention_by_count_and_bytes_removes_the_oldest() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,12 @@ pub(super) fn publish_on(
     }
     let max = c.agreed.limits.max_payload;
     if let Some(port) = &c.port {
+        let mut f = f;
+        if ack {
+            // As on a socket: the flag tells the broker to answer once it has the message
+            // (stored, where a stream captures it).
+            f.flags.insert(Flags::ACK_REQUIRED);
+        }
         return Ok(publish_local(port, max, f, timeout));
     }
     if !ack && !c.cmds.is_closed() && f.value.is_none() && f.payload.len() <= max as usize {
