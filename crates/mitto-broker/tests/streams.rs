@@ -4,8 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mitto::streams::{ConsumerConfig, DeliverFrom, Discard, StreamConfig, StreamMeta};
-use mitto::{Client, ClientOptions, Message, PublishOptions, Status};
+use mitto::streams::{
+    ConsumerConfig, DeliverFrom, Discard, StreamConfig, StreamMeta, MSG_ID_HEADER,
+};
+use mitto::{Client, ClientOptions, Headers, Message, PublishOptions, Status};
 use mitto_broker::{Broker, BrokerConfig, StreamSpec, User};
 use std::path::Path;
 use std::time::Duration;
@@ -533,5 +535,76 @@ async fn a_torn_tail_is_cut_at_start_up_and_reported() {
     for i in 0..4 {
         assert_eq!(text(&next(&mut con).await), i.to_string());
     }
+    b.shutdown().await;
+}
+
+async fn publish_id(c: &Client, subject: &str, id: &str, payload: &str) -> mitto::Result<()> {
+    let h = Headers::new().with(MSG_ID_HEADER, id);
+    let o = PublishOptions::new().ack().headers(h);
+    c.publish_with(subject, payload.to_owned(), o).await
+}
+
+async fn msgs(c: &Client, stream: &str) -> u64 {
+    c.stream(stream).info().await.unwrap().state.msgs
+}
+
+/// PROTOCOL.md 19.1: a retried publish with the same `mitto-msg-id` is stored once, also
+/// across a restart; live subscribers still get every publish.
+#[tokio::test]
+async fn a_retried_publish_is_acknowledged_and_stored_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.streams = vec![spec("orders", &["orders.>"])];
+    let (b, c) = start(cfg.clone()).await;
+    let mut live = c.subscribe("orders.>").await.unwrap();
+    publish_id(&c, "orders.created", "order-1", "first")
+        .await
+        .unwrap();
+    publish_id(&c, "orders.created", "order-2", "second")
+        .await
+        .unwrap();
+    publish_id(&c, "orders.created", "order-1", "retry")
+        .await
+        .unwrap();
+    assert_eq!(msgs(&c, "orders").await, 2);
+    for want in ["first", "second", "retry"] {
+        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(text(&m), want);
+    }
+    c.close().await;
+    b.shutdown().await;
+
+    let (b, c) = start(cfg).await;
+    publish_id(&c, "orders.created", "order-2", "retry after restart")
+        .await
+        .unwrap();
+    assert_eq!(msgs(&c, "orders").await, 2);
+    publish_id(&c, "orders.created", "order-3", "third")
+        .await
+        .unwrap();
+    assert_eq!(msgs(&c, "orders").await, 3);
+    c.close().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_created_without_a_window_stores_every_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.streams = vec![spec("orders", &["orders.>"])];
+    let (b, c) = start(cfg).await;
+    let off = StreamConfig::new(["events.>"]).duplicate_window(Duration::ZERO);
+    let info = c.stream("events").create(off).await.unwrap();
+    assert_eq!(info.config["duplicate_window"], "0s");
+    let orders = c.stream("orders").info().await.unwrap();
+    assert_eq!(orders.config["duplicate_window"], "2m");
+    for _ in 0..3 {
+        publish_id(&c, "events.x", "same", "m").await.unwrap();
+    }
+    assert_eq!(msgs(&c, "events").await, 3);
+    c.close().await;
     b.shutdown().await;
 }
