@@ -35,8 +35,12 @@
 //! # Durability
 //!
 //! - [`SyncPolicy::Always`]: a completion fires after the `fdatasync` that covers its record;
-//!   appends queued while a sync runs go into the next batch and share its sync. A new segment's
-//!   header and folder entry are synced before records go in.
+//!   appends queued while a sync runs go into the next batch and share its sync. That batch
+//!   also waits (at most one sync's time, 2 ms at most) until it holds as many appends as the
+//!   last one acknowledged plus those queued meanwhile: appenders that wait for each
+//!   acknowledgement come back a round trip later, and without the wait they would split into
+//!   two half batches, each with a sync of its own. A lone appender never waits. A new
+//!   segment's header and folder entry are synced before records go in.
 //! - [`SyncPolicy::Interval`]: after the write; an `fdatasync` at least every interval.
 //! - [`SyncPolicy::Os`]: after the write.
 //! - A failed write (disk full) refuses its whole batch with a typed error, cuts the file back

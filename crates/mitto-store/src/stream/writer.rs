@@ -24,6 +24,8 @@ use crate::segment::{Segment, HEADER_LEN};
 /// A batch is written once it holds this many bytes or appends.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MAX_BATCH: usize = 8192;
+/// The longest a batch waits for appenders expected back (see [`Writer::gather`]).
+const MAX_GATHER: Duration = Duration::from_millis(2);
 /// How often age retention runs at most, when the stream has a `max_age`.
 const AGE_TICK: Duration = Duration::from_secs(1);
 
@@ -91,6 +93,12 @@ pub(crate) struct Writer {
     failed: bool,
     dirty: bool,
     last_sync: Instant,
+    /// Policy `always`: appends expected in the next batch, and how long a sync takes (moving
+    /// average), which bounds the wait for them.
+    expect: usize,
+    sync_time: Duration,
+    /// When the staged batch's first append was staged.
+    batch_start: Instant,
 }
 
 fn wlock(shared: &RwLock<Shared>) -> std::sync::RwLockWriteGuard<'_, Shared> {
@@ -151,6 +159,9 @@ impl Writer {
             failed: false,
             dirty: false,
             last_sync: Instant::now(),
+            expect: 1,
+            sync_time: Duration::ZERO,
+            batch_start: Instant::now(),
         }
     }
 
@@ -182,12 +193,28 @@ impl Writer {
                     }
                 }
                 if self.buf.len() < MAX_BATCH_BYTES && self.batch.len() < MAX_BATCH {
-                    next = self.rx.try_recv().ok();
+                    next = self.rx.try_recv().ok().or_else(|| self.gather());
                 }
             }
             self.commit();
         }
         self.close();
+    }
+
+    /// Policy `always`: waits (at most one sync's time) for the appends expected in this batch.
+    /// Appenders that wait for their acknowledgement come back a round trip after it; those
+    /// that came back during the last sync are queued, the ones it acknowledged are not yet.
+    /// Without this wait the queued ones are synced alone and the others arrive during that
+    /// sync: two half batches, alternating, one sync each.
+    fn gather(&mut self) -> Option<Cmd> {
+        if self.cfg.sync != SyncPolicy::Always
+            || self.batch.is_empty()
+            || self.batch.len() >= self.expect
+        {
+            return None;
+        }
+        let until = self.batch_start + self.sync_time.min(MAX_GATHER);
+        self.rx.recv_deadline(until).ok()
     }
 
     /// When the writer must wake without a command: an interval sync or age retention.
@@ -297,6 +324,9 @@ impl Writer {
         let (s, h, p) = (&req.subject, &req.headers, &req.payload);
         record::encode(&mut self.buf, self.seed, seq, ts, s, h, p);
         let meta = Meta::new(seq, ts, s.len(), h.len(), req.size);
+        if self.batch.is_empty() {
+            self.batch_start = Instant::now();
+        }
         self.batch.push(Staged {
             meta,
             off: self.write_off,
@@ -324,12 +354,19 @@ impl Writer {
         let mut synced = false;
         match self.cfg.sync {
             SyncPolicy::Always => {
+                let t0 = Instant::now();
                 if let Err(e) = self.file.sync_data() {
                     self.fail_batch(&e, "sync segment", true);
                     return;
                 }
                 synced = true;
                 self.last_sync = Instant::now();
+                let took = self.last_sync - t0;
+                self.sync_time = if self.sync_time.is_zero() {
+                    took
+                } else {
+                    (self.sync_time * 7 + took) / 8
+                };
             }
             SyncPolicy::Interval(d) => {
                 self.dirty = true;
@@ -362,6 +399,8 @@ impl Writer {
         };
         self.delete_files(delete);
         self.waiters.fire(self.next_seq - 1);
+        // Those just acknowledged and those that came back meanwhile make the next batch.
+        self.expect = (self.batch.len() + self.rx.len()).min(MAX_BATCH);
         for st in self.batch.drain(..) {
             let _ = st.done.send(Ok(Appended {
                 seq: st.meta.seq,
