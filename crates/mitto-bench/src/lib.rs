@@ -10,7 +10,8 @@
 //! with the CPU time of all of them per message; mitto's broker embedded in the benchmark
 //! process is a row of its own (`mitto-embedded`). `conn-memory` puts mitto's broker beside
 //! nats-server; `bus` puts mitto's broker embedded in the process (`inproc://`) beside bounded
-//! `tokio::sync::mpsc` and `flume` channels.
+//! `tokio::sync::mpsc` and `flume` channels; `store-engines` puts the storage under durable
+//! streams (mitto-store) beside the fjall and redb engines, with equal durability.
 //!
 //! The binary (`mitto-bench all`) is a thin wrapper over this library: [`scenarios::REGISTRY`]
 //! lists the scenarios, [`Config`] says how long to run them, [`report`] prints the tables and

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 #[command(name = "mitto-bench", version)]
 struct Cli {
     /// Scenarios to run: codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep,
-    /// conn-memory, bus, bridges, streams, or all. (`mitto-bench child ROLE` is a process of the deployed
-    /// layout, started by the suite itself.)
+    /// conn-memory, bus, bridges, streams, store-engines, or all. (`mitto-bench child ROLE` is
+    /// a process of the deployed layout, started by the suite itself.)
     #[arg(
         required_unless_present = "serve_broker",
         value_name = "SCENARIO",

@@ -24,6 +24,8 @@ pub mod reqrep;
 mod reqrep_systems;
 pub mod rpc_latency;
 pub mod rpc_throughput;
+pub mod store_engines;
+mod store_kv;
 pub mod streams;
 
 /// One benchmark scenario.
@@ -166,6 +168,15 @@ pub const REGISTRY: &[Scenario] = &[
         external: &["jetstream"],
         run: streams::run,
     },
+    Scenario {
+        name: "store-engines",
+        about: "the storage under streams: mitto-store's log beside fjall and redb, 128 B \
+                appends acknowledged after fdatasync (group commit) from 1 and 8 appenders, \
+                p50/p99, then a replay of the whole log (set MITTO_BENCH_DIR for the disk)",
+        systems: &store_engines::SYSTEMS,
+        external: &[],
+        run: store_engines::run,
+    },
 ];
 
 /// The name that selects every scenario.
@@ -257,7 +268,7 @@ mod tests {
         assert!(err.contains("unknown scenario 'nope'"), "{err}");
         assert!(
             err.contains(
-                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, bus, bridges, streams, all"
+                "codec, rpc-latency, rpc-throughput, pubsub, fanout, reqrep, conn-memory, bus, bridges, streams, store-engines, all"
             ),
             "{err}"
         );
