@@ -49,31 +49,20 @@
 //!
 //! # Storage choice, measured
 //!
-//! The `storage_choice` bench (`cargo bench -p mitto-store --bench storage_choice`) runs this
-//! crate's log beside [`fjall`](https://crates.io/crates/fjall) 3.1 and
-//! [`redb`](https://crates.io/crates/redb) 5.0 in one process on one disk; the key-value
-//! engines sit behind the same writer-thread group commit (one `WriteBatch` with
-//! `PersistMode::SyncData`, or one write transaction with `Durability::Immediate`, per batch).
-//! Workload: 128 B payloads, every append waited for (fsync always); then 300 000 more, and a
-//! replay of the whole log. Three runs on a shared 2-core VM under a load average of 6 to 9
-//! (other builds running): min to max, so only gross differences mean anything.
-//!
-//! | engine | 1 appender, acked appends/s | 8 appenders, acked appends/s | replay, msgs/s |
-//! |---|---|---|---|
-//! | mitto-store (segmented log) | 176 - 250 | 1 741 - 3 229 | 2.39 M - 6.67 M |
-//! | fjall 3.1 (LSM) | 217 - 314 | 2 013 - 10 665 | 1.02 M - 1.81 M |
-//! | redb 5.0 (B-tree) | 190 - 291 | 2 008 - 3 384 | 2.95 M - 5.03 M |
-//!
-//! Acknowledged appends are bound by `fdatasync` (3 to 5 ms on this disk) for all three: with
-//! the same group commit they are equal within the noise. Replay is where they differ: the log
-//! reads 256 KiB at a time and hands out slices of it (about 10 M msgs/s measured alone on
-//! the same machine), fjall reads 2 to 4 times slower. The log is the choice because, at
-//! equal acked throughput, it also gives what a stream needs and a key-value store does not:
-//! retention from the head by count, bytes and age without tombstones or compaction, a time
-//! index, recovery that reports the torn tail it cut and the damaged records it skipped (and
-//! opens), records read without a copy per field, and full-disk errors per batch with
-//! nothing acknowledged lost. To rerun on a quiet machine beside NATS JetStream before the
-//! figures go to BENCHMARKS.md.
+//! The `store-engines` scenario of the benchmark suite (`mitto-bench store-engines`, data in
+//! `MITTO_BENCH_DIR`) runs this log beside [`fjall`](https://crates.io/crates/fjall) and
+//! [`redb`](https://crates.io/crates/redb) in one process on one disk, durability equal: the
+//! key-value engines sit behind a writer thread with this crate's group-commit rule (one
+//! `WriteBatch` with `PersistMode::SyncData`, or one write transaction with
+//! `Durability::Immediate`, per batch). Workload: 128 B appends acknowledged after their
+//! fdatasync from 1 and 8 appenders, then a replay of the whole log; its figures go in
+//! BENCHMARKS.md. An earlier run on a loaded 2-core VM found acknowledged appends bound by
+//! `fdatasync` for all three (equal within the noise) and replay 2 to 4 times faster here than
+//! in fjall. Beyond throughput the log gives what a stream needs and a key-value store does
+//! not: retention from the head by count, bytes and age without tombstones or compaction, a
+//! time index, recovery that reports the torn tail it cut and the damaged records it skipped,
+//! records read without a copy per field, and full-disk errors per batch with nothing
+//! acknowledged lost.
 //!
 //! # Example
 //!
