@@ -246,14 +246,14 @@ fn acked(
 }
 
 /// The folder the engines write in, and its file system.
-struct Root {
-    path: PathBuf,
-    fs: String,
+pub(crate) struct Root {
+    pub(crate) path: PathBuf,
+    pub(crate) fs: String,
 }
 
 /// `MITTO_BENCH_DIR` if set (as it is), else the first of the temporary folder and the current
 /// folder whose file system is not in memory.
-fn data_root() -> anyhow::Result<Root> {
+pub(crate) fn data_root() -> anyhow::Result<Root> {
     if let Some(dir) = std::env::var_os(DIR_VAR) {
         let path = PathBuf::from(dir);
         std::fs::create_dir_all(&path)?;

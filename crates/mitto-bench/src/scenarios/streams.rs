@@ -10,8 +10,10 @@
 //! `mitto` runs its stream with the same policy (`fsync = "interval"`, 2 min), so the ratios
 //! compare equal durability; `mitto-fsync-always` acknowledges only after an `fsync` (group
 //! commit), stronger than JetStream's default. The mitto broker runs inside the benchmark
-//! process (its data directory under the system's temporary folder); its clients connect over
-//! TCP on loopback, as JetStream's do.
+//! process (its data directory on a disk, chosen as `store-engines` does: `MITTO_BENCH_DIR`,
+//! else the temporary folder unless it is in memory, else the current folder); its clients
+//! connect over TCP on loopback, as JetStream's do. A note gives how many appends shared each
+//! fsync with 8 publishers under `mitto-fsync-always` (from the broker's `/streamz`).
 
 use super::row_from;
 use crate::config::{Config, Mode};
@@ -41,6 +43,8 @@ struct Sample {
     p50: f64,
     p99: f64,
     replay: f64,
+    /// Appends per fsync of the stream with `MANY` publishers (from the broker's `/streamz`).
+    per_sync: f64,
 }
 
 #[derive(Default)]
@@ -110,6 +114,14 @@ async fn run_all(config: &Config, progress: &Progress) -> anyhow::Result<Scenari
     }
     equal.rows(MITTO, &mut report);
     always.rows(ALWAYS, &mut report);
+    if !always.0.is_empty() {
+        let v: Vec<f64> = always.0.iter().map(|s| s.per_sync).collect();
+        report.notes.push(format!(
+            "{ALWAYS}: {:.1} appends per fsync with {MANY} publishers (group commit; {MANY} at \
+             best)",
+            crate::measure::spread(&v).median
+        ));
+    }
     js.rows(JETSTREAM, &mut report);
     if let Some(why) = js_failed {
         report.notes.push(format!(
@@ -179,14 +191,15 @@ fn counts(config: &Config) -> (u64, Duration) {
 
 async fn mitto_rep(config: &Config, fsync: mitto::streams::Fsync) -> anyhow::Result<Sample> {
     use mitto::streams::{ConsumerConfig, StreamConfig};
-    let dir = std::env::temp_dir().join(format!(
+    // On a disk: in memory (tmpfs) an fsync costs nothing.
+    let dir = super::store_engines::data_root()?.path.join(format!(
         "mitto-bench-streams-{}-{:x}",
         std::process::id(),
         rand_suffix()
     ));
     let cfg = mitto_broker::BrokerConfig {
         listen: vec!["tcp://127.0.0.1:0".into()],
-        monitor: String::new(),
+        monitor: "127.0.0.1:0".into(),
         data_dir: Some(dir.clone()),
         ..mitto_broker::BrokerConfig::default()
     };
@@ -212,7 +225,10 @@ async fn mitto_rep(config: &Config, fsync: mitto::streams::Fsync) -> anyhow::Res
     });
     let (count, time) = counts(config);
     let (n1, one, h) = acked(1, count, time, publish.clone()).await?;
+    let monitor = broker.monitor_addr().context("monitor address")?;
+    let syncs = fsyncs(monitor).await?;
     let (n8, many, _) = acked(MANY, count, time, publish).await?;
+    let per_sync = n8 as f64 / (fsyncs(monitor).await? - syncs).max(1) as f64;
     let stored = n1 + n8;
     let c = mitto::Client::connect(&url, opts).await?;
     let start = Instant::now();
@@ -237,7 +253,23 @@ async fn mitto_rep(config: &Config, fsync: mitto::streams::Fsync) -> anyhow::Res
         p50: h.value_at_quantile(0.5) as f64,
         p99: h.value_at_quantile(0.99) as f64,
         replay,
+        per_sync,
     })
+}
+
+/// The fsyncs of the (one) stream so far, from the broker's `/streamz`.
+async fn fsyncs(monitor: std::net::SocketAddr) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(monitor).await?;
+    let req = "GET /streamz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let body = out.split("\r\n\r\n").nth(1).context("no body")?;
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    v["list"][0]["fsyncs"]
+        .as_u64()
+        .context("no fsyncs on /streamz")
 }
 
 fn rand_suffix() -> u64 {
@@ -310,6 +342,7 @@ async fn nats_rep(config: &Config) -> anyhow::Result<Sample> {
             p50: h.value_at_quantile(0.5) as f64,
             p99: h.value_at_quantile(0.99) as f64,
             replay,
+            ..Sample::default()
         })
     }
     .await;
