@@ -41,8 +41,9 @@ fn appenders_with_a_round_trip_between_appends_share_one_fsync_per_round() {
     assert_eq!(appends, (THREADS * ROUNDS) as u64);
     eprintln!("{appends} appends, {syncs} fsyncs");
     // Without waiting for the appenders just acknowledged, those that came back during a sync
-    // are synced alone while the others come back: two half batches alternating, 4 per fsync.
-    assert!(syncs * 5 <= appends, "{syncs} fsyncs for {appends} appends");
+    // are synced alone while the others come back: two half batches alternating, 4 per fsync
+    // (8 with the wait; more than 4.5 leaves room for a loaded machine's late threads).
+    assert!(syncs * 9 < appends * 2, "{syncs} fsyncs for {appends} appends");
     let mut last = [None::<usize>; THREADS];
     for p in payloads(&s) {
         let (t, i): (usize, usize) = (p[..2].parse().unwrap(), p[2..].parse().unwrap());
