@@ -43,7 +43,10 @@ fn appenders_with_a_round_trip_between_appends_share_one_fsync_per_round() {
     // Without waiting for the appenders just acknowledged, those that came back during a sync
     // are synced alone while the others come back: two half batches alternating, 4 per fsync
     // (8 with the wait; more than 4.5 leaves room for a loaded machine's late threads).
-    assert!(syncs * 9 < appends * 2, "{syncs} fsyncs for {appends} appends");
+    assert!(
+        syncs * 9 < appends * 2,
+        "{syncs} fsyncs for {appends} appends"
+    );
     let mut last = [None::<usize>; THREADS];
     for p in payloads(&s) {
         let (t, i): (usize, usize) = (p[..2].parse().unwrap(), p[2..].parse().unwrap());
