@@ -5,7 +5,7 @@
 //! bytes after the last field they know, so that a later minor version can append fields.
 
 use crate::error::{DecodeErrorKind, EncodeError};
-use crate::negotiate::{Features, Version};
+use crate::version::{Features, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -59,6 +59,7 @@ pub mod local;
 pub mod negotiate;
 mod status;
 pub mod subject;
+mod version;
 
 pub use body::{
     Delivery, HealthReport, HealthState, Hello, SlowConsumerPolicy, StatsReport, SubscribeOptions,
