@@ -290,7 +290,7 @@ impl BridgeConfig {
             if !self.map.is_empty() {
                 return Err(self.err("amqp_service takes no [[bridge.map]]; it serves `subject`"));
             }
-            let queue = crate::worker::queue_of(&self.url).map_err(|e| self.err(e))?;
+            let queue = crate::queue_url::queue_of(&self.url).map_err(|e| self.err(e))?;
             let subject = self.subject.clone().unwrap_or(queue);
             mitto::proto::Subject::literal(&subject)
                 .map_err(|e| self.err(format!("subject {subject:?}: {e}")))?;

@@ -44,6 +44,7 @@ mod mqtt;
 mod mqtt3;
 mod nats;
 mod outbound;
+mod queue_url;
 mod stats;
 pub mod worker;
 
