@@ -82,8 +82,10 @@ pub(crate) struct Core {
     pub(crate) spin: Duration,
     /// What else sees every published message (see [`Sink`]).
     sink: Option<Arc<dyn Sink>>,
-    /// Durable streams, once the data directory is open (`streams/`).
-    pub(crate) streams: std::sync::OnceLock<Arc<crate::streams::Streams>>,
+    /// Durable streams, once the data directory is open: `streams/` keeps its state here and
+    /// reads it with `streams::of`. Untyped, so that the core does not depend on the streams
+    /// module that depends on it.
+    pub(crate) streams: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The extension point of the publish path: a part of the broker that sees every message

@@ -6,7 +6,7 @@
 //! a stream, and its consumers, are visible only to users who may subscribe to every subject
 //! the stream captures.
 
-use super::{lock, StreamSpec, Streams};
+use super::{lock, of, StreamSpec, Streams};
 use crate::core::Core;
 use crate::mailbox::Mailbox;
 use crate::permissions::Permissions;
@@ -33,7 +33,7 @@ pub(crate) fn handle(core: &Arc<Core>, perms: &Permissions, mailbox: &Arc<Mailbo
     let (core, perms, mailbox) = (core.clone(), perms.clone(), mailbox.clone());
     let (id, subject, body) = (f.id, f.subject.as_str().to_owned(), f.payload.clone());
     tokio::task::spawn_blocking(move || {
-        let answer = match core.streams.get() {
+        let answer = match of(&core) {
             None => Err(Error::new(
                 Status::UNAVAILABLE,
                 "streams are off: the broker has no data directory",

@@ -4,7 +4,7 @@
 
 use super::admin::{visible, CONSUMER_PREFIX};
 use super::engine::{self, Cmd, Sub};
-use super::{consumers, lock};
+use super::{consumers, lock, of};
 use crate::core::Core;
 use crate::mailbox::{Mailbox, SubQueue};
 use crate::permissions::Permissions;
@@ -86,9 +86,7 @@ fn find(
     stream: &str,
     name: &str,
 ) -> Result<(mitto_store::Stream, consumers::ConsumerSpec), Error> {
-    let streams = core
-        .streams
-        .get()
+    let streams = of(core)
         .ok_or_else(|| Error::new(Status::UNAVAILABLE, "streams are off: no data directory"))?;
     let st = visible(streams, perms, stream)?;
     // A small file read: the consumer must have been created.
@@ -112,9 +110,7 @@ fn bind(
     name: &str,
     spec: consumers::ConsumerSpec,
 ) -> Result<(), Error> {
-    let streams = core
-        .streams
-        .get()
+    let streams = of(core)
         .ok_or_else(|| Error::new(Status::UNAVAILABLE, "streams are off: no data directory"))?;
     let sub = Sub {
         conn,
@@ -139,7 +135,7 @@ fn bind(
 }
 
 fn engine_of(core: &Core, conn: u64, sid: u32) -> Option<Arc<engine::Engine>> {
-    let streams = core.streams.get()?;
+    let streams = of(core)?;
     lock(&streams.bound).get(&(conn, sid)).cloned()
 }
 
@@ -169,7 +165,7 @@ pub(crate) fn on_nack(core: &Core, conn: u64, sid: u32, id: u64, delay: Option<D
 /// The subscription ends (UNSUBSCRIBE): the consumer keeps what it delivered and was not
 /// acknowledged, for its other or next subscribers.
 pub(crate) fn on_unsubscribe(core: &Core, conn: u64, sid: u32) {
-    let Some(streams) = core.streams.get() else {
+    let Some(streams) = of(core) else {
         return;
     };
     if let Some(e) = lock(&streams.bound).remove(&(conn, sid)) {
@@ -182,7 +178,7 @@ pub(crate) fn on_unsubscribe(core: &Core, conn: u64, sid: u32) {
 /// too, empty (the consumer sends what they held again), for [`on_resume`] to bind again;
 /// otherwise they end.
 pub(crate) fn on_gone(core: &Core, conn: u64, mailbox: &Mailbox, kept: bool) {
-    let Some(streams) = core.streams.get() else {
+    let Some(streams) = of(core) else {
         return;
     };
     let mine: Vec<_> = {
@@ -205,7 +201,7 @@ pub(crate) fn on_gone(core: &Core, conn: u64, mailbox: &Mailbox, kept: bool) {
 /// A session was resumed: its subscriptions to consumers are bound again (as `perms` allow
 /// now). One whose consumer is gone or hidden ends with an ERROR carrying its sid.
 pub(crate) fn on_resume(core: &Arc<Core>, conn: u64, perms: &Permissions, mailbox: &Arc<Mailbox>) {
-    if core.streams.get().is_none() {
+    if of(core).is_none() {
         return;
     }
     for info in mailbox.subs() {

@@ -6,7 +6,7 @@
 //! up. It ends when its last subscription does.
 
 use super::consumers::{state_json, ConsumerSpec, Replay};
-use super::{lock, Streams};
+use super::{lock, of, Streams};
 use crate::core::{Core, RouteCache};
 use crate::mailbox::{Mailbox, Pushed};
 use mitto::proto::{Flags, Frame, Headers, Status, Subject};
@@ -113,7 +113,7 @@ async fn run(
 ) {
     let mut subs = Vec::new();
     let outcome = drive(&core, &me, &st, &spec, &mut rx, &mut subs).await;
-    let Some(streams) = core.streams.get() else {
+    let Some(streams) = of(&core) else {
         return;
     };
     {
@@ -222,10 +222,7 @@ async fn drive(
     rx: &mut mpsc::Receiver<Cmd>,
     subs: &mut Vec<Sub>,
 ) -> Result<(), Error> {
-    let streams = core
-        .streams
-        .get()
-        .ok_or_else(|| Error::new(Status::INTERNAL, "no streams"))?;
+    let streams = of(core).ok_or_else(|| Error::new(Status::INTERNAL, "no streams"))?;
     let cfg = spec
         .to_store(&me.key.1, streams.max_ack_pending)
         .map_err(|e| Error::new(Status::INTERNAL, e))?;

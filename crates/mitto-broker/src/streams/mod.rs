@@ -47,6 +47,11 @@ pub(crate) struct Streams {
     dir_lock: Mutex<Option<std::fs::File>>,
 }
 
+/// The streams' state, once the data directory is open (kept untyped in [`Core`]).
+pub(crate) fn of(core: &Core) -> Option<&Streams> {
+    core.streams.get()?.downcast_ref()
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -162,7 +167,7 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, Error> {
 /// At shutdown: ends the running consumers (their state flushed), closes every stream
 /// (what is queued written and synced) and lets the data directory go.
 pub(crate) async fn close(core: &Core) {
-    let Some(s) = core.streams.get() else {
+    let Some(s) = of(core) else {
         return;
     };
     let engines: Vec<_> = lock(&s.engines).values().cloned().collect();
@@ -194,7 +199,7 @@ pub(crate) async fn close(core: &Core) {
 /// A refusal known at once (a full queue, a record too large, a stopped stream) is an error
 /// for the publisher; a later one comes through the completion.
 pub(crate) fn capture(core: &Core, f: &Frame) -> Result<Option<Stored>, Error> {
-    let Some(streams) = core.streams.get() else {
+    let Some(streams) = of(core) else {
         return Ok(None);
     };
     let subject = f.subject.as_str();
@@ -282,7 +287,7 @@ pub(crate) fn append_error(stream: &str, e: &AppendError) -> Error {
 
 /// `/streamz`: each stream's counts, counters, recovery report and consumers.
 pub(crate) fn monitor_page(core: &Core) -> serde_json::Value {
-    let Some(streams) = core.streams.get() else {
+    let Some(streams) = of(core) else {
         return json!({"enabled": false, "streams": 0, "list": []});
     };
     let recovered = lock(&streams.recovered).clone();
