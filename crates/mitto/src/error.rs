@@ -27,6 +27,8 @@ struct Inner {
     details: Option<Bytes>,
     retryable: bool,
     remote: bool,
+    /// Set on the errors of a client that is closed for good: why it closed.
+    closed: Option<CloseReason>,
     /// The lower-level error this one came from (an I/O error, a decoding error), shared so
     /// that an `Error` stays `Clone`.
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
@@ -47,6 +49,7 @@ impl Error {
             details: None,
             retryable: status.is_retryable(),
             remote: false,
+            closed: None,
             source: None,
         }))
     }
@@ -66,6 +69,13 @@ impl Error {
     /// The connection was lost or closed before the operation finished.
     pub(crate) fn connection_lost(why: impl fmt::Display) -> Error {
         Error::new(Status::UNAVAILABLE, format!("connection lost: {why}")).retryable()
+    }
+
+    /// The error every operation of a client closed for good fails with (UNAVAILABLE).
+    pub(crate) fn client_closed(reason: CloseReason, message: impl Into<String>) -> Error {
+        let mut e = Error::new(Status::UNAVAILABLE, message);
+        e.0.closed = Some(reason);
+        e
     }
 
     /// Marks the error as worth retrying.
@@ -120,6 +130,42 @@ impl Error {
     pub fn is_remote(&self) -> bool {
         self.0.remote
     }
+
+    /// Why the client is closed for good, if this error comes from a closed client (its
+    /// status is then UNAVAILABLE). `None` for every other error, a connection lost while the
+    /// client reconnects included: calls on a closed client fail with this at once, and no
+    /// retry on that client can succeed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> mitto::Result<()> {
+    /// # let _server = mitto::Server::new().bind("mem://closed-doc").await?;
+    /// use mitto::{Client, ClientOptions, CloseReason};
+    ///
+    /// let client = Client::connect("mem://closed-doc", ClientOptions::new()).await?;
+    /// client.close().await;
+    /// let e = client.call("echo", "hi").await.unwrap_err();
+    /// assert_eq!(e.close_reason(), Some(CloseReason::ByCaller));
+    /// # Ok(()) }
+    /// ```
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.0.closed
+    }
+}
+
+/// Why a [`Client`](crate::Client) is closed for good, as its errors tell
+/// ([`Error::close_reason`]) and [`Client::closed`](crate::Client::closed) returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// [`Client::close`](crate::Client::close) was called, or every handle was dropped.
+    ByCaller,
+    /// The connection was lost and reconnecting is off
+    /// ([`ClientOptions::reconnect`](crate::ClientOptions::reconnect)).
+    ReconnectOff,
+    /// As many reconnect attempts in a row as
+    /// [`ClientOptions::max_reconnects`](crate::ClientOptions::max_reconnects) allows failed.
+    ReconnectsExhausted,
 }
 
 impl fmt::Debug for Error {
@@ -132,6 +178,9 @@ impl fmt::Debug for Error {
         }
         if self.0.remote {
             d.field("remote", &true);
+        }
+        if let Some(r) = self.0.closed {
+            d.field("closed", &r);
         }
         d.finish()
     }

@@ -181,6 +181,16 @@
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Losing the connection
+//!
+//! A client whose connection is lost reconnects with backoff ([`ClientOptions::backoff`]) and
+//! makes its subscriptions again; calls made meanwhile wait for the new connection within their
+//! deadline. By default it tries forever. [`ClientOptions::max_reconnects`] bounds the failed
+//! attempts in a row and [`ClientOptions::reconnect`]`(false)` makes none: the client is then
+//! closed for good when the limit is reached, as after [`Client::close`]. Its calls fail with
+//! UNAVAILABLE and an [`Error::close_reason`] ([`CloseReason`]), its subscriptions end after
+//! what they already received, and [`Client::closed`] returns the error.
 
 #![forbid(unsafe_code)]
 
@@ -230,7 +240,7 @@ pub use client::{
 };
 pub use codec::{decode_proto, encode_proto, Codec, OCTET_STREAM, PROTOBUF};
 pub use conn::DEFAULT_SPIN;
-pub use error::{Error, Result};
+pub use error::{CloseReason, Error, Result};
 /// The boxed future [`Middleware`] and [`ClientMiddleware`] return (`futures`' `BoxFuture`).
 pub use futures_util::future::BoxFuture;
 pub use mitto_proto as proto;

@@ -45,7 +45,7 @@ use self::frames::default_deadline;
 use self::queue::CmdTx;
 use self::reconnect::supervise;
 use crate::conn::Lane;
-use crate::error::{Error, Result};
+use crate::error::{CloseReason, Error, Result};
 use crate::transport::Endpoint;
 use mitto_proto::negotiate::Negotiated;
 use mitto_proto::{Headers, Status};
@@ -230,6 +230,45 @@ impl Client {
         matches!(&*self.inner.shared.state.borrow(), State::Up(_))
     }
 
+    /// The error every call fails with once the client is closed for good (by
+    /// [`close`](Self::close), a lost connection with reconnect off, or
+    /// [`max_reconnects`](ClientOptions::max_reconnects) failed attempts); its
+    /// [`close_reason`](Error::close_reason) says which. `None` while the client is open,
+    /// connected or reconnecting.
+    pub fn close_error(&self) -> Option<Error> {
+        match &*self.inner.shared.state.borrow() {
+            State::Closed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the client is closed for good, and returns why (as
+    /// [`close_error`](Self::close_error)). A client that reconnects without limit closes
+    /// only when [`close`](Self::close) is called.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> mitto::Result<()> {
+    /// # let _server = mitto::Server::new().bind("mem://closed-wait-doc").await?;
+    /// use mitto::{Client, ClientOptions, CloseReason};
+    ///
+    /// let client = Client::connect("mem://closed-wait-doc", ClientOptions::new()).await?;
+    /// let watcher = client.clone();
+    /// let why = tokio::spawn(async move { watcher.closed().await });
+    /// client.close().await;
+    /// assert_eq!(why.await.unwrap().close_reason(), Some(CloseReason::ByCaller));
+    /// # Ok(()) }
+    /// ```
+    pub async fn closed(&self) -> Error {
+        let mut rx = self.inner.shared.state.subscribe();
+        let closed = rx.wait_for(|s| matches!(s, State::Closed(_))).await;
+        match closed.as_deref() {
+            Ok(State::Closed(e)) => e.clone(),
+            // The sender lives in `Shared`, which this client holds: not reached.
+            _ => Error::client_closed(CloseReason::ByCaller, "client is closed"),
+        }
+    }
+
     /// Waits for a connection until `deadline`.
     /// The connection, at once when it is up; otherwise waits for it (boxed, so that callers'
     /// futures stay small on the fast path).
@@ -247,17 +286,17 @@ impl Client {
         loop {
             match &*rx.borrow_and_update() {
                 State::Up(c) if !c.cmds.is_closed() => return Ok(c.clone()),
-                State::Closed(e) => {
-                    return Err(Error::new(
-                        Status::UNAVAILABLE,
-                        format!("client is closed: {}", e.message()),
-                    ))
-                }
+                State::Closed(e) => return Err(e.clone()),
                 _ => {}
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::new(Status::UNAVAILABLE, "client is closed")),
+                Ok(Err(_)) => {
+                    return Err(Error::client_closed(
+                        CloseReason::ByCaller,
+                        "client is closed",
+                    ))
+                }
                 Err(_) => {
                     return Err(
                         Error::new(Status::TIMEOUT, "deadline passed while reconnecting")
@@ -273,7 +312,8 @@ impl Client {
     }
 
     /// Closes the connection gracefully (CLOSE, then the socket) and stops reconnecting. Calls
-    /// still in flight fail with UNAVAILABLE.
+    /// still in flight fail with UNAVAILABLE, later ones with [`CloseReason::ByCaller`], and
+    /// subscriptions end.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -29,6 +29,7 @@ pub struct ClientOptions {
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect: bool,
+    pub(crate) max_reconnects: Option<u32>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) max_retries: u32,
     pub(crate) codec: Codec,
@@ -46,6 +47,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             reconnect: true,
+            max_reconnects: None,
             backoff: (Duration::from_millis(50), Duration::from_secs(5)),
             max_retries: 3,
             codec: Codec::Json,
@@ -61,13 +63,15 @@ impl fmt::Debug for ClientOptions {
             .field("timeout", &self.timeout)
             .field("keepalive", &self.conn.keepalive)
             .field("reconnect", &self.reconnect)
+            .field("max_reconnects", &self.max_reconnects)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientOptions {
     /// Defaults: 30 s call deadline, 10 s connect timeout, 30 s keepalive, reconnect on with
-    /// 50 ms to 5 s backoff, 3 retries of idempotent calls, JSON for typed calls.
+    /// 50 ms to 5 s backoff and no limit on attempts, 3 retries of idempotent calls, JSON for
+    /// typed calls.
     pub fn new() -> Self {
         Self::default()
     }
@@ -129,9 +133,49 @@ impl ClientOptions {
         self.conn.spin = window;
         self
     }
-    /// Whether to reconnect after the connection is lost.
+    /// Whether to reconnect after the connection is lost (on by default). Off, the client is
+    /// closed for good when its connection is lost ([`CloseReason::ReconnectOff`]).
+    ///
+    /// [`CloseReason::ReconnectOff`]: crate::CloseReason::ReconnectOff
     pub fn reconnect(mut self, on: bool) -> Self {
         self.reconnect = on;
+        self
+    }
+    /// How many reconnect attempts in a row may fail before the client gives up (nats.go's
+    /// `MaxReconnects`). `None`, the default, tries forever; `Some(n)`: once `n` attempts after
+    /// a loss have failed, the client is closed for good: calls waiting for the connection and
+    /// every later one fail with UNAVAILABLE and [`CloseReason::ReconnectsExhausted`],
+    /// subscriptions end (`next()` returns `None` after what was already received), and
+    /// [`Client::closed`] returns the error. A successful reconnect starts the count again.
+    /// `Some(0)` gives up at the first loss, like `reconnect(false)`.
+    ///
+    /// An attempt takes at most [`connect_timeout`](Self::connect_timeout), and the attempts
+    /// are apart by the [`backoff`](Self::backoff): that bounds how long a client whose server
+    /// is gone for good keeps trying.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> mitto::Result<()> {
+    /// use mitto::{Client, ClientOptions, CloseReason, Server};
+    /// use std::time::Duration;
+    ///
+    /// let server = Server::new().bind("tcp://127.0.0.1:0").await?;
+    /// let opts = ClientOptions::new()
+    ///     .max_reconnects(Some(3))
+    ///     .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    /// let client = Client::connect(server.local_url(), opts).await?;
+    /// server.shutdown().await; // gone for good
+    /// let why = client.closed().await;
+    /// assert_eq!(why.close_reason(), Some(CloseReason::ReconnectsExhausted));
+    /// let e = client.call("echo", "hi").await.unwrap_err();
+    /// assert_eq!(e.close_reason(), Some(CloseReason::ReconnectsExhausted));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`CloseReason::ReconnectsExhausted`]: crate::CloseReason::ReconnectsExhausted
+    /// [`Client::closed`]: crate::Client::closed
+    pub fn max_reconnects(mut self, n: Option<u32>) -> Self {
+        self.max_reconnects = n;
         self
     }
     /// Reconnect backoff: from `min`, doubling with jitter, up to `max`.
