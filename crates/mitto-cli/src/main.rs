@@ -228,6 +228,10 @@ struct SubArgs {
     /// Print each message's headers, one `name: value` line each, under the message.
     #[arg(long)]
     headers: bool,
+    /// Give up after this many failed reconnect attempts in a row once the broker is gone
+    /// (exit code 3); by default it keeps trying until stopped.
+    #[arg(long, value_name = "N", conflicts_with = "stream")]
+    max_reconnects: Option<u32>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -261,6 +265,10 @@ struct ReplyArgs {
     /// Exit after this many requests.
     #[arg(long)]
     count: Option<u64>,
+    /// Give up after this many failed reconnect attempts in a row once the broker is gone
+    /// (exit code 3); by default it keeps trying until stopped.
+    #[arg(long, value_name = "N")]
+    max_reconnects: Option<u32>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -322,18 +330,27 @@ fn read_secret(path: &std::path::Path) -> mitto::Result<String> {
 }
 
 async fn connect(a: &ClientArgs, name: &str) -> mitto::Result<Client> {
-    dial(a, name, false).await
+    dial(a, name, false, None).await
 }
 
 /// Connects for a one-shot command (no reconnect), telling a broker that is away apart.
 async fn open(a: &ClientArgs, name: &str) -> Result<Client, Failure> {
-    dial(a, name, false).await.map_err(Failure::connecting)
+    dial(a, name, false, None)
+        .await
+        .map_err(Failure::connecting)
 }
 
 /// Connects for a command that runs until stopped: it reconnects (and resubscribes) after
-/// the broker restarts, and says so on stderr.
-async fn open_lasting(a: &ClientArgs, name: &str) -> Result<(Client, Watch), Failure> {
-    let c = dial(a, name, true).await.map_err(Failure::connecting)?;
+/// the broker restarts, and says so on stderr; with `max_reconnects`, it gives up after as
+/// many failed attempts in a row (see [`gave_up`]).
+async fn open_lasting(
+    a: &ClientArgs,
+    name: &str,
+    max_reconnects: Option<u32>,
+) -> Result<(Client, Watch), Failure> {
+    let c = dial(a, name, true, max_reconnects)
+        .await
+        .map_err(Failure::connecting)?;
     let watch = Watch(tokio::spawn(report_connection(c.clone(), a.url.clone())));
     Ok((c, watch))
 }
@@ -360,12 +377,18 @@ async fn report_connection(c: Client, url: String) {
     }
 }
 
-async fn dial(a: &ClientArgs, name: &str, reconnect: bool) -> mitto::Result<Client> {
+async fn dial(
+    a: &ClientArgs,
+    name: &str,
+    reconnect: bool,
+    max_reconnects: Option<u32>,
+) -> mitto::Result<Client> {
     let mut o = ClientOptions::new()
         .name(name)
         .timeout(a.timeout)
         .connect_timeout(a.timeout)
         .reconnect(reconnect)
+        .max_reconnects(max_reconnects)
         .backoff(Duration::from_millis(50), Duration::from_secs(1));
     let token = match (&a.token, &a.token_file) {
         (Some(t), _) => Some(t.clone()),
@@ -562,7 +585,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
         return stream::consume(a, &s).await.map_err(Failure::from);
     }
     let subject = a.subject.clone().unwrap_or_default();
-    let (c, _watch) = open_lasting(&a.client, "mitto-sub").await?;
+    let (c, _watch) = open_lasting(&a.client, "mitto-sub", a.max_reconnects).await?;
     let opts = SubscribeOptions {
         delivery: if a.ack {
             Delivery::AtLeastOnce
@@ -606,6 +629,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
         // Printed first: a crash between the two delivers it again, it is never lost.
         sub.ack(&m);
     }
+    gave_up(&c)?;
     drop(sub);
     c.close().await;
     Ok(())
@@ -651,7 +675,7 @@ async fn reply(a: ReplyArgs) -> Result<(), Failure> {
     if !a.echo && a.command.is_none() {
         return Err(Failure::new(exit::USAGE, "choose --echo or --command CMD"));
     }
-    let (c, _watch) = open_lasting(&a.client, "mitto-reply").await?;
+    let (c, _watch) = open_lasting(&a.client, "mitto-reply", a.max_reconnects).await?;
     let mut sub = match &a.queue {
         Some(q) => c.queue_subscribe(&a.subject, q).await?,
         None => c.subscribe(&a.subject).await?,
@@ -689,10 +713,20 @@ async fn reply(a: ReplyArgs) -> Result<(), Failure> {
             );
         }
     }
+    gave_up(&c)?;
     c.flush().await?;
     drop(sub);
     c.close().await;
     Ok(())
+}
+
+/// A subscription of a lasting command ended: a failure if the client gave up reconnecting
+/// (`--max-reconnects`), not the end the command asked for.
+fn gave_up(c: &Client) -> Result<(), Failure> {
+    match c.close_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 async fn stats(a: ClientArgs) -> Result<(), Failure> {

@@ -500,6 +500,44 @@ async fn sub_and_reply_survive_a_broker_restart() {
     );
 }
 
+/// `mitto sub --max-reconnects N` and `mitto reply --max-reconnects N` give up once the broker
+/// is gone for good: after N failed attempts they exit with code 3 and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_and_reply_give_up_after_max_reconnects() {
+    let mut s = server(&[]).await;
+    let url = s.url.clone();
+    let spawn = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--url", &url, "--max-reconnects", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut sub = spawn(&["sub", "news.>"]);
+    let mut replier = spawn(&["reply", "svc.echo", "--echo"]);
+    let mut sub_err = lines_of(sub.stderr.take().unwrap());
+    let mut rep_err = lines_of(replier.stderr.take().unwrap());
+    let noop = || async {};
+    wait_for_line(&mut sub_err, "listening on news.>", noop).await;
+    wait_for_line(&mut rep_err, "answering svc.echo", noop).await;
+    s.child.kill().await.unwrap();
+    for (what, child, err) in [
+        ("sub", &mut sub, &mut sub_err),
+        ("reply", &mut replier, &mut rep_err),
+    ] {
+        let line = wait_for_line(err, "gave up after 3 failed reconnect attempts", noop).await;
+        assert!(line.starts_with("mitto: error:"), "{what}: {line}");
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("mitto {what} exits once it gave up"))
+            .unwrap();
+        assert_eq!(status.code(), Some(3), "mitto {what}: {status:?}");
+    }
+}
+
 /// `mitto sub --headers` prints each header under its message; `--json` shows the deadline as
 /// a duration. A request nobody answers in time exits 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
