@@ -6,14 +6,14 @@
 //! a stream, and its consumers, are visible only to users who may subscribe to every subject
 //! the stream captures.
 
-use super::{lock, of, StreamSpec, Streams};
+use super::{lock, of, store_error, StreamSpec, Streams};
 use crate::core::Core;
 use crate::mailbox::Mailbox;
 use crate::permissions::Permissions;
 use bytes::Bytes;
 use mitto::proto::Frame;
 use mitto::{Error, Status};
-use mitto_store::{StoreError, Stream};
+use mitto_store::Stream;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -50,18 +50,6 @@ pub(crate) fn handle(core: &Arc<Core>, perms: &Permissions, mailbox: &Arc<Mailbo
 
 fn bad(why: impl Into<String>) -> Error {
     Error::new(Status::BAD_REQUEST, why.into())
-}
-
-pub(crate) fn store_error(e: StoreError) -> Error {
-    let status = match &e {
-        StoreError::NotFound(_) => Status::NOT_FOUND,
-        StoreError::AlreadyExists(_) => Status::ALREADY_EXISTS,
-        StoreError::InvalidConfig(_) | StoreError::InvalidName(_) => Status::BAD_REQUEST,
-        StoreError::LimitReached(_) => Status::QUOTA_EXCEEDED,
-        e if e.is_storage_full() => Status::QUOTA_EXCEEDED,
-        _ => Status::UNAVAILABLE,
-    };
-    Error::new(status, e.to_string())
 }
 
 fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {

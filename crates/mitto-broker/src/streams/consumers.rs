@@ -2,7 +2,7 @@
 //! `<data dir>/consumers/<stream>/<consumer>.json`; the store keeps their position), and
 //! CREATE, INFO, DELETE.
 
-use super::admin::store_error;
+use super::store_error;
 use super::{lock, Streams};
 use crate::permissions::Permissions;
 use mitto::{Error, Status};

@@ -144,7 +144,7 @@ async fn run(
 }
 
 fn store_err(e: StoreError) -> Error {
-    super::admin::store_error(e)
+    super::store_error(e)
 }
 
 /// Flushes the consumer's operations off the runtime's threads (an fsync under `always`).

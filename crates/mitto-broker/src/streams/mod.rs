@@ -52,6 +52,19 @@ pub(crate) fn of(core: &Core) -> Option<&Streams> {
     core.streams.get()?.downcast_ref()
 }
 
+/// A store error as the status its caller can act on.
+pub(crate) fn store_error(e: StoreError) -> Error {
+    let status = match &e {
+        StoreError::NotFound(_) => Status::NOT_FOUND,
+        StoreError::AlreadyExists(_) => Status::ALREADY_EXISTS,
+        StoreError::InvalidConfig(_) | StoreError::InvalidName(_) => Status::BAD_REQUEST,
+        StoreError::LimitReached(_) => Status::QUOTA_EXCEEDED,
+        e if e.is_storage_full() => Status::QUOTA_EXCEEDED,
+        _ => Status::UNAVAILABLE,
+    };
+    Error::new(status, e.to_string())
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
