@@ -149,7 +149,14 @@ def start_broker(mitto_bin: str, tmp_path_factory: pytest.TempPathFactory) -> It
         b.stop()
 
 
+@pytest.fixture(scope="module", params=["tcp", "ws"])
+def scheme(request: pytest.FixtureRequest) -> str:
+    """The transport a module's end-to-end tests run over: each of them runs over both."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def broker(start_broker: BrokerFactory) -> Broker:
-    """A broker with the default configuration, shared by the module's tests."""
-    return start_broker()
+def broker(start_broker: BrokerFactory, scheme: str) -> Broker:
+    """A broker with the default configuration listening on ``scheme``, shared by the module's
+    tests."""
+    return start_broker(listen=[f"{scheme}://127.0.0.1:0"])

@@ -144,8 +144,8 @@ async def _echo(req: Request) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def rust_server(interop_bin: str) -> Iterator[str]:
-    p = Process([interop_bin, "serve", "tcp://127.0.0.1:0"])
+def rust_server(interop_bin: str, scheme: str) -> Iterator[str]:
+    p = Process([interop_bin, "serve", f"{scheme}://127.0.0.1:0"])
     url = p.wait_line("listening on ")
     yield url
     assert p.proc.stdin is not None

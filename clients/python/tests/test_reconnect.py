@@ -1,4 +1,5 @@
-"""Reconnecting: a broker restarted under the client, subscriptions and services restored."""
+"""Reconnecting: a broker restarted under the client, subscriptions and services restored (over
+TCP and WebSocket)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from mitto import Request
 
 
 async def test_reconnect_after_the_broker_restarts_restores_subscriptions(
-    start_broker: BrokerFactory,
+    start_broker: BrokerFactory, scheme: str
 ) -> None:
-    b = start_broker()
+    b = start_broker(listen=[f"{scheme}://127.0.0.1:0"])
     lost = asyncio.Event()
     back = asyncio.Event()
     nc = await mitto.connect(
@@ -55,8 +56,8 @@ async def test_reconnect_after_the_broker_restarts_restores_subscriptions(
         await svc_conn.close()
 
 
-async def test_publish_waits_for_the_reconnect(start_broker: BrokerFactory) -> None:
-    b = start_broker()
+async def test_publish_waits_for_the_reconnect(start_broker: BrokerFactory, scheme: str) -> None:
+    b = start_broker(listen=[f"{scheme}://127.0.0.1:0"])
     nc = await mitto.connect(b.url, reconnect_backoff=(0.02, 0.2))
     try:
         sub = await nc.subscribe("rc2.x")
@@ -75,8 +76,10 @@ async def test_publish_waits_for_the_reconnect(start_broker: BrokerFactory) -> N
         await nc.close()
 
 
-async def test_without_reconnect_the_client_closes_and_subscriptions_end(start_broker: BrokerFactory) -> None:
-    b = start_broker()
+async def test_without_reconnect_the_client_closes_and_subscriptions_end(
+    start_broker: BrokerFactory, scheme: str
+) -> None:
+    b = start_broker(listen=[f"{scheme}://127.0.0.1:0"])
     nc = await mitto.connect(b.url, reconnect=False)
     sub = await nc.subscribe("rc3.x")
     b.stop()

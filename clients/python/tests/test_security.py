@@ -1,4 +1,5 @@
-"""Authentication, permissions, TLS and Unix sockets against a real ``mitto server``."""
+"""Authentication, permissions, TLS (tls:// and wss://) and Unix sockets against a real
+``mitto server``."""
 
 from __future__ import annotations
 
@@ -89,6 +90,34 @@ async def test_tls_with_a_generated_certificate(start_broker: BrokerFactory, tmp
     plain = b.url.replace("tls://", "tcp://")
     with pytest.raises(mitto.MittoError):
         await mitto.connect(plain, reconnect=False, connect_timeout=3)
+
+
+async def test_wss_with_a_custom_ca_and_server_name(start_broker: BrokerFactory, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    # Issued to a name only: the URL's address matches it only through ``tls_hostname``.
+    cert = ca.issue_cert("mitto.test")
+    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key_pem))
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    b = start_broker(
+        listen=["wss://127.0.0.1:0"],
+        config=f'[tls]\ncert = "{cert_pem}"\nkey = "{key_pem}"\n',
+    )
+    assert b.url.startswith("wss://")
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    async with await mitto.connect(b.url, tls=ctx, tls_hostname="mitto.test") as nc:
+        sub = await nc.subscribe("wss.x")
+        await nc.publish("wss.x", b"secret")
+        assert (await sub.next_msg(timeout=5)).data == b"secret"
+    # The certificate does not name the address, and the system's CAs do not know this one.
+    with pytest.raises(mitto.UnavailableError, match="TLS"):
+        await mitto.connect(b.url, tls=ctx, reconnect=False)
+    with pytest.raises(mitto.UnavailableError, match="TLS"):
+        await mitto.connect(b.url, tls_hostname="mitto.test", reconnect=False)
+    # Plain ws:// against the wss:// port: a clear error rather than a hang.
+    with pytest.raises(mitto.MittoError):
+        await mitto.connect(b.url.replace("wss://", "ws://"), reconnect=False, connect_timeout=3)
 
 
 async def test_unix_socket(start_broker: BrokerFactory, tmp_path: Path) -> None:

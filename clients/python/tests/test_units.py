@@ -19,6 +19,10 @@ def test_urls() -> None:
     assert parse_url("tls://[::1]:9") == Endpoint("tls", "::1", 9)
     assert parse_url("unix:///tmp/m.sock") == Endpoint("unix", path="/tmp/m.sock")
     assert str(parse_url("tls://[::1]:9")) == "tls://[::1]:9"
+    # WebSocket URLs keep their path and query; their default ports are HTTP's.
+    assert parse_url("ws://h") == Endpoint("ws", "h", 80, "/")
+    assert parse_url("wss://h/mitto?x=1") == Endpoint("wss", "h", 443, "/mitto?x=1")
+    assert str(parse_url("ws://[::1]:9/p")) == "ws://[::1]:9/p"
     for bad in ("ftp://x:1", "tcp://:1", "tcp://h:notaport", "unix://"):
         with pytest.raises(mitto.MittoError):
             parse_url(bad)

@@ -13,13 +13,18 @@ from .errors import MittoError, ProtocolError, TimeoutError, connection_lost, re
 from .proto import (
     DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_PAYLOAD,
+    HANDSHAKE_MAX_FRAME,
+    HEADER_LEN,
+    MAX_SUBJECT,
     DecodeError,
     Decoder,
     Flag,
     Frame,
     FrameType,
     Hello,
+    VersionMismatch,
     fit_answer,
+    negotiate,
     pack,
 )
 from .proto.status import Status
@@ -74,6 +79,11 @@ class Connection(asyncio.Protocol):
         self.peer_max_headers = DEFAULT_MAX_HEADERS
         #: The most bytes the transport may hold unsent before the peer counts as gone.
         self.write_limit = WRITE_HIGH_WATER + WRITE_SLACK + 2 * 64 * 1024 * 1024
+        #: The largest frame the limits allow each way: the handshake's until the server's
+        #: HELLO arrives, then the agreed ones (a message transport cuts its messages by them).
+        self.max_frame_in = HANDSHAKE_MAX_FRAME
+        self.max_frame_out = HANDSHAKE_MAX_FRAME
+        self._offer: Hello | None = None
 
     # ---- asyncio.Protocol
 
@@ -90,6 +100,12 @@ class Connection(asyncio.Protocol):
         self.decoder.feed(data)
         self._frames()
 
+    def message_received(self, data: bytes) -> bool:
+        """One message of a message transport (WebSocket): whole frames only. False when it
+        ended inside a frame, which the transport answers by closing (section 18)."""
+        self.data_received(data)
+        return self._lost is not None or self.decoder.at_boundary
+
     def _frames(self) -> None:
         dec = self.decoder
         while self._lost is None and not self._held:
@@ -105,6 +121,7 @@ class Connection(asyncio.Protocol):
                 # was agreed (limits, the connection's state): see ``release``.
                 self._handshaken = True
                 self._held = True
+                self._agree_frame_size(f)
                 if not self._first.done():
                     self._first.set_result(f)
                 return
@@ -113,6 +130,16 @@ class Connection(asyncio.Protocol):
                 self.send(Frame(_PONG, id=f.id, payload=f.payload))
             elif t != _PONG:
                 self.on_frame(f)
+
+    def _agree_frame_size(self, reply: Frame) -> None:
+        # Known at once, before the transport reads the next message's header (section 18).
+        if self._offer is None or not reply.flags & Flag.REPLY or not isinstance(reply.body, Hello):
+            return
+        try:
+            a = negotiate(self._offer, reply.body)
+        except VersionMismatch:
+            return
+        self.max_frame_in = self.max_frame_out = HEADER_LEN + MAX_SUBJECT + a.max_headers + a.max_payload
 
     def eof_received(self) -> bool | None:
         if self._held:
@@ -270,6 +297,7 @@ class Connection(asyncio.Protocol):
 
     async def handshake(self, offer: Hello) -> Hello:
         """Sends HELLO and returns the server's reply; raises the server's refusal."""
+        self._offer = offer
         self.send(Frame(FrameType.HELLO, payload=offer.encode()))
         f = await self._first
         if f.type == FrameType.HELLO and f.flags & Flag.REPLY:

@@ -1,6 +1,7 @@
-"""Transports chosen by URL: ``tcp://host:port`` (or a bare ``host:port``), ``tls://host:port``
-and ``unix:///path``. Each opener returns an asyncio transport wired to the connection's
-protocol, so a new scheme (``ws://``) plugs in with ``register_transport``."""
+"""Transports chosen by URL: ``tcp://host:port`` (or a bare ``host:port``), ``tls://host:port``,
+``unix:///path``, ``ws://host:port/path`` and ``wss://host:port/path``. Each opener returns an
+asyncio transport wired to the connection's protocol, so a new scheme plugs in with
+``register_transport``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ._websocket import open_websocket
 from .errors import MittoError, UnavailableError
 from .proto.status import Status
 
 DEFAULT_PORT = 4747
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
 
 
 @dataclass(frozen=True)
@@ -23,13 +26,14 @@ class Endpoint:
     scheme: str
     host: str = ""
     port: int = 0
+    #: A Unix socket's path, or a WebSocket URL's path and query.
     path: str = ""
 
     def __str__(self) -> str:
         if self.scheme == "unix":
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,15 @@ def parse_url(url: str) -> Endpoint:
             f"{url!r}: unsupported scheme {scheme!r} (expected {', '.join(sorted(_OPENERS))})",
         )
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port or _DEFAULT_PORTS.get(scheme, DEFAULT_PORT)
     except ValueError:
         raise MittoError(Status.BAD_REQUEST, f"{url!r}: invalid port") from None
     if not parts.hostname:
         raise MittoError(Status.BAD_REQUEST, f"{url!r}: no host")
-    return Endpoint(scheme, host=parts.hostname, port=port)
+    path = ""
+    if scheme in _DEFAULT_PORTS:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Endpoint(scheme, host=parts.hostname, port=port, path=path)
 
 
 async def open_transport(
@@ -114,6 +121,17 @@ async def _unix(ep: Endpoint, opts: TransportOptions, factory: ProtocolFactory) 
     return transport
 
 
+async def _ws(ep: Endpoint, opts: TransportOptions, factory: ProtocolFactory) -> asyncio.BaseTransport:
+    return await open_websocket(ep.host, ep.port, ep.path, None, None, factory, str(ep))
+
+
+async def _wss(ep: Endpoint, opts: TransportOptions, factory: ProtocolFactory) -> asyncio.BaseTransport:
+    ctx = opts.tls or ssl.create_default_context()
+    return await open_websocket(ep.host, ep.port, ep.path, ctx, opts.tls_hostname, factory, str(ep))
+
+
 register_transport("tcp", _tcp)
 register_transport("tls", _tls)
 register_transport("unix", _unix)
+register_transport("ws", _ws)
+register_transport("wss", _wss)

@@ -21,6 +21,7 @@ from .compress import compress, decompress
 from .constants import (
     DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_PAYLOAD,
+    HANDSHAKE_MAX_FRAME,
     HEADER_LEN,
     INITIAL_STREAM_CREDIT,
     MAGIC,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DELIVERY_NAMES",
     "FRAME_RULES_PUBLIC",
+    "HANDSHAKE_MAX_FRAME",
     "HEADER_LEN",
     "INITIAL_STREAM_CREDIT",
     "MAGIC",

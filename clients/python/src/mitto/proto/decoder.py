@@ -38,6 +38,8 @@ from .headers import Headers, MalformedHeaders
 from .subject import subject_error
 
 _U32 = struct.Struct(">I")
+#: Subject, headers and payload lengths, at offset 22 of the header.
+_LENGTHS = struct.Struct(">HII")
 _SUBJECT_CACHE_MAX = 4096
 
 
@@ -80,6 +82,20 @@ class Decoder:
     def buffered(self) -> int:
         """Bytes received and not yet decoded."""
         return len(self._buf) - self._pos
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether what is buffered is whole frames only (a WebSocket message must end on a
+        frame boundary, section 18)."""
+        if self._discard:
+            return False
+        buf = self._buf
+        at = self._pos
+        end = len(buf)
+        while end - at >= HEADER_LEN:
+            sl, hl, pl = _LENGTHS.unpack_from(buf, at + 22)
+            at += HEADER_LEN + sl + hl + pl
+        return at == end
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Adds received bytes."""
