@@ -8,7 +8,7 @@ import { dialWebSocket } from "./transport/websocket.js";
 dialers.tcp = dialSocket;
 dialers.tls = dialSocket;
 dialers.unix = dialSocket;
-dialers.ws = dialWebSocket();
-dialers.wss = dialWebSocket();
+dialers.ws = dialWebSocket({ node: true });
+dialers.wss = dialWebSocket({ node: true });
 
 export * from "./api.js";

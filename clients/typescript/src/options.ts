@@ -35,13 +35,19 @@ export interface ConnectOptions {
   maxPendingMessages?: number;
   /** Requests a service instance runs at once (default 1024). */
   maxServiceInFlight?: number;
-  /** TLS: CA certificate(s) to trust, PEM (tls:// and, in Node with `ws`, wss://). */
+  /**
+   * TLS: CA certificate(s) to trust, PEM, for tls:// and, in Node, wss:// (through the `ws`
+   * package). A browser uses its own trust store: there these options are refused.
+   */
   ca?: string | Uint8Array | (string | Uint8Array)[];
-  /** TLS: server name to verify. */
+  /** TLS: server name to verify when it differs from the URL's host (tls://, and wss:// in Node). */
   servername?: string;
-  /** TLS: verify the certificate (default true). */
+  /** TLS: verify the certificate (default true; tls://, and wss:// in Node). */
   rejectUnauthorized?: boolean;
-  /** WebSocket constructor to use instead of the platform's (or the `ws` package's). */
+  /**
+   * WebSocket constructor to use instead of the platform's (or the `ws` package's); with TLS
+   * options on wss:// it gets them as its third argument, as `ws` takes them.
+   */
   WebSocket?: WebSocketConstructor;
   /** Told when the connection was lost and when it came back. */
   onDisconnect?: (err: Error) => void;

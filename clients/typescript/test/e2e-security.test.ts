@@ -1,4 +1,4 @@
-// Authentication and permissions (over TCP and WebSocket), TLS with a generated certificate, and reconnect (session resumed
+// Authentication and permissions (over TCP and WebSocket), TLS with a generated certificate (tls:// and wss://), and reconnect (session resumed
 // through a cut proxy; subscriptions restored on a restarted broker).
 
 import { execFileSync } from "node:child_process";
@@ -7,6 +7,8 @@ import * as net from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { type Client, Status, connect } from "../src/index.js";
+import { dialWebSocket } from "../src/transport/websocket.js";
+import { parseUrl } from "../src/url.js";
 import { type Broker, startBroker, until } from "./support/broker.js";
 
 const stops: (() => Promise<void> | void)[] = [];
@@ -82,6 +84,49 @@ describe("TLS", () => {
     expect((await sub.next())?.string()).toBe("secret");
     // Without the CA the certificate is not trusted.
     await expect(connect(url, { reconnect: false })).rejects.toMatchObject({ status: Status.UNAVAILABLE });
+  });
+});
+
+describe("wss:// with TLS options (Node)", () => {
+  it("trusts a private CA and verifies the server name given, through the ws package", async () => {
+    const dir = (await broker(["tcp://127.0.0.1:0"])).dir;
+    const cert = join(dir, "cert.pem");
+    const key = join(dir, "key.pem");
+    // Issued to a name only: the URL's address matches it only through `servername`.
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mitto.test",
+      "-addext", "subjectAltName=DNS:mitto.test", "-keyout", key, "-out", cert,
+    ], { stdio: "ignore" });
+    const b = await broker(["wss://127.0.0.1:0"], `[tls]\ncert = "${cert}"\nkey = "${key}"\n`);
+    const url = b.urls[0]!;
+    expect(url.startsWith("wss://127.0.0.1:")).toBe(true);
+    const ca = readFileSync(cert, "utf8");
+    const a = await client(url, { ca, servername: "mitto.test" });
+    const sub = a.subscribe("wss.x");
+    await sub.ready;
+    a.publish("wss.x", "secret");
+    expect((await sub.next())?.string()).toBe("secret");
+    // The certificate does not name the address; without the CA it is not trusted at all.
+    await expect(connect(url, { ca, reconnect: false })).rejects.toMatchObject({
+      status: Status.UNAVAILABLE,
+      message: expect.stringMatching(/altnames/),
+    });
+    await expect(connect(url, { servername: "mitto.test", reconnect: false })).rejects.toMatchObject({
+      status: Status.UNAVAILABLE,
+      message: expect.stringMatching(/self-signed certificate/),
+    });
+    // Verification off (tests only) lets the same server in.
+    const c = await client(url, { rejectUnauthorized: false });
+    await c.flush();
+  });
+
+  it("the browser entry refuses TLS options instead of ignoring them", async () => {
+    const dial = dialWebSocket();
+    const url = parseUrl("wss://127.0.0.1:1/");
+    await expect(dial(url, { timeoutMs: 1000, ca: "-----BEGIN CERTIFICATE-----" })).rejects.toMatchObject({
+      status: Status.UNSUPPORTED_FEATURE,
+      message: expect.stringMatching(/trust store/),
+    });
   });
 });
 

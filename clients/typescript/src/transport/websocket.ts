@@ -1,6 +1,7 @@
 // The WebSocket transport: subprotocol `mitto.v1`, binary messages of whole frames; a text
 // message is a protocol error. Works with the browser's WebSocket, Node's built-in one (22+)
-// and the `ws` package.
+// and the `ws` package; wss:// with `ca` / `servername` / `rejectUnauthorized` needs `ws`
+// (Node's built-in WebSocket takes no TLS options; a browser uses its own trust store).
 
 import { Status, MittoError } from "../proto/status.js";
 import type { DialOptions, ParsedUrl, Transport } from "./types.js";
@@ -25,7 +26,14 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
-export type WebSocketConstructor = new (url: string, protocols: string | string[]) => WebSocketLike;
+/** TLS options for wss:// in Node, as the `ws` package's constructor takes them (third argument). */
+export interface WebSocketTlsOptions {
+  ca?: DialOptions["ca"];
+  servername?: string;
+  rejectUnauthorized?: boolean;
+}
+
+export type WebSocketConstructor = new (url: string, protocols: string | string[], options?: WebSocketTlsOptions) => WebSocketLike;
 
 class WsTransport implements Transport {
   readonly messages = true;
@@ -97,15 +105,53 @@ async function defaultWebSocket(): Promise<WebSocketConstructor> {
   }
 }
 
-export function dialWebSocket(): (url: ParsedUrl, opts: DialOptions) => Promise<Transport> {
+async function wsPackage(): Promise<WebSocketConstructor> {
+  try {
+    const mod = (await import("ws")) as unknown as { WebSocket: WebSocketConstructor };
+    return mod.WebSocket;
+  } catch {
+    throw new MittoError(
+      Status.UNSUPPORTED_FEATURE,
+      "wss:// with ca, servername or rejectUnauthorized needs the `ws` package (Node's own WebSocket takes no TLS options)",
+    );
+  }
+}
+
+/** The TLS options given for a wss:// URL, or undefined when there are none. */
+function tlsOptions(url: ParsedUrl, opts: DialOptions): WebSocketTlsOptions | undefined {
+  if (url.scheme !== "wss") return undefined;
+  const o: WebSocketTlsOptions = {};
+  if (opts.ca !== undefined) o.ca = opts.ca;
+  if (opts.servername !== undefined) o.servername = opts.servername;
+  if (opts.rejectUnauthorized !== undefined) o.rejectUnauthorized = opts.rejectUnauthorized;
+  return Object.keys(o).length === 0 ? undefined : o;
+}
+
+/**
+ * The ws:// and wss:// dialer. `node`: this is Node, where wss:// TLS options are applied
+ * through the `ws` package; elsewhere (a browser) they are refused, since the page cannot
+ * change what the browser trusts.
+ */
+export function dialWebSocket(env: { node: boolean } = { node: false }): (url: ParsedUrl, opts: DialOptions) => Promise<Transport> {
   return async (url, opts) => {
-    const WS = (opts.WebSocket as WebSocketConstructor | undefined) ?? (await defaultWebSocket());
+    const tls = tlsOptions(url, opts);
+    let WS = opts.WebSocket as WebSocketConstructor | undefined;
+    if (WS === undefined && tls !== undefined) {
+      if (!env.node) {
+        throw new MittoError(
+          Status.UNSUPPORTED_FEATURE,
+          "ca, servername and rejectUnauthorized apply to wss:// in Node only: a browser verifies the server with its own trust store",
+        );
+      }
+      WS = await wsPackage();
+    }
+    WS ??= await defaultWebSocket();
     const host = url.host.includes(":") ? `[${url.host}]` : url.host;
     const target = `${url.scheme}://${host}:${url.port}${url.path}`;
     return new Promise((resolve, reject) => {
       let ws: WebSocketLike;
       try {
-        ws = new WS(target, SUBPROTOCOL);
+        ws = tls === undefined ? new WS(target, SUBPROTOCOL) : new WS(target, SUBPROTOCOL, tls);
       } catch (e) {
         reject(new MittoError(Status.BAD_REQUEST, `cannot open ${url.text}: ${(e as Error).message}`));
         return;
@@ -116,10 +162,16 @@ export function dialWebSocket(): (url: ParsedUrl, opts: DialOptions) => Promise<
         ws.close();
         reject(new MittoError(Status.UNAVAILABLE, `cannot connect to ${url.text}: no answer in ${opts.timeoutMs} ms`));
       }, opts.timeoutMs);
-      ws.onerror = () => {};
+      // Node's and ws's error events say why (a certificate not trusted); a browser's do not.
+      let why = "";
+      ws.onerror = (ev) => {
+        const m = (ev as { message?: unknown } | null)?.message;
+        if (typeof m === "string") why = m;
+      };
       ws.onclose = (ev) => {
         clearTimeout(timer);
-        reject(new MittoError(Status.UNAVAILABLE, `cannot connect to ${url.text}: WebSocket closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`));
+        const closed = `WebSocket closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
+        reject(new MittoError(Status.UNAVAILABLE, `cannot connect to ${url.text}: ${why === "" ? closed : `${why}; ${closed}`}`));
       };
       ws.onopen = () => {
         clearTimeout(timer);
