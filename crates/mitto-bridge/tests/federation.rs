@@ -1,7 +1,7 @@
 //! Three mitto brokers federated over a three-node NATS cluster of the test's own: messages
-//! cross brokers once, without echo; requests are answered across brokers and NO_RESPONDERS
-//! comes at once where no broker listens; a NATS node killed mid-traffic, traffic resumes
-//! through the survivors.
+//! cross brokers once, without echo; a queue group spread over brokers gets each message once;
+//! requests are answered across brokers and NO_RESPONDERS comes at once where no broker
+//! listens; a NATS node killed mid-traffic, traffic resumes through the survivors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -190,6 +190,207 @@ async fn three_brokers_over_three_nats_nodes() {
     assert_eq!(drain(&mut s2a, quiet).await, ["last"]);
     assert_eq!(drain(&mut s1, quiet).await, ["last"]);
 
+    for b in [b0, b1, b2] {
+        b.shutdown().await;
+    }
+}
+
+/// Publishes "warm" on `subject` from `c` until one of `subs` got it (the group's interest
+/// reached `c`'s broker).
+async fn warm_any(c: &Client, subject: &str, subs: &mut [&mut Subscription]) {
+    for _ in 0..400 {
+        c.publish(subject, "warm").await.unwrap();
+        for s in subs.iter_mut() {
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), s.next()).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the group's interest did not propagate to the publisher's broker");
+}
+
+/// What the members of one group got, warm-ups left out, sorted.
+async fn group_got(members: &mut [&mut Subscription], quiet: Duration) -> Vec<String> {
+    let mut all = Vec::new();
+    for m in members.iter_mut() {
+        all.extend(drain(m, quiet).await.into_iter().filter(|p| p != "warm"));
+    }
+    all.sort();
+    all
+}
+
+/// `n` messages `{tag}{k}` published from each of `from` (tagged `b<i>-`), sorted.
+async fn publish_from(from: &[(usize, &Client)], subject: &str, n: usize) -> Vec<String> {
+    let mut sent = Vec::new();
+    for k in 0..n {
+        for (i, c) in from {
+            let body = format!("b{i}-{k:03}");
+            c.publish(subject, body.clone()).await.unwrap();
+            sent.push(body);
+        }
+    }
+    sent.sort();
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_groups_span_brokers_each_message_once() {
+    if !nats_server::available() {
+        return;
+    }
+    let p = unique("fedq");
+    let nodes = NatsServer::cluster(3, &p);
+    let (b0, c0) = federated(&nodes, 0).await;
+    let (b1, c1) = federated(&nodes, 1).await;
+    let (b2, c2) = federated(&nodes, 2).await;
+    let (filter, subject) = (format!("{p}.jobs.*"), format!("{p}.jobs.x"));
+    // "workers": two members on broker 1, one on broker 2, none on broker 0; "audit": one on
+    // broker 0, one on broker 1; plain subscribers on brokers 0 and 2.
+    let mut w1a = c1.queue_subscribe(&filter, "workers").await.unwrap();
+    let mut w1b = c1.queue_subscribe(&filter, "workers").await.unwrap();
+    let mut w2 = c2.queue_subscribe(&filter, "workers").await.unwrap();
+    let mut a0 = c0.queue_subscribe(&filter, "audit").await.unwrap();
+    let mut a1 = c1.queue_subscribe(&filter, "audit").await.unwrap();
+    let mut plain0 = c0.subscribe(&filter).await.unwrap();
+    let mut plain2 = c2.subscribe(&subject).await.unwrap();
+    warm_any(&c0, &subject, &mut [&mut w1a, &mut w1b, &mut w2]).await;
+    warm_any(&c2, &subject, &mut [&mut a0, &mut a1]).await;
+    for c in [&c0, &c1, &c2] {
+        warm_up(c, &subject, &mut [&mut plain0, &mut plain2]).await;
+    }
+    let quiet = Duration::from_millis(700);
+    group_got(&mut [&mut w1a, &mut w1b, &mut w2, &mut a0, &mut a1], quiet).await;
+
+    // From every broker, members or not: each message once per group, all to each plain one.
+    let sent = publish_from(&[(0, &c0), (1, &c1), (2, &c2)], &subject, 30).await;
+    let w1 = group_got(&mut [&mut w1a, &mut w1b], quiet).await;
+    let w2got = group_got(&mut [&mut w2], quiet).await;
+    let mut workers = [w1.clone(), w2got.clone()].concat();
+    workers.sort();
+    assert_eq!(workers, sent, "workers: each message once across brokers");
+    let from0 = |v: &[String]| v.iter().filter(|p| p.starts_with("b0-")).count();
+    assert!(
+        from0(&w1) > 0 && from0(&w2got) > 0,
+        "broker 0's messages went to both brokers with members: {} and {}",
+        from0(&w1),
+        from0(&w2got)
+    );
+    assert_eq!(
+        (w1.len() - from0(&w1), w2got.len() - from0(&w2got)),
+        (30, 30),
+        "a broker with members keeps its own publishers' messages"
+    );
+    let audit = group_got(&mut [&mut a0, &mut a1], quiet).await;
+    assert_eq!(audit, sent, "audit: each message once across brokers");
+    for (name, s) in [("plain 0", &mut plain0), ("plain 2", &mut plain2)] {
+        let mut got = drain(s, quiet).await;
+        got.sort();
+        assert_eq!(got, sent, "{name} gets every message");
+    }
+
+    // Broker 1 (members of both groups) stops: the members elsewhere get every message from
+    // then on, once NATS has dropped broker 1's queue subscriptions.
+    b1.shutdown().await;
+    let mut in_a_row = 0;
+    for k in 0..400 {
+        c0.publish(&subject, format!("probe{k}")).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(100), w2.next()).await {
+            Ok(Some(_)) => in_a_row += 1,
+            _ => in_a_row = 0,
+        }
+        if in_a_row == 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        in_a_row, 5,
+        "broker 0's messages never all reached broker 2's member"
+    );
+    group_got(&mut [&mut w2, &mut a0], quiet).await;
+    drain(&mut plain0, quiet).await;
+    drain(&mut plain2, quiet).await;
+    let sent = publish_from(&[(0, &c0), (2, &c2)], &subject, 30).await;
+    assert_eq!(
+        group_got(&mut [&mut w2], quiet).await,
+        sent,
+        "workers after"
+    );
+    assert_eq!(group_got(&mut [&mut a0], quiet).await, sent, "audit after");
+    let mut got = drain(&mut plain2, quiet).await;
+    got.sort();
+    assert_eq!(got, sent);
+    for b in [b0, b2] {
+        b.shutdown().await;
+    }
+}
+
+/// A member of queue group `group` on `filter` at `c` that answers each request with `tag`
+/// and counts them.
+async fn responder(
+    c: &Client,
+    filter: &str,
+    group: &str,
+    tag: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut sub = c.queue_subscribe(filter, group).await.unwrap();
+    let (c, seen) = (c.clone(), n.clone());
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.respond(&m, tag).await;
+        }
+    });
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reaches_one_member_of_a_group_spanning_brokers() {
+    use std::sync::atomic::Ordering;
+    if !nats_server::available() {
+        return;
+    }
+    let p = unique("fedqr");
+    let nodes = NatsServer::cluster(3, &p);
+    let (b0, c0) = federated(&nodes, 0).await;
+    let (b1, c1) = federated(&nodes, 1).await;
+    let (b2, c2) = federated(&nodes, 2).await;
+    let subject = format!("{p}.ask");
+    let on1 = responder(&c1, &subject, "answerers", "one").await;
+    let on2 = responder(&c2, &subject, "answerers", "two").await;
+    let mut tries = 0;
+    while let Err(e) = c0.request(&subject, "warm").await {
+        assert_eq!(e.status(), Status::NO_RESPONDERS, "{e}");
+        tries += 1;
+        assert!(tries < 400, "the group's interest never reached broker 0");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = on1.load(Ordering::SeqCst) + on2.load(Ordering::SeqCst);
+    assert_eq!(before, 1, "the warm-up request reached one member");
+    // From broker 0 (no member): each request to one member, on either broker.
+    let mut answers = std::collections::BTreeMap::new();
+    for i in 0..20 {
+        let r = c0.request(&subject, format!("{i}")).await.unwrap();
+        *answers
+            .entry(String::from_utf8_lossy(&r).into_owned())
+            .or_insert(0) += 1;
+    }
+    // From broker 1: its own member answers; broker 2's is not asked.
+    let two = on2.load(Ordering::SeqCst);
+    for i in 0..10 {
+        let r = c1.request(&subject, format!("{i}")).await.unwrap();
+        assert_eq!(&r[..], b"one");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (n1, n2) = (on1.load(Ordering::SeqCst), on2.load(Ordering::SeqCst));
+    assert_eq!(
+        n1 + n2,
+        31,
+        "each request reached one member: {n1} + {n2}, {answers:?}"
+    );
+    assert_eq!(n2, two, "broker 1's requests stayed on broker 1");
     for b in [b0, b1, b2] {
         b.shutdown().await;
     }

@@ -12,6 +12,7 @@
 //! - every deadline is kept by one timer task.
 
 use crate::core::Core;
+use crate::fabric::Scope;
 use crate::mailbox::Mailbox;
 use crate::permissions::Permissions;
 use crate::requests::{Caller, Ended, Refused, ReplyRefused, ServiceRef, ToCallee};
@@ -94,16 +95,18 @@ impl Core {
 
     /// Routes a REQUEST from connection `conn`: to one registered service instance, else to
     /// the subscribers of its subject (the first reply to the request's inbox becomes the
-    /// RESPONSE). Returns the immediate answer, if any.
+    /// RESPONSE; `scope`: which of them, `Scope::All` but for the federation's copies).
+    /// Returns the immediate answer, if any.
     pub(crate) fn request(
         self: &Arc<Self>,
         conn: u64,
         mailbox: &Arc<Mailbox>,
         f: &Frame,
+        scope: &Scope,
     ) -> Option<Frame> {
         bump(&self.stats.requests);
         self.stats.ins.add(f.payload.len() as u64);
-        let targets = self.targets_once(&f.subject, f.payload.len());
+        let targets = self.targets_once(&f.subject, f.payload.len(), scope);
         let left = f
             .headers
             .deadline()

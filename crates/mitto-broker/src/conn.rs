@@ -8,6 +8,7 @@ mod parked;
 
 use crate::connections::ConnInfo;
 use crate::core::Core;
+use crate::fabric::Scope;
 use crate::groups::QueueGroup;
 use crate::mailbox::{Drained, Mailbox, SubQueue};
 use crate::permissions::Permissions;
@@ -147,6 +148,7 @@ async fn run(
         parked: None,
         routes: crate::core::RouteCache::publisher(),
         held: Default::default(),
+        fabric: crate::fabric::is_federation(a.is_local, &a.hello.name),
     };
     // The broker drives the connection through `ctl` alone: its command queue is closed from
     // the start (the driver reads that once, as no command).
@@ -192,6 +194,9 @@ struct BrokerReactor {
     held: std::collections::VecDeque<Frame>,
     /// Where this connection's last published subject goes.
     routes: crate::core::RouteCache,
+    /// The broker's own federation: its PUBLISH and REQUEST frames say which subscriptions
+    /// they go to (`fabric.rs`).
+    fabric: bool,
 }
 
 impl BrokerReactor {
@@ -206,8 +211,12 @@ impl BrokerReactor {
         cx.send(&e);
     }
 
-    fn on_publish(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+    fn on_publish(&mut self, mut f: Frame, cx: &mut Ctx<'_>) {
         let (id, ack) = (f.id, f.flags.contains(Flags::ACK_REQUIRED));
+        let scope = match self.fabric {
+            true => crate::fabric::take(&mut f),
+            false => Scope::All,
+        };
         // A reply to an inbox is taken here; anything else is routed.
         let f = match self.core.admit_publish(self.conn, &self.perms, f) {
             Ok(Some(f)) => f,
@@ -217,21 +226,22 @@ impl BrokerReactor {
         };
         // A stream that captures the subject stores it; the publish's one answer then waits for
         // the store as well as for the routing.
-        let (ack, stored) = match crate::streams::capture(&self.core, &f) {
+        let (ack, stored) = match crate::streams::capture_in(&self.core, &f, &scope) {
             Ok(Some(stored)) if ack => (false, Some(stored)),
             Ok(_) => (ack, None),
             Err(e) => return cx.send(&Frame::error(id, e.status(), e.message())),
         };
         // The frame itself becomes the EVENT (no copy of its parts), as for an in-process
         // publisher.
-        let (mut routed, stored) = match (self.core.publish_owned(f, &mut self.routes), stored) {
-            (Ok(r), stored) => (r, stored),
-            (Err(e), Some(stored)) => {
-                let mb = self.mailbox.clone();
-                return crate::streams::answer_when_stored(stored, id, Err(e), mb);
-            }
-            (Err(e), None) => return cx.send(&Frame::error(id, e.status(), e.message())),
-        };
+        let (mut routed, stored) =
+            match (self.core.publish_owned(f, &mut self.routes, &scope), stored) {
+                (Ok(r), stored) => (r, stored),
+                (Err(e), Some(stored)) => {
+                    let mb = self.mailbox.clone();
+                    return crate::streams::answer_when_stored(stored, id, Err(e), mb);
+                }
+                (Err(e), None) => return cx.send(&Frame::error(id, e.status(), e.message())),
+            };
         if let Some(b) = routed.blocked.take() {
             // Full `block` subscriptions: hold the publisher (stop reading its connection)
             // until they make room, instead of refusing.
@@ -425,7 +435,7 @@ impl BrokerReactor {
         }
     }
 
-    fn on_request(&mut self, f: Frame, cx: &mut Ctx<'_>) {
+    fn on_request(&mut self, mut f: Frame, cx: &mut Ctx<'_>) {
         let subject = f.subject.as_str();
         if f.id & BROKER_CALL_BIT != 0 {
             bump(&self.core.stats.protocol_errors);
@@ -448,7 +458,11 @@ impl BrokerReactor {
         if crate::streams::is_admin(subject) {
             return crate::streams::admin_request(&self.core, &self.perms, &self.mailbox, &f);
         }
-        if let Some(answer) = self.core.request(self.conn, &self.mailbox, &f) {
+        let scope = match self.fabric {
+            true => crate::fabric::take(&mut f),
+            false => Scope::All,
+        };
+        if let Some(answer) = self.core.request(self.conn, &self.mailbox, &f, &scope) {
             cx.send(&answer);
         }
     }

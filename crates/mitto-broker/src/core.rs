@@ -4,6 +4,7 @@
 use crate::config::BrokerConfig;
 use crate::connections::Connections;
 use crate::durable::Durables;
+use crate::fabric::Scope;
 use crate::fit::timed;
 use crate::index::Index;
 use crate::mailbox::{Mailbox, Pushed};
@@ -260,12 +261,17 @@ impl Core {
         self.subs.matching(subject)
     }
 
-    /// The subscriptions a one-off message on `subject` of `bytes` goes to (one member per
-    /// queue group), counted for monitoring.
-    pub(crate) fn targets_once(&self, subject: &Subject, bytes: usize) -> Vec<SubRef> {
+    /// The subscriptions a one-off message on `subject` of `bytes` goes to within `scope` (one
+    /// member per queue group), counted for monitoring.
+    pub(crate) fn targets_once(
+        &self,
+        subject: &Subject,
+        bytes: usize,
+        scope: &Scope,
+    ) -> Vec<SubRef> {
         let mut once = Route::default();
         self.subs
-            .targets(subject, bytes, &mut once, false, &self.stats)
+            .targets(subject, bytes, &mut once, false, &self.stats, scope)
             .to_vec()
     }
 
@@ -359,13 +365,15 @@ impl Core {
 
     /// Routes a PUBLISH handed over by value (admitted by [`Core::admit_publish`]), from a
     /// connection or an in-process publisher: the frame itself becomes the EVENT, moved into the
-    /// last target's queue; `cache` is the publisher's route memo.
+    /// last target's queue; `cache` is the publisher's route memo; `scope`: which of the
+    /// subscriptions (`Scope::All` but for the federation's copies).
     /// A value attached in-process is encoded here (once) when a subscriber over a socket
     /// needs it, so that one too large for the wire is refused to the publisher, not lost.
     pub(crate) fn publish_owned(
         &self,
         mut f: Frame,
         cache: &mut RouteCache,
+        scope: &Scope,
     ) -> Result<Routed, mitto::Error> {
         let RouteCache {
             route,
@@ -382,9 +390,14 @@ impl Core {
         if let Some(sink) = &self.sink {
             sink.on_publish(&f)?;
         }
-        let targets =
-            self.subs
-                .targets(&f.subject, f.payload.len(), route, *long_lived, &self.stats);
+        let targets = self.subs.targets(
+            &f.subject,
+            f.payload.len(),
+            route,
+            *long_lived,
+            &self.stats,
+            scope,
+        );
         if f.value.is_some() && targets.iter().any(|t| !t.mailbox.is_local()) {
             f.materialize().map_err(|e| {
                 mitto::Error::new(
@@ -594,11 +607,13 @@ mod tests {
         let sink = Arc::new(Capture::default());
         let core = Core::new(BrokerConfig::default()).with_sink(sink.clone());
         let mut routes = RouteCache::publisher();
-        let r = core.publish_owned(publish("a"), &mut routes).unwrap();
+        let r = core
+            .publish_owned(publish("a"), &mut routes, &Scope::All)
+            .unwrap();
         assert_eq!(r.delivered, 0, "nobody subscribes");
         assert_eq!(sink.0.load(Ordering::Relaxed), 1);
         let e = core
-            .publish_owned(publish("full"), &mut routes)
+            .publish_owned(publish("full"), &mut routes, &Scope::All)
             .unwrap_err();
         assert_eq!(e.status(), Status::QUOTA_EXCEEDED);
         assert_eq!(sink.0.load(Ordering::Relaxed), 1);
@@ -631,7 +646,9 @@ mod tests {
         core.subscribe("t", target(2));
         core.subscribe("t", target(3)); // its queue is gone: counted as rerouted, nowhere to go
         let mut routes = RouteCache::publisher();
-        let r = core.publish_owned(publish("t"), &mut routes).unwrap();
+        let r = core
+            .publish_owned(publish("t"), &mut routes, &Scope::All)
+            .unwrap();
         assert_eq!((r.delivered, r.rejected), (3, 0));
         assert_eq!(mailbox.outstanding(), 2);
         assert_eq!(core.stats.snapshot()["msgs_in"], 1);

@@ -16,10 +16,15 @@ impl QueueGroup {
     /// The group `name` of subscriptions to `filter`; `None` for no (or an empty) name.
     pub(crate) fn of(filter: &str, name: Option<String>) -> Option<Arc<QueueGroup>> {
         let name = name.filter(|n| !n.is_empty())?;
-        Some(Arc::new(QueueGroup {
+        Some(Arc::new(QueueGroup::new(filter, &name)))
+    }
+
+    /// The group `name` of subscriptions to `filter`.
+    pub(crate) fn new(filter: &str, name: &str) -> QueueGroup {
+        QueueGroup {
             filter: filter.into(),
-            name: name.into_boxed_str(),
-        }))
+            name: name.into(),
+        }
     }
 }
 

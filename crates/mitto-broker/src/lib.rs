@@ -58,6 +58,7 @@ mod connections;
 mod core;
 mod drain;
 mod durable;
+mod fabric;
 mod fit;
 mod groups;
 mod guard;
@@ -399,18 +400,24 @@ async fn start_bridges(core: &Arc<Core>) -> Result<mitto_bridge::Bridges, Error>
     started.map_err(|e| Error::new(Status::BAD_REQUEST, e.to_string()))
 }
 
-/// The filters this broker's clients subscribe to and the subjects of its services, the
-/// federation's own connections (by their name) left out: what the federation announces to
-/// the other brokers.
+/// The filters this broker's clients subscribe to (outside queue groups), its queue groups
+/// and the subjects of its services, the federation's own connections (by their name) left
+/// out: what the federation announces to the other brokers.
 fn federation_interest(core: Arc<Core>) -> impl Fn(&str) -> mitto_bridge::Interest + Send + Sync {
     move |own: &str| {
         // A copy, so that no mailbox is locked under the connections' lock.
         let conns: std::collections::HashMap<u64, _> = core.conns.list().into_iter().collect();
-        let subscriptions = conns
+        let (mut subscriptions, mut groups) = (Vec::new(), Vec::new());
+        for s in conns
             .values()
             .filter(|c| c.name != own)
-            .flat_map(|c| c.mailbox.subs().into_iter().map(|s| s.filter))
-            .collect();
+            .flat_map(|c| c.mailbox.subs())
+        {
+            match s.queue.filter(|q| !q.is_empty()) {
+                Some(q) => groups.push((s.filter, q)),
+                None => subscriptions.push(s.filter),
+            }
+        }
         let services = core
             .service_entries()
             .into_iter()
@@ -419,6 +426,7 @@ fn federation_interest(core: Arc<Core>) -> impl Fn(&str) -> mitto_bridge::Intere
             .collect();
         mitto_bridge::Interest {
             subscriptions,
+            groups,
             services,
         }
     }

@@ -3,6 +3,7 @@
 //! mailbox, with the same checks and policies as a connection from a socket.
 
 use crate::core::{Blocked, Core, RouteCache, Routed};
+use crate::fabric::Scope;
 use crate::mailbox::{LocalPop, Mailbox};
 use crate::permissions::Permissions;
 use crate::subscriptions::SubRef;
@@ -24,6 +25,9 @@ pub(crate) struct Port {
     /// Unique in the process (connection ids are per broker): the key of the route memos
     /// publishing threads keep for this port (see [`with_routes`]).
     pub(crate) uid: u64,
+    /// The broker's own federation: its publishes say which subscriptions they go to
+    /// (`fabric.rs`).
+    pub(crate) fabric: bool,
 }
 
 impl Port {
@@ -79,7 +83,11 @@ fn with_routes<R>(uid: u64, f: impl FnOnce(&mut RouteCache) -> R) -> Option<R> {
 }
 
 impl LocalPort for Port {
-    fn publish(&self, f: Frame) -> Result<Published> {
+    fn publish(&self, mut f: Frame) -> Result<Published> {
+        let scope = match self.fabric {
+            true => crate::fabric::take(&mut f),
+            false => Scope::All,
+        };
         // The same rule as for a socket's PUBLISH: replies to inboxes, then permissions.
         let Some(f) = self.core.admit_publish(self.conn, &self.perms, f)? else {
             return Ok(Published::Done);
@@ -87,14 +95,16 @@ impl LocalPort for Port {
         // A stream that captures the subject stores it; an acknowledged publish returns once it
         // is stored, a fire-and-forget one at once (as on a socket).
         let ack = f.flags.contains(Flags::ACK_REQUIRED);
-        let stored = crate::streams::capture(&self.core, &f)?.filter(|_| ack);
+        let stored = crate::streams::capture_in(&self.core, &f, &scope)?.filter(|_| ack);
         let mut f = Some(f);
         let routed = match with_routes(self.uid, |routes| {
-            f.take().map(|f| self.core.publish_owned(f, routes))
+            f.take().map(|f| self.core.publish_owned(f, routes, &scope))
         }) {
             Some(Some(r)) => r?,
             _ => match f {
-                Some(f) => self.core.publish_owned(f, &mut RouteCache::default())?,
+                Some(f) => self
+                    .core
+                    .publish_owned(f, &mut RouteCache::default(), &scope)?,
                 None => return Err(Error::new(Status::INTERNAL, "publish lost")),
             },
         };

@@ -3,6 +3,7 @@
 //! routes through [`Subscriptions::targets`] with a memo of its own ([`Route`]): a repeated
 //! subject takes no lock and no hash while the subscriptions do not change.
 
+use crate::fabric::Scope;
 use crate::groups::{self, QueueGroup};
 use crate::index::Index;
 use crate::mailbox::Mailbox;
@@ -135,8 +136,8 @@ impl Subscriptions {
         v
     }
 
-    /// The subscriptions matching `subject`, one per queue group; counts the message of
-    /// `bytes` for monitoring. `route` is the publisher's memo of its last subject;
+    /// The subscriptions matching `subject` within `scope` (one per queue group); counts the
+    /// message of `bytes` for monitoring. `route` is the publisher's memo of its last subject;
     /// `long_lived`: the publisher counts its subject in a tally of its own.
     #[inline]
     pub(crate) fn targets<'c>(
@@ -146,6 +147,7 @@ impl Subscriptions {
         route: &'c mut Route,
         long_lived: bool,
         stats: &Stats,
+        scope: &Scope,
     ) -> Targets<'c> {
         let route = &mut route.0;
         let generation = self.generation.load(Ordering::SeqCst);
@@ -173,10 +175,17 @@ impl Subscriptions {
             Some(SubjectTally::Shared(set)) => set.add(bytes as u64),
             None => {}
         }
-        if c.grouped {
-            Targets::Picked(self.pick(&c.all))
-        } else {
-            Targets::Cached(&c.all)
+        match scope {
+            Scope::All | Scope::Plain if !c.grouped => Targets::Cached(&c.all),
+            Scope::All => Targets::Picked(self.pick(&c.all)),
+            Scope::Plain => Targets::Picked(
+                c.all
+                    .iter()
+                    .filter(|r| r.queue.is_none())
+                    .cloned()
+                    .collect(),
+            ),
+            Scope::Group(g) => Targets::Picked(self.pick_in(&c.all, g)),
         }
     }
 
@@ -229,6 +238,18 @@ impl Subscriptions {
         groups::pick(all, |r| r.queue.as_deref(), self.turn()).into()
     }
 
+    /// One member of group `g` (in turn), if it has any.
+    fn pick_in(&self, all: &[SubRef], g: &QueueGroup) -> Arc<[SubRef]> {
+        let members: Vec<&SubRef> = all
+            .iter()
+            .filter(|r| r.queue.as_deref() == Some(g))
+            .collect();
+        if members.is_empty() {
+            return Arc::from([]);
+        }
+        Arc::from([members[self.turn() % members.len()].clone()])
+    }
+
     /// The next turn of queue groups and service instances.
     pub(crate) fn turn(&self) -> usize {
         self.rr.fetch_add(1, Ordering::Relaxed)
@@ -268,7 +289,7 @@ mod tests {
 
     fn conns(s: &Subscriptions, subject: &Subject, route: &mut Route, stats: &Stats) -> Vec<u64> {
         let mut v: Vec<u64> = s
-            .targets(subject, 10, route, true, stats)
+            .targets(subject, 10, route, true, stats, &Scope::All)
             .iter()
             .map(|r| r.conn)
             .collect();
@@ -312,5 +333,35 @@ mod tests {
         members.sort_unstable();
         assert_eq!(members, [1, 1, 2, 2], "members take turns");
         assert_eq!(s.matching("jobs").len(), 3);
+    }
+
+    #[test]
+    fn the_fabric_s_copies_go_to_plain_subscribers_or_to_one_member_of_one_group() {
+        let (s, stats) = (Subscriptions::new(100, 1 << 20), Stats::default());
+        let subject = Subject::new("jobs.a").unwrap();
+        s.insert("jobs.a", sub(1, "jobs.a", Some("q")));
+        s.insert("jobs.a", sub(2, "jobs.a", Some("q")));
+        s.insert("jobs.*", sub(3, "jobs.*", Some("q")));
+        s.insert("jobs.a", sub(4, "jobs.a", None));
+        let mut route = Route::default();
+        let mut scoped = |scope: &Scope| -> Vec<u64> {
+            let t = s.targets(&subject, 10, &mut route, true, &stats, scope);
+            let mut v: Vec<u64> = t.iter().map(|r| r.conn).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(scoped(&Scope::Plain), [4]);
+        let q = Scope::Group(QueueGroup::new("jobs.a", "q"));
+        let mut members: Vec<u64> = (0..4).flat_map(|_| scoped(&q)).collect();
+        members.sort_unstable();
+        assert_eq!(members, [1, 1, 2, 2], "one member of that group, in turn");
+        let star = Scope::Group(QueueGroup::new("jobs.*", "q"));
+        assert_eq!(scoped(&star), [3]);
+        assert!(scoped(&Scope::Group(QueueGroup::new("jobs.a", "none"))).is_empty());
+        assert_eq!(
+            scoped(&Scope::All).len(),
+            3,
+            "one per group and the plain one"
+        );
     }
 }

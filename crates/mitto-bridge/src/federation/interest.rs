@@ -8,23 +8,75 @@ use std::time::{Duration, Instant};
 /// The NATS subject of interest announcements.
 pub(crate) const ANNOUNCE_SUBJECT: &str = "_MITTO.FED.interest";
 
-/// A broker's interest: the filters its clients subscribe to and the subjects of the services
-/// registered with it.
+/// A queue group of subscribers: its filter and name (the same name on another filter is
+/// another group, as at one broker).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Group {
+    pub(crate) filter: String,
+    pub(crate) name: String,
+    /// The NATS queue group of the brokers with members of it ([`Group::queue_of`]).
+    pub(crate) queue: String,
+}
+
+impl Group {
+    pub(crate) fn new(filter: &str, name: &str) -> Group {
+        Group {
+            filter: filter.to_owned(),
+            name: name.to_owned(),
+            queue: Group::queue_of(filter, name),
+        }
+    }
+
+    /// `mitto:<filter in hex>:<name>`: one NATS queue group per filter and name (NATS would
+    /// merge the same name on two filters), with no wildcard or space in it.
+    fn queue_of(filter: &str, name: &str) -> String {
+        let mut q = String::with_capacity(7 + 2 * filter.len() + name.len());
+        q.push_str("mitto:");
+        for b in filter.bytes() {
+            q.push_str(&format!("{b:02x}"));
+        }
+        q.push(':');
+        q.push_str(name);
+        q
+    }
+
+    /// A group as announced: the name of a mitto queue group holds no whitespace or control
+    /// character (PROTOCOL.md 7.2).
+    fn valid(filter: &str, name: &str) -> bool {
+        mitto::proto::Subject::new(filter).is_ok()
+            && !name.is_empty()
+            && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+    }
+}
+
+/// A broker's interest: the filters its clients subscribe to outside queue groups, its queue
+/// groups and the subjects of the services registered with it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Held {
     pub(crate) subs: BTreeSet<String>,
+    pub(crate) groups: BTreeSet<Group>,
     pub(crate) services: BTreeSet<String>,
 }
 
 /// An announcement: the broker's id, then one filter a line, services after a space (which no
-/// subject holds).
+/// subject holds), queue groups after a tab as `<filter> <name>` (a broker that does not know
+/// groups leaves those lines out as invalid filters).
 pub(crate) fn encode(id: &str, held: &Held) -> Vec<u8> {
     let mut out = id.as_bytes().to_vec();
-    let lines = held.subs.iter().map(|f| ("", f));
-    for (mark, f) in lines.chain(held.services.iter().map(|f| (" ", f))) {
+    let lines = held.subs.iter().map(|f| ("", f.as_str(), ""));
+    let services = held.services.iter().map(|f| (" ", f.as_str(), ""));
+    let groups = held
+        .groups
+        .iter()
+        .map(|g| ("\t", g.filter.as_str(), g.name.as_str()));
+    for (mark, f, name) in lines.chain(services).chain(groups) {
         out.push(b'\n');
         out.extend_from_slice(mark.as_bytes());
         out.extend_from_slice(f.as_bytes());
+        if !name.is_empty() {
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+        }
     }
     out
 }
@@ -37,6 +89,12 @@ pub(crate) fn decode(payload: &[u8]) -> Option<(String, Held)> {
     let id = lines.next().filter(|id| !id.is_empty())?.to_owned();
     let mut held = Held::default();
     for line in lines {
+        if let Some(g) = line.strip_prefix('\t') {
+            if let Some((f, name)) = g.split_once(' ').filter(|(f, n)| Group::valid(f, n)) {
+                held.groups.insert(Group::new(f, name));
+            }
+            continue;
+        }
         let (set, f) = match line.strip_prefix(' ') {
             Some(f) => (&mut held.services, f),
             None => (&mut held.subs, line),
@@ -71,6 +129,7 @@ impl Remote {
         let mut all = Held::default();
         for (h, _) in self.brokers.values() {
             all.subs.extend(h.subs.iter().cloned());
+            all.groups.extend(h.groups.iter().cloned());
             all.services.extend(h.services.iter().cloned());
         }
         all
@@ -106,13 +165,23 @@ mod tests {
         Held {
             subs: set(subs),
             services: set(services),
+            groups: BTreeSet::new(),
         }
     }
 
     #[test]
     fn announcements_round_trip_and_bad_filters_are_left_out() {
-        let h = held(&["a.>", "b.*.c"], &["svc.sum"]);
+        let mut h = held(&["a.>", "b.*.c"], &["svc.sum"]);
+        h.groups.insert(Group::new("a.*", "workers"));
+        h.groups.insert(Group::new("a.*", "audit"));
         assert_eq!(decode(&encode("x1", &h)), Some(("x1".into(), h)));
+        let mut g = held(&[], &[]);
+        g.groups.insert(Group::new("q.>", "w"));
+        assert_eq!(
+            decode(b"x4\n\tq.> w\n\tq..x w\n\tq.y\n\tq.z a b"),
+            Some(("x4".into(), g)),
+            "groups with a bad filter, no name or a name with a space are left out"
+        );
         assert_eq!(decode(b"x2"), Some(("x2".into(), Held::default())));
         assert_eq!(
             decode(b"x3\na..b\nok\n svc\n  bad"),
@@ -120,6 +189,15 @@ mod tests {
         );
         assert_eq!(decode(b""), None);
         assert_eq!(decode(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn one_nats_queue_per_filter_and_name() {
+        let q = |f: &str, n: &str| Group::new(f, n).queue;
+        assert_eq!(q("a.*", "w"), "mitto:612e2a:w");
+        assert_ne!(q("a.*", "w"), q("a.>", "w"));
+        assert_ne!(q("a.*", "w"), q("a.*", "v"));
+        assert!(!q("a b.>", "w").contains([' ', '*', '>']));
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //! - **Out.** A local message the mirror receives goes to NATS once, marked with
 //!   [`FED_HEADER`] naming this broker; NATS carries it only where a broker subscribed.
 //! - **In.** A message from NATS is published to the local broker once (whatever number of
-//!   this broker's filters match it), keeping the mark, so the mirror does not send it on.
+//!   this broker's filters match it), keeping the mark, so the mirror does not send it on; the
+//!   broker gives a marked message to its subscriptions outside queue groups only.
+//! - **Queue groups.** A broker with members of a queue group joins a NATS queue group for it;
+//!   the copy NATS gives it goes to one of those members only ([`FED_GROUP_HEADER`]), unless
+//!   the publisher's broker, which serves its own members first, named the group as served.
 //! - **Requests.** A local request the mirror receives becomes a NATS request with the time
 //!   left; the broker that takes it asks its own clients and sends the first reply back. A
 //!   request no broker is interested in is answered NO_RESPONDERS by the local broker at once.
@@ -20,7 +24,7 @@ mod route;
 
 use crate::stats::{State, Stats};
 use crate::BridgeError;
-use interest::{Held, Remote};
+use interest::{Group, Held, Remote};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,8 +33,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The header that marks a message carried by the federation: the id of the broker it came
-/// from. A marked message is never carried again.
+/// from. A marked message is never carried again, and its broker delivers it to plain
+/// subscriptions only (queue groups get theirs through [`FED_GROUP_HEADER`]).
 pub const FED_HEADER: &str = "mitto-fed";
+
+/// On a message the federation publishes to its broker: `<filter> <name>`, the one queue group
+/// (of this broker) it goes to, to one member; the broker removes the header.
+pub const FED_GROUP_HEADER: &str = "mitto-fed-group";
+
+/// How the names of the federation's connections to its broker begin: the broker hears
+/// [`FED_HEADER`] and [`FED_GROUP_HEADER`] only from its in-process connections so named.
+pub const CLIENT_PREFIX: &str = "mitto-federation/";
 
 /// The federation of a broker (`[federation]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,8 +127,10 @@ impl FederationConfig {
 /// What a broker's clients hold.
 #[derive(Clone, Debug, Default)]
 pub struct Interest {
-    /// The filters of their subscriptions.
+    /// The filters of their subscriptions outside queue groups.
     pub subscriptions: Vec<String>,
+    /// The queue groups of their other subscriptions: filter and group name.
+    pub groups: Vec<(String, String)>,
     /// The subjects (filters) of the services registered with it.
     pub services: Vec<String>,
 }
@@ -135,8 +150,10 @@ pub(crate) struct Shared {
     pub(crate) mitto_url: String,
     pub(crate) client: mitto::ClientOptions,
     pub(crate) nats: async_nats::Client,
-    /// The filters subscribed in NATS (this broker's interest).
+    /// The filters subscribed in NATS (this broker's interest outside queue groups).
     pub(crate) local: Mutex<BTreeSet<String>>,
+    /// This broker's queue groups, each a NATS queue subscription.
+    pub(crate) groups: Mutex<BTreeSet<Group>>,
     /// This broker's services, as last announced.
     pub(crate) services: Mutex<BTreeSet<String>>,
     /// The filters of the mirror (the other brokers' interest).
@@ -180,7 +197,7 @@ impl Federation {
     ) -> Result<Federation, BridgeError> {
         cfg.validate()?;
         let id = format!("{}.{:016x}", cfg.name, rand::random::<u64>());
-        let client_name = format!("mitto-federation/{id}");
+        let client_name = format!("{CLIENT_PREFIX}{id}");
         let o = crate::with_credentials(
             mitto::ClientOptions::new()
                 .name(client_name.clone())
@@ -208,6 +225,7 @@ impl Federation {
             client: o,
             nats,
             local: Mutex::new(BTreeSet::new()),
+            groups: Mutex::new(BTreeSet::new()),
             services: Mutex::new(BTreeSet::new()),
             mirror: Mutex::new(BTreeSet::new()),
             remote: Mutex::new(Remote::default()),
@@ -227,7 +245,8 @@ impl Federation {
     }
 
     /// Its state and counters now (`msgs_out`: to NATS; `msgs_in`: from NATS to the broker;
-    /// `loops_prevented`: copies not carried again).
+    /// `loops_prevented`: copies not carried again, and copies for a queue group the
+    /// publisher's broker served).
     pub fn snapshot(&self) -> crate::Snapshot {
         self.shared
             .stats
@@ -262,13 +281,18 @@ impl Federation {
     }
 }
 
-/// A subscription task per filter, kept in step with a set of filters.
-#[derive(Default)]
-struct Subs(HashMap<String, JoinHandle<()>>);
+/// A subscription task per filter (or queue group), kept in step with a set of them.
+struct Subs<K>(HashMap<K, JoinHandle<()>>);
 
-impl Subs {
-    /// Starts `start(filter)` for each new filter of `want` and stops the ones not in it.
-    fn sync(&mut self, want: &BTreeSet<String>, mut start: impl FnMut(&str) -> JoinHandle<()>) {
+impl<K> Default for Subs<K> {
+    fn default() -> Self {
+        Subs(HashMap::new())
+    }
+}
+
+impl<K: Clone + Eq + Ord + std::hash::Hash> Subs<K> {
+    /// Starts `start(key)` for each new key of `want` and stops the ones not in it.
+    fn sync(&mut self, want: &BTreeSet<K>, mut start: impl FnMut(&K) -> JoinHandle<()>) {
         self.0.retain(|f, t| {
             let keep = want.contains(f);
             if !keep {
@@ -285,7 +309,7 @@ impl Subs {
     }
 }
 
-impl Drop for Subs {
+impl<K> Drop for Subs<K> {
     fn drop(&mut self) {
         for t in self.0.values() {
             t.abort();
@@ -351,25 +375,31 @@ async fn follow(shared: Arc<Shared>, interest: LocalInterest, own: String) {
     let heartbeat = Duration::from_millis(shared.cfg.announce_ms);
     let mut last_announce = tokio::time::Instant::now() - heartbeat;
     let (mut nats_subs, mut call_subs) = (Subs::default(), Subs::default());
+    let mut group_subs = Subs::default();
     let (mut mirror_subs, mut proxies) = (Subs::default(), Proxies::default());
-    let mut last_remote = Held::default();
+    let (mut last_remote, mut mirror) = (Held::default(), BTreeSet::new());
     loop {
         tokio::select! {
             _ = shared.stopped() => break,
             _ = tick.tick() => {}
         }
         let i = interest(&own);
-        let own_only = |v: Vec<String>| -> BTreeSet<String> {
-            v.into_iter()
-                .filter(|f| !f.starts_with("_MITTO."))
-                .collect()
-        };
+        let ours = |f: &String| !f.starts_with("_MITTO.");
+        let own_only =
+            |v: Vec<String>| -> BTreeSet<String> { v.into_iter().filter(ours).collect() };
         let now = Held {
             subs: own_only(i.subscriptions),
+            groups: i
+                .groups
+                .iter()
+                .filter(|(f, _)| ours(f))
+                .map(|(f, name)| Group::new(f, name))
+                .collect(),
             services: own_only(i.services),
         };
         let before = Held {
             subs: shared.local.lock().map(|l| l.clone()).unwrap_or_default(),
+            groups: shared.groups.lock().map(|l| l.clone()).unwrap_or_default(),
             services: shared
                 .services
                 .lock()
@@ -378,12 +408,24 @@ async fn follow(shared: Arc<Shared>, interest: LocalInterest, own: String) {
         };
         let changed = now != before;
         if changed {
-            if let (Ok(mut l), Ok(mut s)) = (shared.local.lock(), shared.services.lock()) {
+            if let (Ok(mut l), Ok(mut g), Ok(mut s)) = (
+                shared.local.lock(),
+                shared.groups.lock(),
+                shared.services.lock(),
+            ) {
                 l.clone_from(&now.subs);
+                g.clone_from(&now.groups);
                 s.clone_from(&now.services);
             }
             nats_subs.sync(&now.subs, |f| {
-                tokio::spawn(route::inbound(shared.clone(), f.to_owned()))
+                tokio::spawn(route::inbound(shared.clone(), f.to_owned(), None))
+            });
+            group_subs.sync(&now.groups, |g| {
+                tokio::spawn(route::inbound(
+                    shared.clone(),
+                    g.filter.clone(),
+                    Some(g.clone()),
+                ))
             });
             call_subs.sync(&now.services, |f| {
                 tokio::spawn(route::serve_calls(shared.clone(), f.to_owned()))
@@ -399,13 +441,18 @@ async fn follow(shared: Arc<Shared>, interest: LocalInterest, own: String) {
             route::announce(&shared, &now).await;
             last_announce = tokio::time::Instant::now();
         }
-        if remote.subs != last_remote.subs {
+        // The mirror takes what any other broker subscribes to, in a queue group or not.
+        let want: BTreeSet<String> = (remote.subs.iter().cloned())
+            .chain(remote.groups.iter().map(|g| g.filter.clone()))
+            .collect();
+        if want != mirror {
             if let Ok(mut m) = shared.mirror.lock() {
-                m.clone_from(&remote.subs);
+                m.clone_from(&want);
             }
-            mirror_subs.sync(&remote.subs, |f| {
+            mirror_subs.sync(&want, |f| {
                 tokio::spawn(route::outbound(shared.clone(), f.to_owned()))
             });
+            mirror = want;
         }
         if changed || remote.services != last_remote.services {
             proxies.sync(&shared, &remote.services).await;

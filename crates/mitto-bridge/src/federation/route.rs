@@ -1,8 +1,8 @@
 //! The federation's traffic: announcements, local messages to NATS (the mirror), NATS messages
 //! to the local broker, and requests both ways.
 
-use super::interest::{self, first_copy, Held, ANNOUNCE_SUBJECT};
-use super::{FederationConfig, Shared, FED_HEADER};
+use super::interest::{self, first_copy, Group, Held, ANNOUNCE_SUBJECT};
+use super::{FederationConfig, Shared, FED_GROUP_HEADER, FED_HEADER};
 use crate::envelope::Envelope;
 use crate::nats::{envelope, headers};
 use crate::stats::{add, bump, State, Stats};
@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// The NATS header carrying a request's time left, in milliseconds.
 const DEADLINE_HEADER: &str = "mitto-deadline-ms";
+/// The NATS header naming (by their NATS queue groups, space-separated) the queue groups the
+/// message's own broker gave it to already: a broker NATS picks for one of those drops it.
+const SERVED_HEADER: &str = "mitto-fed-served";
 /// The NATS subjects of service calls: this prefix and the service's subject.
 const CALL_PREFIX: &str = "_MITTO.SVC.";
 /// The NATS queue group of every broker serving a subject: each call goes to one.
@@ -141,6 +144,7 @@ pub(super) async fn announcements(shared: Arc<Shared>) {
         if new {
             let own = Held {
                 subs: shared.local.lock().map(|l| l.clone()).unwrap_or_default(),
+                groups: shared.groups.lock().map(|l| l.clone()).unwrap_or_default(),
                 services: shared
                     .services
                     .lock()
@@ -172,6 +176,7 @@ pub(super) async fn outbound(shared: Arc<Shared>, filter: String) {
         let mut env =
             Envelope::from_mitto(m.subject().to_owned(), m.payload().clone(), m.headers());
         mark(&mut env, &shared.id);
+        note_served(&shared, &mut env);
         if m.reply_to().is_some() {
             match shared.requests.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -201,6 +206,34 @@ pub(super) async fn outbound(shared: Arc<Shared>, filter: String) {
             }
         }
     }
+}
+
+/// Names on `env` the queue groups of this broker it matches: the broker gave it to one member
+/// of each (a NATS queue group prefers the member nearest the publisher, and so does this).
+fn note_served(shared: &Shared, env: &mut Envelope) {
+    env.headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(SERVED_HEADER));
+    let Ok(groups) = shared.groups.lock() else {
+        return;
+    };
+    let mut served = Vec::new();
+    for g in groups.iter() {
+        if mitto::proto::subject::matches(&g.filter, &env.name) {
+            if !served.is_empty() {
+                served.push(b' ');
+            }
+            served.extend_from_slice(g.queue.as_bytes());
+        }
+    }
+    if !served.is_empty() {
+        env.headers.push((SERVED_HEADER.to_owned(), served));
+    }
+}
+
+/// Whether `env`'s own broker gave it to a member of the group of NATS queue group `queue`.
+fn served_at_origin(env: &Envelope, queue: &str) -> bool {
+    env.origin_of(SERVED_HEADER)
+        .is_some_and(|v| v.split(|b| *b == b' ').any(|q| q == queue.as_bytes()))
 }
 
 /// A local request to other brokers: the first reply goes back to the caller; none (no
@@ -245,27 +278,51 @@ async fn ask_remote(shared: &Shared, req: Message, mut env: Envelope) {
     }
 }
 
-/// This broker's interest in one filter, in NATS: messages on it come to the local broker once.
-pub(super) async fn inbound(shared: Arc<Shared>, filter: String) {
-    let Some(mut sub) =
-        until_subscribed(&shared, &filter, || shared.nats.subscribe(filter.clone())).await
+/// This broker's interest in one filter, in NATS: messages on it come to the local broker
+/// once, for its subscriptions outside queue groups. With `group`, this broker's membership of
+/// the group's NATS queue group: a message NATS gives this broker for the group goes to one of
+/// its members here, unless the message's own broker gave it to a member already.
+pub(super) async fn inbound(shared: Arc<Shared>, filter: String, group: Option<Group>) {
+    let Some(mut sub) = until_subscribed(&shared, &filter, || async {
+        match &group {
+            Some(g) => {
+                let q = g.queue.clone();
+                shared.nats.queue_subscribe(filter.clone(), q).await
+            }
+            None => shared.nats.subscribe(filter.clone()).await,
+        }
+    })
+    .await
     else {
         return;
     };
     while let Some(m) = sub.next().await {
-        let first = shared
-            .local
-            .lock()
-            .map(|f| first_copy(&f, &filter, &m.subject))
-            .unwrap_or(true);
+        let first = group.is_some()
+            || shared
+                .local
+                .lock()
+                .map(|f| first_copy(&f, &filter, &m.subject))
+                .unwrap_or(true);
         if !first {
             bump(&shared.stats.loops_prevented);
             continue;
         }
-        let env = envelope(&m);
-        if env.origin_of(FED_HEADER) == Some(shared.id.as_bytes()) {
+        let mut env = envelope(&m);
+        if env.origin_of(FED_HEADER) == Some(shared.id.as_bytes())
+            || group
+                .as_ref()
+                .is_some_and(|g| served_at_origin(&env, &g.queue))
+        {
             bump(&shared.stats.loops_prevented);
             continue;
+        }
+        env.headers.retain(|(k, _)| {
+            !k.eq_ignore_ascii_case(SERVED_HEADER) && !k.eq_ignore_ascii_case(FED_GROUP_HEADER)
+        });
+        if let Some(g) = &group {
+            let to = format!("{} {}", g.filter, g.name);
+            env.headers
+                .push((FED_GROUP_HEADER.to_owned(), to.into_bytes()));
         }
         match m.reply.clone() {
             Some(reply) => match shared.requests.clone().try_acquire_owned() {

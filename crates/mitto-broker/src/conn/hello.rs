@@ -84,7 +84,8 @@ pub(super) async fn handshake(
     let admit = |h: &Hello| {
         let answer = decide(core, conn, h, is_local, &mut d)?;
         if let Some(slot) = &slot {
-            offer_port(core, conn, slot, wake, &mut d);
+            let fabric = crate::fabric::is_federation(is_local, &h.name);
+            offer_port(core, conn, slot, wake, fabric, &mut d);
         }
         Ok(answer)
     };
@@ -225,7 +226,14 @@ pub(super) async fn take_over(core: &Core, a: &mut Admitted) -> bool {
 }
 
 /// Gives an in-process client its entry points (on its resumed mailbox, or a new one).
-fn offer_port(core: &Arc<Core>, conn: u64, slot: &PortSlot, wake: &Waker, d: &mut Decision) {
+fn offer_port(
+    core: &Arc<Core>,
+    conn: u64,
+    slot: &PortSlot,
+    wake: &Waker,
+    fabric: bool,
+    d: &mut Decision,
+) {
     let (id, mailbox) = match &d.resumed {
         Some(back) => (back.conn, back.mailbox.clone()),
         None => {
@@ -241,6 +249,7 @@ fn offer_port(core: &Arc<Core>, conn: u64, slot: &PortSlot, wake: &Waker, d: &mu
         mailbox,
         perms: d.perms.clone(),
         uid: Port::next_uid(),
+        fabric,
     }));
 }
 

@@ -506,7 +506,7 @@ fn dead_letter(core: &Core, spec: &ConsumerSpec, st: &Stream, seq: u64, deliveri
     if let Err(e) = super::capture(core, &f) {
         tracing::warn!(subject = dl, error = %e.message(), "dead letter not stored");
     }
-    if let Err(e) = core.publish_owned(f, &mut RouteCache::default()) {
+    if let Err(e) = core.publish_owned(f, &mut RouteCache::default(), &crate::fabric::Scope::All) {
         tracing::warn!(subject = dl, error = %e.message(), "dead letter not published");
     }
 }

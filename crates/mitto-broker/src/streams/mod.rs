@@ -208,6 +208,20 @@ pub(crate) async fn close(core: &Core) {
     lock(&s.dir_lock).take();
 }
 
+/// [`capture`] of a publish routed within `scope`: a copy the federation brings for a queue
+/// group is the second copy of a message this broker may also get for its plain
+/// subscriptions, so a stream stores only the plain one.
+pub(crate) fn capture_in(
+    core: &Core,
+    f: &Frame,
+    scope: &crate::fabric::Scope,
+) -> Result<Option<Stored>, Error> {
+    match scope {
+        crate::fabric::Scope::Group(_) => Ok(None),
+        _ => capture(core, f),
+    }
+}
+
 /// Appends a PUBLISH that a stream captures; `None` when no stream does (or streams are off).
 /// A refusal known at once (a full queue, a record too large, a stopped stream) is an error
 /// for the publisher; a later one comes through the completion.
