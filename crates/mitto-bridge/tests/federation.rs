@@ -549,6 +549,108 @@ async fn services_span_brokers_each_call_answered_once() {
     }
 }
 
+/// A service on `filter` at `broker` that answers `<tag>:<method>` and counts its calls.
+async fn tagged(
+    broker: &Broker,
+    filter: &str,
+    tag: &'static str,
+) -> (
+    mitto::RunningServer,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = calls.clone();
+    let server = mitto::Server::new()
+        .route(filter, move |req: mitto::Request| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(format!("{tag}:{}", req.method())) }
+        })
+        .attach(&broker.urls()[0], client_opts())
+        .await
+        .unwrap();
+    (server, calls)
+}
+
+/// `c`'s call of `method`, retried while no broker offers it yet.
+async fn call_when_offered(c: &Client, method: &str) -> String {
+    for _ in 0..400 {
+        match c.request(method, "x").await {
+            Ok(r) => return String::from_utf8_lossy(&r).into_owned(),
+            Err(e) if e.status() == Status::NO_RESPONDERS => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+    panic!("{method} was never offered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_services_span_brokers() {
+    use std::sync::atomic::Ordering;
+    if !nats_server::available() {
+        return;
+    }
+    let p = unique("fedwild");
+    let nodes = NatsServer::cluster(3, &p);
+    let (b0, c0) = federated(&nodes, 0).await;
+    let (b1, c1) = federated(&nodes, 1).await;
+    let (b2, c2) = federated(&nodes, 2).await;
+    // `calc.*` on broker 1, `calc.add` on broker 2, nothing on broker 0.
+    let (s1, star) = tagged(&b1, &format!("{p}.calc.*"), "star").await;
+    let (s2, add) = tagged(&b2, &format!("{p}.calc.add"), "add").await;
+    let (mul, plus) = (format!("{p}.calc.mul"), format!("{p}.calc.add"));
+    assert_eq!(call_when_offered(&c0, &mul).await, format!("star:{mul}"));
+    call_when_offered(&c0, &plus).await;
+    // Broker 2 has no `calc.*` of its own: its `calc.mul` crosses to broker 1.
+    assert_eq!(call_when_offered(&c2, &mul).await, format!("star:{mul}"));
+    let (n1, n2) = (star.load(Ordering::SeqCst), add.load(Ordering::SeqCst));
+    assert_eq!(n1 + n2, 3, "each call ran once");
+
+    // From broker 0: `calc.add` goes to one of the two brokers that take it, once.
+    for i in 0..20 {
+        let r = c0.request(&plus, format!("{i}")).await.unwrap();
+        let r = String::from_utf8_lossy(&r).into_owned();
+        assert!(
+            r == format!("star:{plus}") || r == format!("add:{plus}"),
+            "{r}"
+        );
+    }
+    let (m1, m2) = (star.load(Ordering::SeqCst), add.load(Ordering::SeqCst));
+    assert_eq!(m1 + m2, n1 + n2 + 20, "each call ran once: {m1} + {m2}");
+    // A broker with an instance that takes a call keeps it: broker 1's `calc.*` takes its
+    // `calc.add`, broker 2's `calc.add` its own (not broker 1's `calc.*` through a proxy).
+    for _ in 0..20 {
+        assert_eq!(c2.request(&plus, "x").await.unwrap(), format!("add:{plus}"));
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            c1.request(&plus, "x").await.unwrap(),
+            format!("star:{plus}")
+        );
+    }
+    assert_eq!(star.load(Ordering::SeqCst), m1 + 20);
+    assert_eq!(add.load(Ordering::SeqCst), m2 + 20);
+
+    // The wildcard instance goes: `calc.mul` finds no one anywhere.
+    s1.shutdown().await;
+    let mut gone = false;
+    for _ in 0..200 {
+        match c0.request(&mul, "x").await {
+            Err(e) if e.status() == Status::NO_RESPONDERS => {
+                gone = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    assert!(gone, "broker 0 still offers a service no broker has");
+    s2.shutdown().await;
+    for b in [b0, b1, b2] {
+        b.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_whose_nats_is_away_serves_its_clients_and_stops() {
     let cfg = BrokerConfig {

@@ -94,9 +94,9 @@ impl Core {
     }
 
     /// Routes a REQUEST from connection `conn`: to one registered service instance, else to
-    /// the subscribers of its subject (the first reply to the request's inbox becomes the
-    /// RESPONSE; `scope`: which of them, `Scope::All` but for the federation's copies).
-    /// Returns the immediate answer, if any.
+    /// the subscribers of its subject within `scope` (`Scope::All` but for the federation's
+    /// copies; the first reply to the request's inbox becomes the RESPONSE). Returns the
+    /// immediate answer, if any.
     pub(crate) fn request(
         self: &Arc<Self>,
         conn: u64,
@@ -128,7 +128,15 @@ impl Core {
             id: f.id,
             mailbox: mailbox.clone(),
         };
-        let found = self.service_instances(f.subject.as_str());
+        let mut found = self.service_instances(f.subject.as_str());
+        if found.iter().any(|r| r.fabric) {
+            // The federation's proxies of other brokers' services take only calls no instance
+            // here can, and never one from the fabric (it would go round between brokers).
+            let from_fabric = !matches!(scope, Scope::All);
+            if from_fabric || found.iter().any(|r| !r.fabric) {
+                found.retain(|r| !r.fabric);
+            }
+        }
         if !found.is_empty() {
             return self.call_service(caller, found, f, due);
         }

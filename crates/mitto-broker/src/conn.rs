@@ -402,6 +402,7 @@ impl BrokerReactor {
             },
             queue: QueueGroup::of(&filter, opts.queue),
             mailbox: self.mailbox.clone(),
+            fabric: self.fabric,
         };
         self.core.register(&filter, r);
         if f.flags.contains(Flags::ACK_REQUIRED) {

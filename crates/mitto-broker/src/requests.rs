@@ -29,6 +29,8 @@ pub(crate) struct ServiceRef {
     pub(crate) max_pending: u32,
     pub(crate) queue: Option<Arc<QueueGroup>>,
     pub(crate) mailbox: Arc<Mailbox>,
+    /// Registered by the broker's federation: a proxy of another broker's service.
+    pub(crate) fabric: bool,
 }
 
 /// A timer's place in [`Timers`]: its deadline and a sequence number (for equal deadlines).
@@ -497,6 +499,7 @@ mod tests {
             max_pending,
             queue: None,
             mailbox: mailbox(),
+            fabric: false,
         }
     }
 

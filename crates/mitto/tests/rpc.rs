@@ -706,3 +706,26 @@ async fn spinning_connections_sleep_once_traffic_stops() {
         srv.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_method_named_with_wildcards_takes_the_calls_its_filter_matches() {
+    let server = Server::new()
+        .route("orders.*", |req: Request| async move {
+            Ok(format!("star:{}", req.method()))
+        })
+        .route("orders.>", |req: Request| async move {
+            Ok(format!("rest:{}", req.method()))
+        })
+        .route("orders.new", |_req: Request| async move { Ok("exact") });
+    let running = server.bind("mem://rpc-wildcard-routes").await.unwrap();
+    let c = Client::connect("mem://rpc-wildcard-routes", mitto::ClientOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(c.call("orders.new", "").await.unwrap(), "exact");
+    // Both filters match: the first in byte order ('*' < '>').
+    assert_eq!(c.call("orders.old", "").await.unwrap(), "star:orders.old");
+    assert_eq!(c.call("orders.a.b", "").await.unwrap(), "rest:orders.a.b");
+    let e = c.call("invoices.a", "").await.unwrap_err();
+    assert_eq!(e.status(), Status::METHOD_NOT_FOUND);
+    running.shutdown().await;
+}

@@ -15,9 +15,11 @@
 //! - **Requests.** A local request the mirror receives becomes a NATS request with the time
 //!   left; the broker that takes it asks its own clients and sends the first reply back. A
 //!   request no broker is interested in is answered NO_RESPONDERS by the local broker at once.
-//! - **Services.** Each broker announces its services' subjects too and serves them in one NATS
-//!   queue group; a broker without an instance of another broker's service registers a proxy
-//!   that carries each call to one broker serving it (so each call runs once).
+//! - **Services.** Each broker announces its services' subjects (or filters) too and serves
+//!   them in one NATS queue group; a broker without an instance of another broker's service
+//!   registers a proxy that carries each call to one broker serving it (so each call runs
+//!   once). Its broker gives the proxy only calls none of its own instances takes, and none
+//!   from the fabric.
 
 mod interest;
 mod route;
@@ -323,18 +325,16 @@ impl<K> Drop for Subs<K> {
 struct Proxies(HashMap<String, mitto::RunningServer>);
 
 impl Proxies {
-    /// Serves here each literal subject of `remote` this broker has no service for; stops the
-    /// others.
+    /// Serves here each subject (or filter) of `remote` this broker has no service on; stops
+    /// the others. The broker gives a proxy only the calls no instance of its own takes, and
+    /// no call from the fabric.
     async fn sync(&mut self, shared: &Arc<Shared>, remote: &BTreeSet<String>) {
         let local = shared
             .services
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default();
-        let want: BTreeSet<&String> = remote
-            .iter()
-            .filter(|s| !local.contains(*s) && !s.split('.').any(|t| t == "*" || t == ">"))
-            .collect();
+        let want: BTreeSet<&String> = remote.iter().filter(|s| !local.contains(*s)).collect();
         let gone: Vec<String> = self
             .0
             .keys()

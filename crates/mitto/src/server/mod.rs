@@ -27,6 +27,7 @@ use self::shared::Shared;
 use self::stats::Stats;
 use crate::error::Result;
 use crate::transport::Endpoint;
+use mitto_proto::Subject;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::fmt;
@@ -73,6 +74,27 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
+    /// The route of method `subject`: the one that names it, else the first filter (in byte
+    /// order) that matches it.
+    #[inline]
+    fn route_of(&self, subject: &Subject) -> Option<&Route> {
+        if let Some(r) = self.routes.get(&subject.as_bytes()[..]) {
+            return Some(r);
+        }
+        let subject = subject.as_str();
+        self.routes
+            .iter()
+            .filter(|(k, r)| {
+                r.name.is_none()
+                    && std::str::from_utf8(k).is_ok_and(|k| {
+                        k.split('.').any(|t| t == "*" || t == ">")
+                            && mitto_proto::subject::matches(k, subject)
+                    })
+            })
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, r)| r)
+    }
+
     /// A server with default options and no routes.
     ///
     /// ```

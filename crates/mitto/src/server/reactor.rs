@@ -66,7 +66,7 @@ fn admit<'a>(
         )
         .retryable());
     }
-    let Some(route) = shared.server.routes.get(&f.subject.as_bytes()[..]) else {
+    let Some(route) = shared.server.route_of(&f.subject) else {
         return Ok(Admitted::Misfit(Error::new(
             Status::METHOD_NOT_FOUND,
             format!("no method {:?} on this server", f.subject.as_str()),

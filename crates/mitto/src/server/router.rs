@@ -57,7 +57,10 @@ pub(super) fn missing(what: &str) -> Error {
 
 impl Server {
     pub(super) fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Server {
-        let name = Subject::interned(method).ok();
+        // A filter's calls are named by their own subjects.
+        let name = Subject::interned(method)
+            .ok()
+            .filter(|s| !s.has_wildcards());
         self.routes.insert(
             method.as_bytes().into(),
             Route {
@@ -71,6 +74,11 @@ impl Server {
 
     /// A unary handler over raw requests: it sees headers, payload, deadline and peer, and
     /// answers anything that converts into a [`Response`] (`Bytes`, `Vec<u8>`, `String`, ...).
+    ///
+    /// A method named with wildcards (`"orders.*"`, `"orders.>"`) takes every call its filter
+    /// matches that no route names exactly (the first such filter in byte order when several
+    /// match); [`Request::method`] is then the call's own subject. Attached to a broker, it
+    /// registers the filter.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
