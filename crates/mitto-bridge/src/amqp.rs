@@ -101,24 +101,31 @@ pub(crate) struct AmqpLink {
 }
 
 impl Link for AmqpLink {
-    async fn send(&self, env: Envelope) -> Result<Confirm, String> {
-        let confirm = self
-            .ch
-            .basic_publish(
-                self.exchange.clone(),
-                env.name.as_str().into(),
-                BasicPublishOptions::default(),
-                &env.payload,
-                properties(&env),
-            )
-            .await
-            .map_err(err)?;
+    async fn send(&self, batch: &[Envelope]) -> Result<Confirm, String> {
+        let mut confirms = Vec::with_capacity(batch.len());
+        for env in batch {
+            let c = self
+                .ch
+                .basic_publish(
+                    self.exchange.clone(),
+                    env.name.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &env.payload,
+                    properties(env),
+                )
+                .await
+                .map_err(err)?;
+            confirms.push(c);
+        }
         Ok(async move {
-            match confirm.await {
-                Ok(c) if c.is_ack() => Ok(()),
-                Ok(_) => Err("the broker refused it (nack)".to_owned()),
-                Err(e) => Err(e.to_string()),
+            for c in confirms {
+                match c.await {
+                    Ok(c) if c.is_ack() => {}
+                    Ok(_) => return Err("the broker refused it (nack)".to_owned()),
+                    Err(e) => return Err(e.to_string()),
+                }
             }
+            Ok(())
         }
         .boxed())
     }

@@ -38,10 +38,20 @@ impl Envelope {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// Replaces the origin header with `origin`.
-    pub(crate) fn set_origin(&mut self, origin: &str) {
+    /// Whether it carries any header (content type and correlation id included).
+    pub(crate) fn has_headers(&self) -> bool {
+        self.content_type.is_some() || self.correlation_id.is_some() || !self.headers.is_empty()
+    }
+
+    /// Removes the origin header.
+    pub(crate) fn clear_origin(&mut self) {
         self.headers
             .retain(|(k, _)| !k.eq_ignore_ascii_case(ORIGIN_HEADER));
+    }
+
+    /// Replaces the origin header with `origin`.
+    pub(crate) fn set_origin(&mut self, origin: &str) {
+        self.clear_origin();
         self.headers
             .push((ORIGIN_HEADER.to_owned(), origin.as_bytes().to_vec()));
     }

@@ -8,12 +8,14 @@
 //! subjects it carries out, and publishes with the broker's ACK what it carries in. So:
 //!
 //! - **out**: a message is ACKed to the broker only after the backend confirmed it (AMQP
-//!   publisher confirm, MQTT PUBACK, NATS flush or JetStream ack); a crash before that makes
+//!   publisher confirm, MQTT PUBACK, a NATS round trip or JetStream ack; one confirm settles
+//!   a batch); a crash before that makes
 //!   the broker deliver it again. A publisher's own ACK (ACK_REQUIRED) means the broker holds
 //!   the message for the bridge, not that the backend has it.
 //! - **in**: a message is acknowledged to the backend only after the broker ACKed its publish.
-//! - **loops**: each message that crosses carries the `mitto-origin` header naming the bridge;
-//!   a bridge never carries a message back the way it came.
+//! - **loops**: a message carried in, or carried out where a way in of the same bridge could
+//!   take it back, carries the `mitto-origin` header naming the bridge; a bridge never carries a
+//!   message back the way it came.
 //! - **backend down**: the bridge reconnects with backoff and holds up to `buffer_msgs` /
 //!   `buffer_bytes` for it; past that the oldest are given up and counted (`drops`). Other
 //!   bridges and the broker's own clients are not held up.
@@ -170,7 +172,7 @@ impl Bridge {
         let stats = Arc::new(Stats::default());
         let (stop, stop_rx) = watch::channel(false);
         let maps = cfg.mappings()?;
-        let inbound = maps
+        let inbound: Vec<_> = maps
             .iter()
             .filter(|m| m.direction.inbound())
             .map(|m| m.rule.clone())
@@ -178,10 +180,13 @@ impl Bridge {
         let outbound: Vec<_> = maps
             .iter()
             .filter(|m| m.direction.outbound())
-            .map(|m| m.rule.clone())
+            .map(|m| {
+                let comes_back = inbound.iter().any(|i| m.rule.remote_overlaps(i));
+                (m.rule.clone(), comes_back)
+            })
             .collect();
         let mut subs = Vec::new();
-        for r in &outbound {
+        for (r, _) in &outbound {
             let opts = SubscribeOptions {
                 delivery: Delivery::AtLeastOnce,
                 policy: Policy::DropNewest,

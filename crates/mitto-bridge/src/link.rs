@@ -21,8 +21,9 @@ pub(crate) struct Ctx {
     pub(crate) mitto: mitto::Client,
     /// Rules of the mappings into mitto.
     pub(crate) inbound: Vec<Rule>,
-    /// Rules of the mappings out of mitto.
-    pub(crate) outbound: Vec<Rule>,
+    /// Rules of the mappings out of mitto, each with whether a way in of this bridge could take
+    /// back what it carries out (then it carries the origin header).
+    pub(crate) outbound: Vec<(Rule, bool)>,
     pub(crate) stop: watch::Receiver<bool>,
 }
 
@@ -33,14 +34,15 @@ impl Ctx {
     }
 }
 
-/// Resolves once the backend confirmed one message.
+/// Resolves once the backend confirmed every message of one batch; an error when it did not
+/// confirm them all.
 pub(crate) type Confirm = BoxFuture<'static, Result<(), String>>;
 
 /// A connected backend's way of taking messages.
 pub(crate) trait Link: Clone + Send + Sync + 'static {
-    /// Hands one message to the backend, in order with the ones before; the returned future
-    /// resolves once the backend confirmed it.
-    fn send(&self, env: Envelope) -> impl Future<Output = Result<Confirm, String>> + Send;
+    /// Hands `batch` to the backend, in order and after the batches before; the returned future
+    /// resolves once the backend confirmed every message of it.
+    fn send(&self, batch: &[Envelope]) -> impl Future<Output = Result<Confirm, String>> + Send;
     /// Marks the connection broken, so that it is made again.
     fn trip(&self);
 }

@@ -183,8 +183,9 @@ fn wildcards(toks: &[Tok]) -> Vec<&Tok> {
     toks.iter().filter(|t| !matches!(t, Tok::Lit(_))).collect()
 }
 
-/// Matches concrete `parts` against `pattern`, returning what each wildcard matched.
-fn capture<'a>(pattern: &[Tok], parts: &[&'a str]) -> Option<Vec<Vec<&'a str>>> {
+/// Matches concrete `parts` against `pattern`, returning the range of `parts` each wildcard
+/// matched.
+fn capture(pattern: &[Tok], parts: &[&str]) -> Option<Vec<std::ops::Range<usize>>> {
     let mut caps = Vec::new();
     let mut i = 0;
     for (k, tok) in pattern.iter().enumerate() {
@@ -196,7 +197,8 @@ fn capture<'a>(pattern: &[Tok], parts: &[&'a str]) -> Option<Vec<Vec<&'a str>>> 
                 i += 1;
             }
             Tok::One => {
-                caps.push(vec![*parts.get(i)?]);
+                parts.get(i)?;
+                caps.push(i..i + 1);
                 i += 1;
             }
             Tok::Rest => {
@@ -204,7 +206,7 @@ fn capture<'a>(pattern: &[Tok], parts: &[&'a str]) -> Option<Vec<Vec<&'a str>>> 
                 if i >= parts.len() {
                     return None;
                 }
-                caps.push(parts[i..].to_vec());
+                caps.push(i..parts.len());
                 i = parts.len();
             }
         }
@@ -212,21 +214,46 @@ fn capture<'a>(pattern: &[Tok], parts: &[&'a str]) -> Option<Vec<Vec<&'a str>>> 
     (i == parts.len()).then_some(caps)
 }
 
-fn fill(pattern: &[Tok], caps: Vec<Vec<&str>>, sep: char) -> String {
-    let mut caps = caps.into_iter();
-    let mut out: Vec<String> = Vec::new();
+/// `pattern` with its wildcards filled in by the captured `parts`, joined by `sep`.
+fn fill(pattern: &[Tok], parts: &[&str], caps: &[std::ops::Range<usize>], sep: char) -> String {
+    let mut caps = caps.iter();
+    let mut out = String::new();
+    let mut first = true;
+    let mut push = |t: &str| {
+        if !first {
+            out.push(sep);
+        }
+        first = false;
+        out.push_str(t);
+    };
     for tok in pattern {
         match tok {
-            Tok::Lit(l) => out.push(l.clone()),
-            Tok::One | Tok::Rest => out.extend(
-                caps.next()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(str::to_owned),
-            ),
+            Tok::Lit(l) => push(l),
+            Tok::One | Tok::Rest => {
+                for t in caps.next().map_or(&[][..], |r| &parts[r.clone()]) {
+                    push(t);
+                }
+            }
         }
     }
-    out.join(&sep.to_string())
+    out
+}
+
+/// Whether some concrete name matches both patterns.
+fn patterns_overlap(a: &[Tok], b: &[Tok]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        (Some(Tok::Rest), _) => !b.is_empty(),
+        (_, Some(Tok::Rest)) => !a.is_empty(),
+        (None, _) | (_, None) => false,
+        (Some(x), Some(y)) => {
+            let tok_ok = match (x, y) {
+                (Tok::Lit(x), Tok::Lit(y)) => x == y,
+                _ => true,
+            };
+            tok_ok && patterns_overlap(&a[1..], &b[1..])
+        }
+    }
 }
 
 fn render(toks: &[Tok], syntax: Option<Syntax>) -> String {
@@ -288,13 +315,15 @@ impl Rule {
         let Some(caps) = capture(&self.mitto, &parts) else {
             return Ok(None);
         };
-        for t in caps.iter().flatten() {
-            check_remote_token(t, self.syntax).map_err(|reason| MapError::Unmappable {
-                name: subject.to_owned(),
-                reason,
-            })?;
+        for r in &caps {
+            for t in &parts[r.clone()] {
+                check_remote_token(t, self.syntax).map_err(|reason| MapError::Unmappable {
+                    name: subject.to_owned(),
+                    reason,
+                })?;
+            }
         }
-        let name = fill(&self.remote, caps, self.syntax.sep());
+        let name = fill(&self.remote, &parts, &caps, self.syntax.sep());
         if name.len() > self.syntax.max_len() {
             return Err(MapError::Unmappable {
                 name: subject.to_owned(),
@@ -304,6 +333,12 @@ impl Rule {
         Ok(Some(name))
     }
 
+    /// Whether some backend name is covered by both this rule and `other` (of the same
+    /// backend): what one carries out, the other could carry back in.
+    pub fn remote_overlaps(&self, other: &Rule) -> bool {
+        patterns_overlap(&self.remote, &other.remote)
+    }
+
     /// The mitto subject for the backend name `name`: `Ok(None)` when the rule does not cover it.
     pub fn to_mitto(&self, name: &str) -> Result<Option<String>, MapError> {
         let parts: Vec<&str> = name.split(self.syntax.sep()).collect();
@@ -311,13 +346,17 @@ impl Rule {
             return Ok(None);
         };
         // One backend level is one mitto token: a level with a '.' would become two.
-        if caps.iter().flatten().any(|t| t.contains('.')) {
+        if caps
+            .iter()
+            .flat_map(|r| &parts[r.clone()])
+            .any(|t| t.contains('.'))
+        {
             return Err(MapError::Unmappable {
                 name: name.to_owned(),
                 reason: "a level holds '.', which separates mitto tokens",
             });
         }
-        let subject = fill(&self.mitto, caps, '.');
+        let subject = fill(&self.mitto, &parts, &caps, '.');
         match Subject::literal(&subject) {
             Ok(_) => Ok(Some(subject)),
             Err(_) => Err(MapError::Unmappable {
@@ -460,5 +499,17 @@ mod tests {
         assert!(!filters_overlap("a.*", "b.*"));
         assert!(!filters_overlap("a.*", "a.b.c"));
         assert!(filters_overlap("*.*.c", "a.>"));
+    }
+
+    #[test]
+    fn overlap_of_backend_sides() {
+        let r = |m: &str, remote: Option<&str>| Rule::new(m, remote, Syntax::Mqtt).unwrap();
+        // Renamed: the backend sides are what count, not the mitto filters.
+        let out = r("orders.>", Some("legacy/orders/#"));
+        assert!(out.remote_overlaps(&r("x.*", Some("legacy/+/eu"))));
+        assert!(!out.remote_overlaps(&r("orders.>", Some("new/orders/#"))));
+        assert!(!out.remote_overlaps(&r("x", Some("legacy/orders"))));
+        assert!(r("a.*", None).remote_overlaps(&r("a.b", None)));
+        assert!(!r("a.*", None).remote_overlaps(&r("a.b.c", None)));
     }
 }

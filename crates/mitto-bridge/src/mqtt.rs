@@ -77,15 +77,26 @@ pub(crate) struct Acks {
 
 pub(crate) type SharedAcks = Arc<Mutex<Acks>>;
 
+/// A confirm waited for.
+pub(crate) type Expected = oneshot::Receiver<Result<(), String>>;
+
 /// Registers a confirm before its publish is handed to the event loop.
-pub(crate) fn expect(acks: &SharedAcks) -> Confirm {
+pub(crate) fn expect(acks: &SharedAcks) -> Expected {
     let (tx, rx) = oneshot::channel();
     if let Ok(mut a) = acks.lock() {
         a.queued.push_back(tx);
     }
+    rx
+}
+
+/// Resolves once every confirm of a batch came, or at the first that failed.
+pub(crate) fn all(expected: Vec<Expected>) -> Confirm {
     async move {
-        rx.await
-            .unwrap_or_else(|_| Err("the connection ended before the PUBACK".to_owned()))
+        for rx in expected {
+            rx.await
+                .unwrap_or_else(|_| Err("the connection ended before the PUBACK".to_owned()))?;
+        }
+        Ok(())
     }
     .boxed()
 }
@@ -168,14 +179,23 @@ pub(crate) struct MqttLink {
 }
 
 impl Link for MqttLink {
-    async fn send(&self, env: Envelope) -> Result<Confirm, String> {
-        let confirm = expect(&self.acks);
-        let props = properties(&env);
-        self.client
-            .publish_with_properties(env.name, self.qos, false, env.payload, props)
-            .await
-            .map_err(err)?;
-        Ok(confirm)
+    async fn send(&self, batch: &[Envelope]) -> Result<Confirm, String> {
+        let mut expected = Vec::with_capacity(batch.len());
+        for env in batch {
+            expected.push(expect(&self.acks));
+            let props = properties(env);
+            self.client
+                .publish_with_properties(
+                    env.name.clone(),
+                    self.qos,
+                    false,
+                    env.payload.clone(),
+                    props,
+                )
+                .await
+                .map_err(err)?;
+        }
+        Ok(all(expected))
     }
 
     fn trip(&self) {
@@ -297,9 +317,9 @@ mod tests {
     #[tokio::test]
     async fn confirms_pair_with_packet_ids_in_order() {
         let acks = SharedAcks::default();
-        let a = expect(&acks);
-        let b = expect(&acks);
-        let c = expect(&acks);
+        let a = all(vec![expect(&acks)]);
+        let b = all(vec![expect(&acks)]);
+        let c = all(vec![expect(&acks)]);
         written(&acks, 7);
         written(&acks, 8);
         written(&acks, 0); // QoS 0: done once written
@@ -310,7 +330,7 @@ mod tests {
         assert!(b.await.unwrap_err().contains("NotAuthorized"));
         assert_eq!(c.await, Ok(()));
         // A confirm whose connection went away fails, so the message is sent again.
-        let d = expect(&acks);
+        let d = all(vec![expect(&acks)]);
         drop(acks);
         assert!(d.await.is_err());
     }

@@ -5,7 +5,7 @@
 use crate::envelope::Envelope;
 use crate::link::{Backend, Confirm, Ctx, Link, Session, Trip};
 use crate::mqtt::{
-    acked, deliver_until_taken, err, expect, parse_url, qos, written, AbortOnDrop, SharedAcks,
+    acked, all, deliver_until_taken, err, expect, parse_url, qos, written, AbortOnDrop, SharedAcks,
 };
 use futures_util::FutureExt;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
@@ -22,13 +22,16 @@ pub(crate) struct Mqtt3Link {
 }
 
 impl Link for Mqtt3Link {
-    async fn send(&self, env: Envelope) -> Result<Confirm, String> {
-        let confirm = expect(&self.acks);
-        self.client
-            .publish(env.name, self.qos, false, env.payload)
-            .await
-            .map_err(err)?;
-        Ok(confirm)
+    async fn send(&self, batch: &[Envelope]) -> Result<Confirm, String> {
+        let mut expected = Vec::with_capacity(batch.len());
+        for env in batch {
+            expected.push(expect(&self.acks));
+            self.client
+                .publish(env.name.clone(), self.qos, false, env.payload.clone())
+                .await
+                .map_err(err)?;
+        }
+        Ok(all(expected))
     }
 
     fn trip(&self) {

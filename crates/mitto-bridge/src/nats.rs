@@ -12,12 +12,12 @@ use crate::link::{Backend, Confirm, Ctx, Link, Session, Trip};
 use crate::stats::{bump, State};
 use async_nats::client::RequestErrorKind;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::BoxFuture;
 use futures_util::stream::select_all;
 use futures_util::{FutureExt, StreamExt};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const CONTENT_TYPE: &str = "content-type";
 const CORRELATION_ID: &str = "correlation-id";
@@ -77,47 +77,17 @@ pub(crate) fn envelope(m: &async_nats::Message) -> Envelope {
     env
 }
 
-type RoundTrip = Shared<BoxFuture<'static, Result<(), String>>>;
-
 /// Confirms core NATS publishes. `flush` only writes to the socket; a request on a subject
 /// nobody serves is answered (no responders) only after the server processed every publish
-/// sent before it on the connection. One round trip covers every message sent before it.
-struct RoundTrips {
+/// sent before it on the connection. One round trip covers a whole batch.
+async fn round_trip(
     client: async_nats::Client,
-    subject: String,
-    sent: AtomicU64,
-    current: Mutex<Option<(u64, RoundTrip)>>,
-}
-
-impl RoundTrips {
-    /// The confirm of the `n`th message sent.
-    fn confirm(self: &Arc<Self>, n: u64) -> BoxFuture<'static, Result<(), String>> {
-        let me = self.clone();
-        async move {
-            let rt = {
-                let mut cur = me.current.lock().map_err(err)?;
-                match &*cur {
-                    Some((covers, rt)) if *covers >= n => rt.clone(),
-                    _ => {
-                        let covers = me.sent.load(Ordering::Acquire);
-                        let (c, s) = (me.client.clone(), me.subject.clone());
-                        let rt = async move {
-                            match c.request(s, bytes::Bytes::new()).await {
-                                Ok(_) => Ok(()),
-                                Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-                                Err(e) => Err(err(e)),
-                            }
-                        }
-                        .boxed()
-                        .shared();
-                        *cur = Some((covers, rt.clone()));
-                        rt
-                    }
-                }
-            };
-            rt.await
-        }
-        .boxed()
+    subject: async_nats::Subject,
+) -> Result<(), String> {
+    match client.request(subject, bytes::Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(err(e)),
     }
 }
 
@@ -125,7 +95,8 @@ impl RoundTrips {
 pub(crate) struct NatsLink {
     client: async_nats::Client,
     js: Option<async_nats::jetstream::Context>,
-    round_trips: Arc<RoundTrips>,
+    /// Where round trips go: a subject nobody serves.
+    confirm_subject: async_nats::Subject,
     trip: Trip,
 }
 
@@ -144,23 +115,43 @@ impl NatsLink {
 }
 
 impl Link for NatsLink {
-    async fn send(&self, env: Envelope) -> Result<Confirm, String> {
-        let h = headers(&env);
+    async fn send(&self, batch: &[Envelope]) -> Result<Confirm, String> {
         match &self.js {
             Some(js) => {
-                let ack = js
-                    .publish_with_headers(env.name, h, env.payload)
-                    .await
-                    .map_err(err)?;
-                Ok(self.until_lost(async move { ack.await.map(|_| ()).map_err(err) }.boxed()))
+                let mut acks = Vec::with_capacity(batch.len());
+                for env in batch {
+                    let ack = js
+                        .publish_with_headers(env.name.clone(), headers(env), env.payload.clone())
+                        .await
+                        .map_err(err)?;
+                    acks.push(ack);
+                }
+                Ok(self.until_lost(
+                    async move {
+                        for ack in acks {
+                            ack.await.map_err(err)?;
+                        }
+                        Ok(())
+                    }
+                    .boxed(),
+                ))
             }
             None => {
-                self.client
-                    .publish_with_headers(env.name, h, env.payload)
-                    .await
-                    .map_err(err)?;
-                let n = self.round_trips.sent.fetch_add(1, Ordering::AcqRel) + 1;
-                Ok(self.until_lost(self.round_trips.confirm(n)))
+                for env in batch {
+                    let (name, payload) = (env.name.clone(), env.payload.clone());
+                    // Without headers, a plain PUB: nothing for the server or the subscribers
+                    // to parse.
+                    let sent = if env.has_headers() {
+                        self.client
+                            .publish_with_headers(name, headers(env), payload)
+                            .await
+                    } else {
+                        self.client.publish(name, payload).await
+                    };
+                    sent.map_err(err)?;
+                }
+                let rt = round_trip(self.client.clone(), self.confirm_subject.clone());
+                Ok(self.until_lost(rt.boxed()))
             }
         }
     }
@@ -211,16 +202,10 @@ impl Backend for Nats {
             .cfg
             .jetstream
             .then(|| async_nats::jetstream::new(client.clone()));
-        let round_trips = Arc::new(RoundTrips {
-            client: client.clone(),
-            subject: format!("_MITTO.confirm.{:016x}", rand::random::<u64>()),
-            sent: AtomicU64::new(0),
-            current: Mutex::new(None),
-        });
         let link = NatsLink {
             client: client.clone(),
             js,
-            round_trips,
+            confirm_subject: format!("_MITTO.confirm.{:016x}", rand::random::<u64>()).into(),
             trip: trip.clone(),
         };
         let session = async move {

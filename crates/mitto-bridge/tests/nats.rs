@@ -164,3 +164,72 @@ async fn jetstream_out_confirmed_only_once_a_stream_stored_it() {
     broker.shutdown().await;
     js.delete_stream(&name).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_out_arrives_whole_in_order_and_unmarked_when_nothing_comes_back() {
+    if !up("NATS", 4222) {
+        return;
+    }
+    let name = unique("natsout");
+    let cfg = BridgeConfig::new(&name, Kind::Nats, "nats://127.0.0.1:4222").map(
+        &format!("{name}.>"),
+        None,
+        Some(mitto_bridge::Direction::Out),
+    );
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let other = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 16)
+        .connect("127.0.0.1:4222")
+        .await
+        .unwrap();
+    let mut got = other.subscribe(format!("{name}.>")).await.unwrap();
+    nats_sync(&other).await;
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+
+    // Another bridge's mark on the way in is not passed on; the other headers are.
+    let h = Headers::builder()
+        .insert_custom(ORIGIN_HEADER, "another-bridge.1")
+        .unwrap()
+        .insert_custom("tenant", "acme")
+        .unwrap()
+        .build();
+    app.publish_with(
+        &format!("{name}.h"),
+        "h",
+        PublishOptions::new().headers(h).ack(),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), got.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let h = m.headers.unwrap();
+    assert_eq!(h.get("tenant").unwrap().as_str(), "acme");
+    assert!(h.get(ORIGIN_HEADER).is_none(), "{h:?}");
+
+    // A burst: every message, once, in the order published (batches settle in order).
+    const N: u32 = 5_000;
+    for i in 0..N {
+        app.publish(&format!("{name}.n"), i.to_string())
+            .await
+            .unwrap();
+    }
+    for i in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(10), got.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {i} of {N} arrived"))
+            .unwrap();
+        assert_eq!(std::str::from_utf8(&m.payload).unwrap(), i.to_string());
+        assert!(m.headers.is_none(), "no mark, no headers");
+    }
+    wait_for("every confirm", || {
+        let s = snap(&broker);
+        s.msgs_out == u64::from(N) + 1 && s.buffered_msgs == 0
+    })
+    .await;
+    let s = snap(&broker);
+    assert_eq!((s.drops, s.errors), (0, 0), "{s:?}");
+    broker.shutdown().await;
+}
