@@ -74,13 +74,11 @@ impl Out {
         }
     }
 
-    /// ACKs `msgs` to the broker (confirmed, skipped or given up).
+    /// ACKs `msgs` to the broker (confirmed, skipped or given up), each subscription its own
+    /// at once.
     fn ack(&self, msgs: &[Message]) {
-        // Any subscription of the client ACKs by the message's own subscription id.
-        if let Some(s) = self.subs.iter().next() {
-            for m in msgs {
-                s.ack(m);
-            }
+        for s in self.subs.iter() {
+            s.ack_all(msgs);
         }
     }
 

@@ -204,6 +204,19 @@ struct Queue {
 }
 
 impl LocalQueue for Queue {
+    fn ack(&self, ids: &[u64]) {
+        // As `on_ack` does for each ACK frame: a stream consumer's deliveries go to its engine,
+        // the others to the mailbox (under one lock).
+        let n = if crate::streams::is_bound(&self.core, self.conn, self.sid) {
+            ids.iter()
+                .filter(|id| crate::streams::on_ack(&self.core, self.conn, self.sid, **id))
+                .count()
+        } else {
+            self.mailbox.ack_all(self.sid, ids)
+        };
+        self.core.stats.acks.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     fn poll_batch(
         &self,
         cx: &mut Context<'_>,

@@ -326,6 +326,7 @@ impl Mailbox {
                 if let Some(t) = u.born {
                     s.born.insert(id, t);
                 }
+                a.attempts.insert(id, u.attempts);
                 s.normal.push_front(u.f);
             }
         }

@@ -40,6 +40,7 @@ on_both_transports! {
     case_subscribe_while_publishing => subscribe_while_publishing_inproc, subscribe_while_publishing_tcp;
     case_client_middleware => client_middleware_inproc, client_middleware_tcp;
     case_at_least_once => at_least_once_inproc, at_least_once_tcp;
+    case_ack_all => ack_all_inproc, ack_all_tcp;
     case_urgent => urgent_overtakes_inproc, urgent_overtakes_tcp;
     case_services => services_inproc, services_tcp;
     case_permissions with users => permissions_inproc, permissions_tcp;
@@ -735,6 +736,38 @@ async fn case_at_least_once(env: &Env) {
     sub.ack(&again);
     quiet(&mut sub, Duration::from_millis(400)).await;
     assert_eq!(env.stat("acks"), 2);
+    assert_eq!(env.stat("redeliveries"), 1);
+}
+
+/// `ack_all` acknowledges, at once, what its own subscription delivered and leaves the rest.
+async fn case_ack_all(env: &Env) {
+    let s = env.client().await;
+    let so = SubscribeOptions {
+        delivery: Delivery::AtLeastOnce,
+        ack_wait_ms: 150,
+        ..SubscribeOptions::default()
+    };
+    let mut a = s.subscribe_with("batch.a", so.clone()).await.unwrap();
+    let mut b = s.subscribe_with("batch.b", so).await.unwrap();
+    let p = env.client().await;
+    for j in ["j1", "j2", "j3"] {
+        p.publish("batch.a", j).await.unwrap();
+    }
+    p.publish("batch.b", "k1").await.unwrap();
+    let mut got = vec![next(&mut a).await, next(&mut a).await, next(&mut a).await];
+    got.push(next(&mut b).await);
+    assert_eq!(
+        strings(got.iter().map(text)),
+        strings(["j1", "j2", "j3", "k1"])
+    );
+    a.ack_all(&got);
+    // k1 was b's: left unacknowledged, it comes again (its second delivery); a's do not.
+    let again = next(&mut b).await;
+    assert_eq!((text(&again), again.delivery_count()), ("k1".into(), 2));
+    b.ack_all([&again]);
+    quiet(&mut a, Duration::from_millis(400)).await;
+    quiet(&mut b, Duration::from_millis(100)).await;
+    assert_eq!(env.stat("acks"), 4);
     assert_eq!(env.stat("redeliveries"), 1);
 }
 

@@ -6,8 +6,12 @@
 //! between the two tasks by reference, never encoded. A server may also hand the client a
 //! [`LocalPort`] during the handshake; the client then publishes by routing in its own task and
 //! reads its subscriptions straight from the server's queues, with no connection task in
-//! between. Everything else (requests, services, acknowledgements) still goes through the link
-//! as frames, so the semantics are those of the broker whatever the transport.
+//! between. Acknowledgements of several deliveries at once ([`Subscription::ack_all`]) go to
+//! that queue directly too. Everything else (requests, services, single acknowledgements) still
+//! goes through the link as frames, so the semantics are those of the broker whatever the
+//! transport.
+//!
+//! [`Subscription::ack_all`]: crate::Subscription::ack_all
 
 use crate::codec::Codec;
 use crate::error::Result;
@@ -56,6 +60,9 @@ pub trait LocalQueue: Send + Sync + 'static {
     /// something arrives.
     fn poll_batch(&self, cx: &mut Context<'_>, out: &mut VecDeque<Frame>, max: usize)
         -> Poll<bool>;
+    /// Acknowledges deliveries `ids` of this subscription at once, exactly as an ACK frame for
+    /// each would (one that matches nothing pending is ignored).
+    fn ack(&self, ids: &[u64]);
 }
 
 /// A Rust value published by reference; encoded with `codec` only if a remote receiver needs it.

@@ -14,11 +14,26 @@ impl Mailbox {
         let Some(s) = q.subs.get_mut(&sid) else {
             return false;
         };
-        if let Some(a) = s.ack.as_mut() {
-            a.attempts.remove(&id);
-        }
         let known = s.unacked_take(id, &mut q.unacked_bytes).is_some();
         if known {
+            self.release_paused(q);
+        }
+        known
+    }
+
+    /// Acknowledges deliveries `ids` of subscription `sid` under one lock; how many were
+    /// pending.
+    pub(crate) fn ack_all(&self, sid: u32, ids: &[u64]) -> usize {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let Some(s) = q.subs.get_mut(&sid) else {
+            return 0;
+        };
+        let known = ids
+            .iter()
+            .filter(|id| s.unacked_take(**id, &mut q.unacked_bytes).is_some())
+            .count();
+        if known > 0 {
             self.release_paused(q);
         }
         known
@@ -71,6 +86,9 @@ impl Mailbox {
                 let Some(u) = s.unacked_take(id, &mut q.unacked_bytes) else {
                     return false;
                 };
+                if let Some(a) = s.ack.as_mut() {
+                    a.attempts.insert(id, u.attempts);
+                }
                 q.bytes += u.f.encoded_len();
                 if let Some(t) = u.born {
                     s.born.insert(id, t);
@@ -112,12 +130,11 @@ impl Mailbox {
                     continue;
                 };
                 let Some(a) = s.ack.as_mut() else { continue };
-                let tries = a.attempts.get(&id).copied().unwrap_or(0);
-                if a.max_deliver > 0 && tries >= a.max_deliver {
-                    a.attempts.remove(&id);
+                if a.max_deliver > 0 && u.attempts >= a.max_deliver {
                     out.given_up += 1;
                     continue;
                 }
+                a.attempts.insert(id, u.attempts);
                 q.bytes += u.f.encoded_len();
                 if let Some(t) = u.born {
                     s.born.insert(id, t);

@@ -6,7 +6,7 @@ use crate::fit::{fit, Peer, Unfit};
 use crate::stats::Losses;
 use mitto::proto::{Delivery, Flags, Frame, SlowConsumerPolicy, SubscribeOptions};
 use rustc_hash::FxHashMap;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -24,12 +24,14 @@ pub(crate) struct Held {
 }
 
 /// A delivery waiting for its ACK: the message as it was queued (so that a redelivery is
-/// charged from its arrival again), when it is due again, and when it arrived.
+/// charged from its arrival again), when it is due again, when it arrived, and how many times
+/// it was delivered.
 #[derive(Debug)]
 pub(super) struct Unacked {
     pub(super) f: Frame,
     pub(super) due: Instant,
     pub(super) born: Option<Instant>,
+    pub(super) attempts: u32,
 }
 
 /// At-least-once state of a subscription: deliveries waiting for ACK.
@@ -37,10 +39,11 @@ pub(super) struct Unacked {
 pub(crate) struct AckState {
     pub(super) wait: Duration,
     pub(super) max_deliver: u32,
-    /// Delivered, not acknowledged, by delivery id.
-    pub(super) unacked: HashMap<u64, Unacked>,
-    /// Deliveries so far of messages not yet acknowledged.
-    pub(super) attempts: HashMap<u64, u32>,
+    /// Delivered, not acknowledged, by delivery id (each with its delivery count).
+    pub(super) unacked: FxHashMap<u64, Unacked>,
+    /// Deliveries so far of queued messages delivered before (NACKed or overdue): a first
+    /// delivery adds nothing here.
+    pub(super) attempts: FxHashMap<u64, u32>,
     /// Encoded bytes of `unacked` (counted in the mailbox's unacknowledged bound).
     pub(super) bytes: usize,
 }
@@ -50,8 +53,8 @@ impl AckState {
         AckState {
             wait,
             max_deliver,
-            unacked: HashMap::new(),
-            attempts: HashMap::new(),
+            unacked: FxHashMap::default(),
+            attempts: FxHashMap::default(),
             bytes: 0,
         }
     }
@@ -151,16 +154,16 @@ impl SubQueue {
     /// then what was not sent yet (URGENT first).
     pub(crate) fn into_held(mut self) -> Vec<Held> {
         let mut out = Vec::with_capacity(self.held());
-        let mut attempts = HashMap::new();
+        let mut attempts = FxHashMap::default();
         if let Some(a) = self.ack.take() {
             let mut unacked: Vec<(u64, Unacked)> = a.unacked.into_iter().collect();
             unacked.sort_by_key(|(id, _)| *id);
             attempts = a.attempts;
-            for (id, u) in unacked {
+            for (_, u) in unacked {
                 out.push(Held {
                     f: u.f,
                     born: u.born,
-                    attempts: attempts.remove(&id).unwrap_or(1),
+                    attempts: u.attempts,
                 });
             }
         }
@@ -308,22 +311,28 @@ impl SubQueue {
                     }
                 }
             };
-            let n = a.attempts.entry(f.id).or_insert(0);
-            *n += 1;
-            match fit(f.clone(), peer, born, *n) {
+            let before = match a.attempts.is_empty() {
+                true => 0,
+                false => a.attempts.remove(&f.id).unwrap_or(0),
+            };
+            let attempts = before + 1;
+            match fit(f.clone(), peer, born, attempts) {
                 Ok(mut out) => {
                     out.flags.insert(Flags::ACK_REQUIRED);
                     let due = Instant::now() + a.wait;
                     let len = f.encoded_len();
                     a.bytes += len;
                     *unacked += len;
-                    a.unacked.insert(f.id, Unacked { f, due, born });
+                    let u = Unacked {
+                        f,
+                        due,
+                        born,
+                        attempts,
+                    };
+                    a.unacked.insert(u.f.id, u);
                     break out;
                 }
-                Err(why) => {
-                    a.attempts.remove(&f.id);
-                    self.unfit(why, losses);
-                }
+                Err(why) => self.unfit(why, losses),
             }
         };
         if let Some(c) = self.credit.as_mut() {

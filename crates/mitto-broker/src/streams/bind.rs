@@ -139,6 +139,11 @@ fn engine_of(core: &Core, conn: u64, sid: u32) -> Option<Arc<engine::Engine>> {
     lock(&streams.bound).get(&(conn, sid)).cloned()
 }
 
+/// Whether subscription `sid` of connection `conn` is bound to a stream consumer.
+pub(crate) fn is_bound(core: &Core, conn: u64, sid: u32) -> bool {
+    engine_of(core, conn, sid).is_some()
+}
+
 /// An ACK of a consumer's delivery (its id is the stream sequence); false if `sid` is not
 /// bound to a consumer.
 pub(crate) fn on_ack(core: &Core, conn: u64, sid: u32, id: u64) -> bool {

@@ -15,7 +15,8 @@ mod engine;
 pub(crate) use crate::stream_spec::StreamSpec;
 pub(crate) use admin::{handle as admin_request, is_admin};
 pub(crate) use bind::{
-    is_consumer_subject, on_ack, on_gone, on_nack, on_resume, on_subscribe, on_unsubscribe,
+    is_bound, is_consumer_subject, on_ack, on_gone, on_nack, on_resume, on_subscribe,
+    on_unsubscribe,
 };
 
 use crate::core::Core;

@@ -239,6 +239,49 @@ impl Subscription {
         }
     }
 
+    /// Acknowledges, at once, the messages of `msgs` that this (at-least-once) subscription
+    /// delivered; the others are left for their own subscriptions' `ack_all`. With the broker
+    /// in this process they are handed to the subscription's queue in one step instead of one
+    /// ACK frame each; otherwise each goes as [`Subscription::ack`] sends it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> mitto::Result<()> {
+    /// # let cfg = mitto_broker::BrokerConfig {
+    /// #     listen: vec!["inproc://app".into()], monitor: String::new(), ..Default::default()
+    /// # };
+    /// # let _broker = mitto_broker::Broker::start(cfg).await?;
+    /// let client = mitto::Client::connect("inproc://app", mitto::ClientOptions::new()).await?;
+    /// use mitto::{Delivery, SubscribeOptions};
+    ///
+    /// let opts = SubscribeOptions { delivery: Delivery::AtLeastOnce, ..Default::default() };
+    /// let mut sub = client.subscribe_with("payments", opts).await?;
+    /// client.publish("payments", "41").await?;
+    /// client.publish("payments", "42").await?;
+    /// let batch = vec![sub.next().await.unwrap(), sub.next().await.unwrap()];
+    /// // ... hand them on, then:
+    /// sub.ack_all(&batch);
+    /// # Ok(()) }
+    /// ```
+    pub fn ack_all<'a>(&self, msgs: impl IntoIterator<Item = &'a Message>) {
+        let mine = msgs
+            .into_iter()
+            .filter(|m| m.sid == self.sid && m.needs_ack());
+        match &self.local {
+            Some(q) => {
+                let ids: Vec<u64> = mine.map(|m| m.delivery).collect();
+                if !ids.is_empty() {
+                    q.ack(&ids);
+                }
+            }
+            None => {
+                for m in mine {
+                    self.send(Frame::ack(m.delivery, m.sid));
+                }
+            }
+        }
+    }
+
     /// Asks the broker to deliver a message again, after `delay` if given.
     ///
     /// ```
