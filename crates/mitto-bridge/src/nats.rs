@@ -1,5 +1,5 @@
-//! NATS through `async-nats`: out confirmed by a round trip (core NATS: the server processed
-//! the message) or a JetStream ack (stored), in from core subscriptions.
+//! NATS through `async-nats`: out confirmed by a marker's return (core NATS: the server
+//! processed the batch before it) or a JetStream ack (stored), in from core subscriptions.
 //!
 //! Core NATS has no acknowledgement on the way in: a message mitto refuses is counted as a drop.
 //! A lost connection ends the link at once (its unconfirmed messages go back to the buffer) and
@@ -9,15 +9,16 @@
 use crate::envelope::Envelope;
 use crate::inbound::{deliver, Fate};
 use crate::link::{Backend, Confirm, Ctx, Link, Session, Trip};
+use crate::mqtt::AbortOnDrop;
 use crate::stats::{bump, State};
-use async_nats::client::RequestErrorKind;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use futures_util::future::BoxFuture;
 use futures_util::stream::select_all;
 use futures_util::{FutureExt, StreamExt};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 const CONTENT_TYPE: &str = "content-type";
 const CORRELATION_ID: &str = "correlation-id";
@@ -77,17 +78,46 @@ pub(crate) fn envelope(m: &async_nats::Message) -> Envelope {
     env
 }
 
-/// Confirms core NATS publishes. `flush` only writes to the socket; a request on a subject
-/// nobody serves is answered (no responders) only after the server processed every publish
-/// sent before it on the connection. One round trip covers a whole batch.
-async fn round_trip(
-    client: async_nats::Client,
+/// Where a bridge's confirm markers go: `CONFIRM_PREFIX` and a random part.
+const CONFIRM_PREFIX: &str = "_MITTO.confirm.";
+
+/// Confirms core NATS publishes. `flush` only writes to the socket; the server delivers a
+/// message to a subscription of the publishing connection only after it processed every
+/// publish sent before it on that connection. So after each batch the bridge publishes a
+/// marker (its number) to a subject only it subscribes to, and the marker's return confirms
+/// the batch and every one before it. (A request to a subject nobody serves would do too,
+/// but its no-responders answer held the subscribers' deliveries back by tens of
+/// microseconds, and any `>` subscriber on the server kept it from ever coming.)
+struct Marks {
     subject: async_nats::Subject,
-) -> Result<(), String> {
-    match client.request(subject, bytes::Bytes::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(err(e)),
+    /// The number of the last marker sent.
+    sent: AtomicU64,
+    /// The highest marker back.
+    back: watch::Sender<u64>,
+}
+
+impl Marks {
+    /// Resolves once marker `n` (or a later one) came back.
+    fn confirm(&self, n: u64) -> BoxFuture<'static, Result<(), String>> {
+        let mut back = self.back.subscribe();
+        async move {
+            back.wait_for(|b| *b >= n)
+                .await
+                .map(|_| ())
+                .map_err(|_| "the connection ended".to_owned())
+        }
+        .boxed()
+    }
+
+    /// Takes a marker that came back.
+    fn returned(&self, payload: &[u8]) {
+        if let Ok(n) = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes) {
+            self.back.send_if_modified(|b| {
+                let newer = n > *b;
+                *b = (*b).max(n);
+                newer
+            });
+        }
     }
 }
 
@@ -95,8 +125,7 @@ async fn round_trip(
 pub(crate) struct NatsLink {
     client: async_nats::Client,
     js: Option<async_nats::jetstream::Context>,
-    /// Where round trips go: a subject nobody serves.
-    confirm_subject: async_nats::Subject,
+    marks: Arc<Marks>,
     trip: Trip,
 }
 
@@ -150,8 +179,12 @@ impl Link for NatsLink {
                     };
                     sent.map_err(err)?;
                 }
-                let rt = round_trip(self.client.clone(), self.confirm_subject.clone());
-                Ok(self.until_lost(rt.boxed()))
+                let n = self.marks.sent.fetch_add(1, Ordering::Relaxed) + 1;
+                self.client
+                    .publish(self.marks.subject.clone(), n.to_be_bytes().to_vec().into())
+                    .await
+                    .map_err(err)?;
+                Ok(self.until_lost(self.marks.confirm(n)))
             }
         }
     }
@@ -194,6 +227,22 @@ impl Backend for Nats {
                 }
             });
         let client = opts.connect(ctx.cfg.url.as_str()).await.map_err(err)?;
+        let marks = Arc::new(Marks {
+            subject: format!("{CONFIRM_PREFIX}{:016x}", rand::random::<u64>()).into(),
+            sent: AtomicU64::new(0),
+            back: watch::Sender::new(0),
+        });
+        // Markers come back on a task of their own, so that confirms go on while the way in
+        // waits for mitto.
+        let mut returned = client.subscribe(marks.subject.clone()).await.map_err(err)?;
+        let marker_task = AbortOnDrop(tokio::spawn({
+            let marks = marks.clone();
+            async move {
+                while let Some(m) = returned.next().await {
+                    marks.returned(&m.payload);
+                }
+            }
+        }));
         let mut subs = Vec::new();
         for r in &ctx.inbound {
             subs.push(client.subscribe(r.remote_filter()).await.map_err(err)?);
@@ -205,11 +254,12 @@ impl Backend for Nats {
         let link = NatsLink {
             client: client.clone(),
             js,
-            confirm_subject: format!("_MITTO.confirm.{:016x}", rand::random::<u64>()).into(),
+            marks,
             trip: trip.clone(),
         };
         let session = async move {
             let _client = client;
+            let _markers = marker_task;
             let mut subs = select_all(subs);
             loop {
                 let m = tokio::select! {
@@ -223,6 +273,10 @@ impl Backend for Nats {
                 let Some(m) = m else {
                     return "the subscriptions ended".to_owned();
                 };
+                if m.subject.starts_with(CONFIRM_PREFIX) {
+                    // A bridge's confirm marker, not a message.
+                    continue;
+                }
                 if deliver(&ctx, envelope(&m)).await == Fate::Refused {
                     // Core NATS cannot take it back.
                     bump(&ctx.stats.drops);

@@ -233,3 +233,64 @@ async fn a_burst_out_arrives_whole_in_order_and_unmarked_when_nothing_comes_back
     assert_eq!((s.drops, s.errors), (0, 0), "{s:?}");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_subscriber_on_the_server_holds_back_no_confirm() {
+    if !support::nats_server::available() {
+        return;
+    }
+    // A server of the test's own: a `>` subscriber there sees everything, the bridge's own way
+    // in included.
+    let server = support::nats_server::NatsServer::start(None);
+    let name = unique("natsall");
+    let mut cfg = BridgeConfig::new(&name, Kind::Nats, &server.url()).map(">", None, None);
+    cfg.confirm_timeout_ms = 2_000;
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let other = async_nats::connect(server.url()).await.unwrap();
+    let mut everything = other.subscribe(">").await.unwrap();
+    // In place once its own publish comes back (a request would find a responder: itself).
+    other.publish("sync", "".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), everything.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+    let mut confirm_names = app.subscribe("_MITTO.>").await.unwrap();
+    for i in 0..3 {
+        app.publish_with(&format!("{name}.{i}"), "x", PublishOptions::new().ack())
+            .await
+            .unwrap();
+    }
+    // Confirmed well within the confirm timeout: nothing waits for an answer nobody gives.
+    let t0 = std::time::Instant::now();
+    while snap(&broker).msgs_out < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(1_500),
+            "not confirmed: {:?}",
+            snap(&broker)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), everything.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.subject.starts_with(&name) {
+            seen.push(m.subject.to_string());
+        }
+    }
+    assert_eq!(seen, [0, 1, 2].map(|i| format!("{name}.{i}")));
+    // The bridge's confirm markers are not carried into mitto.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), confirm_names.next())
+            .await
+            .is_err(),
+        "a marker crossed"
+    );
+    let s = snap(&broker);
+    assert_eq!((s.errors, s.reconnects, s.drops), (0, 0, 0), "{s:?}");
+    broker.shutdown().await;
+}
