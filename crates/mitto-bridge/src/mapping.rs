@@ -101,6 +101,8 @@ pub struct Rule {
     syntax: Syntax,
     mitto: Vec<Tok>,
     remote: Vec<Tok>,
+    /// The backend name of a subject is the subject itself (same tokens, `.` between them).
+    identity: bool,
 }
 
 /// The backend filter that corresponds to the mitto filter `filter` by the table above.
@@ -214,6 +216,27 @@ fn capture(pattern: &[Tok], parts: &[&str]) -> Option<Vec<std::ops::Range<usize>
     (i == parts.len()).then_some(caps)
 }
 
+/// Whether the mitto subject `subject` matches `pattern` (as [`capture`] would).
+fn matches(pattern: &[Tok], subject: &str) -> bool {
+    let mut parts = subject.split('.');
+    for tok in pattern {
+        match tok {
+            Tok::Lit(l) => {
+                if parts.next() != Some(l.as_str()) {
+                    return false;
+                }
+            }
+            Tok::One => {
+                if parts.next().is_none() {
+                    return false;
+                }
+            }
+            Tok::Rest => return parts.next().is_some(),
+        }
+    }
+    parts.next().is_none()
+}
+
 /// `pattern` with its wildcards filled in by the captured `parts`, joined by `sep`.
 fn fill(pattern: &[Tok], parts: &[&str], caps: &[std::ops::Range<usize>], sep: char) -> String {
     let mut caps = caps.iter();
@@ -292,6 +315,7 @@ impl Rule {
             });
         }
         Ok(Rule {
+            identity: m == r && syntax.sep() == '.',
             syntax,
             mitto: m,
             remote: r,
@@ -311,6 +335,23 @@ impl Rule {
     /// The backend name for the mitto subject `subject`: `Ok(None)` when the rule does not
     /// cover it.
     pub fn to_remote(&self, subject: &str) -> Result<Option<String>, MapError> {
+        let unmappable = |reason| MapError::Unmappable {
+            name: subject.to_owned(),
+            reason,
+        };
+        if self.identity {
+            // The common case, without splitting into a list: the name is the subject.
+            if !matches(&self.mitto, subject) {
+                return Ok(None);
+            }
+            for t in subject.split('.') {
+                check_remote_token(t, self.syntax).map_err(unmappable)?;
+            }
+            if subject.len() > self.syntax.max_len() {
+                return Err(unmappable("longer than the backend allows"));
+            }
+            return Ok(Some(subject.to_owned()));
+        }
         let parts: Vec<&str> = subject.split('.').collect();
         let Some(caps) = capture(&self.mitto, &parts) else {
             return Ok(None);
@@ -511,5 +552,31 @@ mod tests {
         assert!(!out.remote_overlaps(&r("x", Some("legacy/orders"))));
         assert!(r("a.*", None).remote_overlaps(&r("a.b", None)));
         assert!(!r("a.*", None).remote_overlaps(&r("a.b.c", None)));
+    }
+
+    #[test]
+    fn identity_rules_match_as_the_general_ones_do() {
+        for syntax in [Syntax::Nats, Syntax::Amqp] {
+            for filter in ["a.>", "a.*.c", "a.b", ">", "*.*"] {
+                let fast = Rule::new(filter, None, syntax).unwrap();
+                assert!(fast.identity);
+                let mut slow = fast.clone();
+                slow.identity = false;
+                for subject in ["a", "a.b", "a.b.c", "a.x.c", "b.b", "a.b.c.d", "a.b c"] {
+                    assert_eq!(
+                        fast.to_remote(subject),
+                        slow.to_remote(subject),
+                        "{filter} {subject}"
+                    );
+                }
+            }
+        }
+        // A renaming rule and MQTT's separator are never the identity.
+        assert!(
+            !Rule::new("a.>", Some("b.>"), Syntax::Nats)
+                .unwrap()
+                .identity
+        );
+        assert!(!Rule::new("a.>", None, Syntax::Mqtt).unwrap().identity);
     }
 }
