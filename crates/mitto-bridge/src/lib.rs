@@ -190,12 +190,10 @@ impl Bridge {
             let opts = SubscribeOptions {
                 delivery: Delivery::AtLeastOnce,
                 policy: Policy::DropNewest,
-                // What the bridge holds counts here until it is ACKed; the margin covers what
-                // is on its way.
-                max_pending: cfg
-                    .buffer_msgs
-                    .saturating_add(cfg.window)
-                    .saturating_add(1024),
+                // The broker's own bound (max_pending_msgs), as for its other subscribers: what
+                // the bridge holds counts there until it is ACKed, and a burst the bridge has
+                // not taken yet waits there (past it, the newest are dropped, counted).
+                max_pending: 0,
                 ack_wait_ms: ACK_WAIT_MS,
                 ..SubscribeOptions::default()
             };

@@ -294,3 +294,45 @@ async fn a_wildcard_subscriber_on_the_server_holds_back_no_confirm() {
     assert_eq!((s.errors, s.reconnects, s.drops), (0, 0, 0), "{s:?}");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_bridge_buffer_waits_at_the_broker_not_dropped() {
+    if !up("NATS", 4222) {
+        return;
+    }
+    let name = unique("natsburst");
+    let mut cfg = BridgeConfig::new(&name, Kind::Nats, "nats://127.0.0.1:4222").map(
+        &format!("{name}.>"),
+        None,
+        Some(mitto_bridge::Direction::Out),
+    );
+    // A bridge that holds little and sends little at a time: the burst outruns it.
+    cfg.buffer_msgs = 8;
+    cfg.window = 8;
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let other = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 16)
+        .connect("127.0.0.1:4222")
+        .await
+        .unwrap();
+    let mut got = other.subscribe(format!("{name}.>")).await.unwrap();
+    nats_sync(&other).await;
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+    const N: u32 = 20_000;
+    for i in 0..N {
+        app.publish(&format!("{name}.n"), i.to_string())
+            .await
+            .unwrap();
+    }
+    for i in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(20), got.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {i} of {N}: {:?}", broker.stats()))
+            .unwrap();
+        assert_eq!(std::str::from_utf8(&m.payload).unwrap(), i.to_string());
+    }
+    assert_eq!(broker.stats()["slow_consumer_drops"], 0);
+    assert_eq!(snap(&broker).drops, 0);
+    broker.shutdown().await;
+}
