@@ -16,9 +16,9 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::select_all;
 use futures_util::{FutureExt, StreamExt};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 const CONTENT_TYPE: &str = "content-type";
 const CORRELATION_ID: &str = "correlation-id";
@@ -81,22 +81,51 @@ pub(crate) fn envelope(m: &async_nats::Message) -> Envelope {
 /// Where a bridge's confirm markers go: `CONFIRM_PREFIX` and a random part.
 const CONFIRM_PREFIX: &str = "_MITTO.confirm.";
 
+/// A batch this large (dense traffic) gets its marker at once.
+const DENSE: usize = 64;
+
+/// How long a smaller batch waits for its marker at most (the timer's granularity: up to about
+/// twice that): batches of sparse traffic share a marker, so that a marker's return is not one
+/// more wake-up per message beside the subscribers' delivery.
+const MARK_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Confirms core NATS publishes. `flush` only writes to the socket; the server delivers a
 /// message to a subscription of the publishing connection only after it processed every
-/// publish sent before it on that connection. So after each batch the bridge publishes a
-/// marker (its number) to a subject only it subscribes to, and the marker's return confirms
-/// the batch and every one before it. (A request to a subject nobody serves would do too,
-/// but its no-responders answer held the subscribers' deliveries back by tens of
-/// microseconds, and any `>` subscriber on the server kept it from ever coming.)
+/// publish sent before it on that connection. So after batches the bridge publishes a marker
+/// (the number of the last batch) to a subject only it subscribes to, and the marker's return
+/// confirms every batch up to it. (A request to a subject nobody serves would do too, but its
+/// no-responders answer held the subscribers' deliveries back by tens of microseconds, and any
+/// `>` subscriber on the server kept it from ever coming.)
 struct Marks {
     subject: async_nats::Subject,
-    /// The number of the last marker sent.
-    sent: AtomicU64,
+    /// Batches published so far (each numbered by this count).
+    batches: AtomicU64,
+    /// The number of the last batch a marker was sent after.
+    marked: AtomicU64,
+    /// Messages published since the last marker.
+    unmarked: AtomicUsize,
+    /// Past this many unmarked messages a marker goes at once (a quarter of the window).
+    at_once: usize,
+    /// Tells the marker task that a batch waits for a marker.
+    wake: Notify,
     /// The highest marker back.
     back: watch::Sender<u64>,
 }
 
 impl Marks {
+    /// Sends a marker after every batch published so far, unless one went already.
+    async fn mark(&self, client: &async_nats::Client) -> Result<(), String> {
+        let n = self.batches.load(Ordering::Acquire);
+        if self.marked.fetch_max(n, Ordering::AcqRel) >= n {
+            return Ok(());
+        }
+        self.unmarked.store(0, Ordering::Relaxed);
+        client
+            .publish(self.subject.clone(), n.to_be_bytes().to_vec().into())
+            .await
+            .map_err(err)
+    }
+
     /// Resolves once marker `n` (or a later one) came back.
     fn confirm(&self, n: u64) -> BoxFuture<'static, Result<(), String>> {
         let mut back = self.back.subscribe();
@@ -179,12 +208,16 @@ impl Link for NatsLink {
                     };
                     sent.map_err(err)?;
                 }
-                let n = self.marks.sent.fetch_add(1, Ordering::Relaxed) + 1;
-                self.client
-                    .publish(self.marks.subject.clone(), n.to_be_bytes().to_vec().into())
-                    .await
-                    .map_err(err)?;
-                Ok(self.until_lost(self.marks.confirm(n)))
+                let m = &self.marks;
+                // Numbered once its messages are queued: a marker for it goes after them.
+                let n = m.batches.fetch_add(1, Ordering::AcqRel) + 1;
+                let unmarked = m.unmarked.fetch_add(batch.len(), Ordering::Relaxed) + batch.len();
+                if batch.len() >= DENSE || unmarked >= m.at_once {
+                    m.mark(&self.client).await?;
+                } else {
+                    m.wake.notify_one();
+                }
+                Ok(self.until_lost(m.confirm(n)))
             }
         }
     }
@@ -229,7 +262,11 @@ impl Backend for Nats {
         let client = opts.connect(ctx.cfg.url.as_str()).await.map_err(err)?;
         let marks = Arc::new(Marks {
             subject: format!("{CONFIRM_PREFIX}{:016x}", rand::random::<u64>()).into(),
-            sent: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            marked: AtomicU64::new(0),
+            unmarked: AtomicUsize::new(0),
+            at_once: (ctx.cfg.window as usize / 4).max(1),
+            wake: Notify::new(),
             back: watch::Sender::new(0),
         });
         // Markers come back on a task of their own, so that confirms go on while the way in
@@ -240,6 +277,19 @@ impl Backend for Nats {
             async move {
                 while let Some(m) = returned.next().await {
                     marks.returned(&m.payload);
+                }
+            }
+        }));
+        // A small batch waits a little for its marker (MARK_AFTER).
+        let mark_task = AbortOnDrop(tokio::spawn({
+            let (marks, client) = (marks.clone(), client.clone());
+            async move {
+                loop {
+                    marks.wake.notified().await;
+                    tokio::time::sleep(MARK_AFTER).await;
+                    if marks.mark(&client).await.is_err() {
+                        return;
+                    }
                 }
             }
         }));
@@ -259,7 +309,7 @@ impl Backend for Nats {
         };
         let session = async move {
             let _client = client;
-            let _markers = marker_task;
+            let _markers = (marker_task, mark_task);
             let mut subs = select_all(subs);
             loop {
                 let m = tokio::select! {

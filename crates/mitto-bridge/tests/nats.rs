@@ -336,3 +336,47 @@ async fn a_burst_past_the_bridge_buffer_waits_at_the_broker_not_dropped() {
     assert_eq!(snap(&broker).drops, 0);
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_one_by_one_share_confirm_markers() {
+    if !support::nats_server::available() {
+        return;
+    }
+    let server = support::nats_server::NatsServer::start(None);
+    let name = unique("natsmark");
+    let cfg = BridgeConfig::new(&name, Kind::Nats, &server.url()).map(
+        &format!("{name}.>"),
+        None,
+        Some(mitto_bridge::Direction::Out),
+    );
+    let (broker, url) = broker(vec![cfg]).await;
+    wait_for("the bridge to connect", || snap(&broker).state == State::Up).await;
+    let other = async_nats::connect(server.url()).await.unwrap();
+    let mut markers = other.subscribe("_MITTO.confirm.>").await.unwrap();
+    let mut got = other.subscribe(format!("{name}.>")).await.unwrap();
+    nats_sync(&other).await;
+    let app = Client::connect(&url, client_opts()).await.unwrap();
+    // Each is published once the one before reached NATS: the bridge sends them one at a time,
+    // a batch each, well within a marker's wait of each other.
+    const N: u64 = 20;
+    for i in 0..N {
+        app.publish(&format!("{name}.{i}"), "x").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), got.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    wait_for("every confirm", || snap(&broker).msgs_out == N).await;
+    let mut seen = 0;
+    while tokio::time::timeout(Duration::from_millis(300), markers.next())
+        .await
+        .is_ok()
+    {
+        seen += 1;
+    }
+    assert!(
+        (1..N).contains(&seen),
+        "{seen} markers for {N} single messages"
+    );
+    broker.shutdown().await;
+}
