@@ -17,7 +17,7 @@ pub enum Kind {
     /// NATS core, or JetStream for the way out (`jetstream = true`).
     Nats,
     /// A mitto service whose requests go to a durable RabbitMQ queue that workers share (see
-    /// [`crate::worker`]).
+    /// the `worker` module).
     AmqpService,
 }
 

@@ -1,6 +1,6 @@
 //! The URL of a work queue (`amqp://.../vhost?queue=NAME&prefetch=N`): which parameters are
 //! mitto's and what the AMQP client gets. Read by the configuration check and by both sides of
-//! [`crate::worker`], so it depends on neither.
+//! the `worker` module, so it depends on neither.
 
 /// The query parameters of a work-queue URL that are mitto's, not the AMQP client's.
 const OWN_PARAMS: [&str; 2] = ["queue", "prefetch"];

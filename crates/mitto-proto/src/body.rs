@@ -59,7 +59,7 @@ fn put_bytes16(dst: &mut BytesMut, b: &[u8], what: &'static str) -> Result<(), E
 }
 
 /// The HELLO body. The client sends its proposal; the server answers with a HELLO carrying the
-/// REPLY flag and the negotiated values (see [`crate::negotiate`]).
+/// REPLY flag and the negotiated values (negotiation rules: the `negotiate` module).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Hello {
     /// Protocol version (major must match the header's).
